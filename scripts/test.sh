@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The project's test command (README "Run the tests"; .ci/run runs exactly this).
+# Installs everything it needs into ./.venv and ./.comfyui, then runs ruff and pytest.
+# pytest's exit status 5 ("no tests collected") counts as a failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e ".[test]"
+
+# A real ComfyUI for the end-to-end tests (skipped when COMFYUI_DIR is already set).
+if [ -z "${COMFYUI_DIR:-}" ] && [ -x scripts/setup_comfyui.sh ]; then
+    scripts/setup_comfyui.sh
+    export COMFYUI_DIR="$PWD/.comfyui/ComfyUI"
+    export COMFYUI_PYTHON="$PWD/.comfyui/venv/bin/python"
+fi
+
+.venv/bin/ruff check src tests benchmarks scripts
+set +e
+.venv/bin/python -m pytest "$@"
+status=$?
+set -e
+if [ "$status" -eq 5 ]; then
+    echo "test.sh: pytest collected no tests: failing" >&2
+    exit 1
+fi
+exit "$status"

@@ -1,0 +1,330 @@
+"""``models.lock.json``: parse, validate, write.
+
+Version 1::
+
+    {"version": 1,
+     "extra_folders": ["ipadapter"],            # optional: custom nodes' model folders
+     "models": [
+       {"path": "checkpoints/sd_xl_base_1.0.safetensors",
+        "source": {"type": "huggingface", "repo": "owner/name",
+                   "revision": "<40-hex commit>", "file": "path/in/repo"},
+        "sha256": "<64 hex>", "size": 6938078334},
+       {"path": "loras/style.safetensors",
+        "source": {"type": "url", "url": "https://example.org/style.safetensors"},
+        "sha256": "<64 hex>", "size": 1234}]}
+
+Loading rejects anything that would make a sync unsafe or ambiguous, with a message
+naming the entry, the field, the value and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit
+
+from comfy_worker.errors import LockfileError
+
+LOCK_VERSION = 1
+
+# ComfyUI's own model folders (folder_paths.py) and the ones popular custom nodes add.
+KNOWN_FOLDERS: frozenset[str] = frozenset(
+    {
+        "checkpoints", "configs", "loras", "vae", "vae_approx", "clip", "text_encoders",
+        "unet", "diffusion_models", "clip_vision", "style_models", "embeddings",
+        "diffusers", "controlnet", "t2i_adapter", "gligen", "upscale_models",
+        "latent_upscale_models", "hypernetworks", "photomaker", "classifiers",
+        "model_patches", "audio_encoders",
+        # custom nodes in wide use
+        "ipadapter", "instantid", "insightface", "facerestore_models", "sams", "ultralytics",
+        "animatediff_models", "animatediff_motion_lora", "LLM", "onnx", "pulid",
+        "xlabs", "depthanything", "annotators", "mmdets", "grounding-dino",
+    }
+)
+
+_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+_REPO = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+_REPO_TYPES = ("model", "dataset", "space")
+
+
+@dataclass(frozen=True)
+class HfSource:
+    repo: str
+    revision: str
+    file: str
+    repo_type: str = "model"
+    type: str = field(default="huggingface", init=False)
+
+    def describe(self) -> str:
+        return f"hf://{self.repo}@{self.revision[:12]}/{self.file}"
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.type, "repo": self.repo, "revision": self.revision,
+                               "file": self.file}
+        if self.repo_type != "model":
+            out["repo_type"] = self.repo_type
+        return out
+
+
+@dataclass(frozen=True)
+class UrlSource:
+    url: str
+    type: str = field(default="url", init=False)
+
+    def describe(self) -> str:
+        return self.url
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": self.type, "url": self.url}
+
+
+Source = HfSource | UrlSource
+
+
+@dataclass(frozen=True)
+class LockEntry:
+    path: str
+    """POSIX path relative to a ComfyUI models root, e.g. ``loras/style.safetensors``."""
+    source: Source
+    sha256: str
+    """Lower-case hex."""
+    size: int
+
+    @property
+    def folder(self) -> str:
+        return self.path.split("/", 1)[0]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "source": self.source.to_json(), "sha256": self.sha256,
+                "size": self.size}
+
+
+@dataclass(frozen=True)
+class Lockfile:
+    models: tuple[LockEntry, ...] = ()
+    extra_folders: tuple[str, ...] = ()
+    version: int = LOCK_VERSION
+
+    @property
+    def total_size(self) -> int:
+        return sum(m.size for m in self.models)
+
+    def entry(self, path: str) -> LockEntry | None:
+        for m in self.models:
+            if m.path == path:
+                return m
+        return None
+
+    def with_entry(self, entry: LockEntry, *, replace: bool = False) -> Lockfile:
+        """A new lock with ``entry`` added (or replacing the one at its path)."""
+        if self.entry(entry.path) is not None and not replace:
+            raise LockfileError(
+                f'path "{entry.path}" is already locked',
+                hint="pass --replace to re-pin it, or choose another --path",
+            )
+        models = [m for m in self.models if m.path != entry.path] + [entry]
+        models.sort(key=lambda m: m.path)
+        # Round-trip through validation so a bad entry can never be written.
+        return parse_lock(
+            Lockfile(tuple(models), self.extra_folders, self.version).to_json(),
+            origin="lock",
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"version": self.version}
+        if self.extra_folders:
+            out["extra_folders"] = list(self.extra_folders)
+        out["models"] = [m.to_json() for m in self.models]
+        return out
+
+
+# --- validation (pure) ----------------------------------------------------------------
+
+
+def validate_model_path(path: object, *, where: str, folders: frozenset[str]) -> str:
+    """The normalised relative path, or a LockfileError naming what is wrong."""
+    if not isinstance(path, str) or not path.strip():
+        raise LockfileError(f'{where}: field "path" is {path!r}',
+                            hint='set "path" to FOLDER/NAME, e.g. "loras/style.safetensors"')
+    if "\\" in path:
+        raise LockfileError(f'{where}: field "path" {path!r} contains a backslash',
+                            hint="use forward slashes")
+    if path.startswith("/") or re.match(r"^[A-Za-z]:", path):
+        raise LockfileError(
+            f'{where}: field "path" {path!r} is absolute',
+            hint='paths are relative to the models root, e.g. "checkpoints/model.safetensors"',
+        )
+    parts = path.split("/")
+    if ".." in parts:
+        raise LockfileError(f'{where}: field "path" {path!r} contains ".."',
+                            hint="paths must stay inside the models root")
+    if any(p in ("", ".") for p in parts):
+        raise LockfileError(f'{where}: field "path" {path!r} has an empty or "." segment',
+                            hint='write it as FOLDER/NAME without "//", "./" or a trailing "/"')
+    if len(parts) < 2:
+        raise LockfileError(
+            f'{where}: field "path" {path!r} names no models folder',
+            hint='prefix it with its folder, e.g. "checkpoints/' + parts[0] + '"',
+        )
+    if parts[0] not in folders:
+        raise LockfileError(
+            f'{where}: field "path" {path!r}: unknown models folder "{parts[0]}"',
+            hint=f"use one of {', '.join(sorted(KNOWN_FOLDERS))}, or add "
+            f'"{parts[0]}" to the lock\'s top-level "extra_folders" for a custom node\'s folder',
+        )
+    if any(p.endswith((".incomplete", ".lock")) or p.startswith(".") for p in parts):
+        raise LockfileError(f'{where}: field "path" {path!r} uses a reserved name',
+                            hint='names may not start with "." or end in .incomplete/.lock')
+    return str(PurePosixPath(path))
+
+
+def _parse_source(raw: object, *, where: str) -> Source:
+    if not isinstance(raw, dict):
+        raise LockfileError(f'{where}: field "source" is {raw!r}, expected an object',
+                            hint='e.g. {"type": "url", "url": "https://..."}')
+    kind = raw.get("type")
+    if kind == "huggingface":
+        repo = raw.get("repo")
+        if not isinstance(repo, str) or not _REPO.match(repo):
+            raise LockfileError(f'{where}: field "source.repo" is {repo!r}',
+                                hint='use the Hugging Face repo id, "owner/name"')
+        revision = raw.get("revision")
+        if not isinstance(revision, str) or not _COMMIT.match(revision):
+            raise LockfileError(
+                f'{where}: field "source.revision" is {revision!r}, not a 40-hex commit',
+                hint="pin a commit, not a branch or tag: `comfy-worker lock add "
+                f"hf://{repo}@{revision if isinstance(revision, str) else 'main'}/FILE` "
+                "resolves it",
+            )
+        file = raw.get("file")
+        if not isinstance(file, str) or not file or file.startswith("/") or ".." in file.split("/"):
+            raise LockfileError(f'{where}: field "source.file" is {file!r}',
+                                hint="set it to the file's path inside the repo")
+        repo_type = raw.get("repo_type", "model")
+        if repo_type not in _REPO_TYPES:
+            raise LockfileError(f'{where}: field "source.repo_type" is {repo_type!r}',
+                                hint=f"use one of {', '.join(_REPO_TYPES)}")
+        unknown = set(raw) - {"type", "repo", "revision", "file", "repo_type"}
+        if unknown:
+            raise LockfileError(f'{where}: unknown field(s) in "source": {sorted(unknown)}',
+                                hint="remove them")
+        return HfSource(repo=repo, revision=revision, file=file, repo_type=repo_type)
+    if kind == "url":
+        url = raw.get("url")
+        parts = urlsplit(url) if isinstance(url, str) else None
+        if parts is None or parts.scheme not in ("https", "http") or not parts.netloc:
+            raise LockfileError(f'{where}: field "source.url" is {url!r}',
+                                hint="use an https:// URL")
+        unknown = set(raw) - {"type", "url"}
+        if unknown:
+            raise LockfileError(f'{where}: unknown field(s) in "source": {sorted(unknown)}',
+                                hint="remove them")
+        return UrlSource(url=url)
+    raise LockfileError(f'{where}: field "source.type" is {kind!r}',
+                        hint='use "huggingface" or "url"')
+
+
+def parse_lock(data: object, *, origin: str = "models.lock.json") -> Lockfile:
+    """Validate decoded JSON into a :class:`Lockfile` (pure)."""
+    if not isinstance(data, dict):
+        raise LockfileError(f"{origin}: top level is {type(data).__name__}, expected an object",
+                            hint='start from {"version": 1, "models": []}')
+    version = data.get("version")
+    if version != LOCK_VERSION:
+        raise LockfileError(f'{origin}: field "version" is {version!r}',
+                            hint=f"this worker reads version {LOCK_VERSION}")
+    unknown = set(data) - {"version", "models", "extra_folders"}
+    if unknown:
+        raise LockfileError(f"{origin}: unknown top-level field(s) {sorted(unknown)}",
+                            hint='allowed: "version", "models", "extra_folders"')
+    extra = data.get("extra_folders", [])
+    if not isinstance(extra, list) or not all(
+        isinstance(f, str) and re.match(r"^[\w.-]+$", f) and f not in (".", "..") for f in extra
+    ):
+        raise LockfileError(f'{origin}: field "extra_folders" is {extra!r}',
+                            hint="a list of plain folder names, e.g. [\"ipadapter\"]")
+    folders = KNOWN_FOLDERS | frozenset(extra)
+    models = data.get("models")
+    if not isinstance(models, list):
+        raise LockfileError(f'{origin}: field "models" is {models!r}, expected a list',
+                            hint='add "models": [] ')
+    entries: list[LockEntry] = []
+    seen: dict[str, int] = {}
+    for i, raw in enumerate(models):
+        where = f"{origin}: models[{i}]"
+        if not isinstance(raw, dict):
+            raise LockfileError(f"{where} is {raw!r}, expected an object")
+        if isinstance(raw.get("path"), str):
+            where += f' ("{raw["path"]}")'
+        path = validate_model_path(raw.get("path"), where=where, folders=folders)
+        key = path.casefold()
+        if key in seen:
+            raise LockfileError(
+                f'{where}: duplicate path "{path}" (also models[{seen[key]}])',
+                hint="each file may be locked once; remove one of them",
+            )
+        seen[key] = i
+        source = _parse_source(raw.get("source"), where=where)
+        sha = raw.get("sha256")
+        if not isinstance(sha, str) or not _SHA256.match(sha):
+            raise LockfileError(
+                f'{where}: field "sha256" is {sha!r}, not 64 hex characters',
+                hint="use `comfy-worker lock add` to compute it, or `sha256sum FILE`",
+            )
+        size = raw.get("size")
+        if size is None:
+            raise LockfileError(f'{where}: field "size" is missing',
+                                hint="set it to the file's size in bytes (`stat -c %s FILE`)")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise LockfileError(f'{where}: field "size" is {size!r}',
+                                hint="set it to the file's size in bytes, a whole number")
+        unknown = set(raw) - {"path", "source", "sha256", "size"}
+        if unknown:
+            raise LockfileError(f"{where}: unknown field(s) {sorted(unknown)}",
+                                hint='allowed: "path", "source", "sha256", "size"')
+        entries.append(LockEntry(path=path, source=source, sha256=sha.lower(), size=size))
+    return Lockfile(models=tuple(entries), extra_folders=tuple(extra))
+
+
+def load_lock(path: Path) -> Lockfile:
+    """Read and validate a lock file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise LockfileError(
+            f"lock file {str(path)!r} does not exist",
+            hint="pass --lock FILE (or COMFY_WORKER_LOCK), or create one with "
+            "`comfy-worker lock add`",
+        ) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise LockfileError(f"{path}: not valid JSON: {exc}",
+                            hint="fix the syntax at that line and column") from None
+    return parse_lock(data, origin=str(path))
+
+
+def dump_lock(lock: Lockfile) -> str:
+    return json.dumps(lock.to_json(), indent=2) + "\n"
+
+
+def write_lock(lock: Lockfile, path: Path) -> None:
+    """Write atomically: a crash leaves the old file or the new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(dump_lock(lock))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
