@@ -1,0 +1,437 @@
+"""Launch and supervise ComfyUI (``main.py``) as a child process.
+
+Lifecycle: ``NEW → STARTING → READY``; when the process dies it becomes ``DEFUNCT``
+and a watchdog thread starts it again (``STARTING → READY``) until
+:meth:`ComfyProcess.stop` makes it ``STOPPED``. ComfyUI listens on 127.0.0.1 on a free
+port, with its own input/output/temp/user folders under ``work_dir`` and the model
+roots of ``--extra-model-paths-config``. Its stdout and stderr go to
+``work_dir/comfyui.log``, to this module's logger, and to a ring buffer whose last lines
+explain a death.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import logging
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import requests
+
+from comfy_worker.errors import ComfyDied, ComfyStartError
+
+log = logging.getLogger(__name__)
+comfy_log = logging.getLogger(__name__ + ".comfyui")
+
+HOST = "127.0.0.1"
+LOG_TAIL_LINES = 200
+DEATH_TAIL_LINES = 25
+READY_POLL_S = 0.1
+MAX_RESTARTS = 5
+"""Consecutive failed restarts before the supervisor gives up (state stays DEFUNCT)."""
+
+
+class State(enum.Enum):
+    NEW = "new"
+    STARTING = "starting"
+    READY = "ready"
+    DEFUNCT = "defunct"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    comfyui_dir: Path
+    python: str
+    work_dir: Path
+    """Holds input/, output/, temp/, user/ and comfyui.log."""
+    extra_model_paths: Path | None = None
+    cpu: bool = False
+    extra_args: tuple[str, ...] = ()
+    boot_timeout: float = 300.0
+    stop_grace: float = 10.0
+
+    @property
+    def input_dir(self) -> Path:
+        return self.work_dir / "input"
+
+    @property
+    def output_dir(self) -> Path:
+        return self.work_dir / "output"
+
+    @property
+    def temp_dir(self) -> Path:
+        return self.work_dir / "temp"
+
+    @property
+    def user_dir(self) -> Path:
+        return self.work_dir / "user"
+
+    @property
+    def log_path(self) -> Path:
+        return self.work_dir / "comfyui.log"
+
+
+# --- pure decisions -------------------------------------------------------------------
+
+
+def build_command(cfg: LaunchConfig, port: int, supports: Callable[[str], bool]) -> list[str]:
+    """``main.py``'s command line. ``supports(flag)`` says whether this ComfyUI has a flag
+    that older versions lack (``--user-directory``, ``--database-url``)."""
+    cmd = [
+        cfg.python, "-u", str(cfg.comfyui_dir / "main.py"),
+        "--listen", HOST, "--port", str(port),
+        "--disable-auto-launch",
+        "--input-directory", str(cfg.input_dir),
+        "--output-directory", str(cfg.output_dir),
+        "--temp-directory", str(cfg.temp_dir),
+    ]
+    if supports("--user-directory"):
+        cmd += ["--user-directory", str(cfg.user_dir)]
+    if supports("--database-url"):
+        cmd += ["--database-url", "sqlite:///:memory:"]
+    if cfg.extra_model_paths is not None:
+        cmd += ["--extra-model-paths-config", str(cfg.extra_model_paths)]
+    if cfg.cpu and "--cpu" not in cfg.extra_args:
+        cmd.append("--cpu")
+    cmd += list(cfg.extra_args)
+    return cmd
+
+
+def death_message(returncode: int | None, tail: Sequence[str], *, during: str) -> str:
+    """Why ComfyUI died, with a guess at the cause and its last log lines."""
+    if returncode is None:
+        what = "is not answering"
+    elif returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        what = f"was killed by {name}"
+        if returncode == -signal.SIGKILL:
+            what += " (out of memory? the kernel's OOM killer sends SIGKILL)"
+    else:
+        what = f"exited with status {returncode}"
+    lines = "\n".join(f"  | {line}" for line in tail[-DEATH_TAIL_LINES:])
+    return f"ComfyUI {what} {during}" + (f"; last log lines:\n{lines}" if lines else "")
+
+
+def gpu_present() -> bool:
+    """An NVIDIA (or ROCm) GPU is visible, found without importing torch."""
+    if Path("/dev/nvidia0").exists() or Path("/dev/kfd").exists():
+        return True
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return False
+    try:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.returncode == 0 and "GPU" in out.stdout
+
+
+def free_port(host: str = HOST) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def cli_flag_checker(comfyui_dir: Path) -> Callable[[str], bool]:
+    """Whether this checkout's ``comfy/cli_args.py`` defines a flag."""
+    try:
+        text = (comfyui_dir / "comfy" / "cli_args.py").read_text(encoding="utf-8")
+    except OSError:
+        text = ""
+    return lambda flag: f'"{flag}"' in text
+
+
+# --- the child process ------------------------------------------------------------------
+
+
+@dataclass
+class _Child:
+    proc: subprocess.Popen[bytes]
+    port: int
+    generation: int
+    started: float
+    reader: threading.Thread | None = None
+    ready_seconds: float | None = None
+    exited: threading.Event = field(default_factory=threading.Event)
+
+
+class ComfyProcess:
+    """One supervised ComfyUI. Thread-safe; callers run jobs one at a time."""
+
+    def __init__(self, cfg: LaunchConfig) -> None:
+        self.cfg = cfg
+        self._state = State.NEW
+        self._cond = threading.Condition()
+        self._child: _Child | None = None
+        self._generation = 0
+        self._tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
+        self._failures = 0
+        self._last_error: str | None = None
+        self._watchdog: threading.Thread | None = None
+        self.restarts = 0
+
+    # --- introspection --------------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def base_url(self) -> str:
+        child = self._child
+        if child is None:
+            raise ComfyDied("ComfyUI has not been started")
+        return f"http://{HOST}:{child.port}"
+
+    @property
+    def generation(self) -> int:
+        """Increments with every (re)start: a job that saw it change lost its ComfyUI."""
+        return self._generation
+
+    @property
+    def pid(self) -> int | None:
+        child = self._child
+        return child.proc.pid if child else None
+
+    @property
+    def ready_seconds(self) -> float | None:
+        child = self._child
+        return child.ready_seconds if child else None
+
+    @property
+    def last_error(self) -> str | None:
+        return self._last_error
+
+    def log_tail(self, lines: int = DEATH_TAIL_LINES) -> list[str]:
+        return list(self._tail)[-lines:]
+
+    def alive(self) -> bool:
+        child = self._child
+        return child is not None and child.proc.poll() is None
+
+    def _assert_state(self, *allowed: State) -> None:
+        if self._state not in allowed:
+            names = " or ".join(s.name for s in allowed)
+            raise ComfyStartError(f"ComfyUI supervisor state is {self._state.name} "
+                                  f"(must be {names})")
+
+    def _set_state(self, state: State) -> None:
+        with self._cond:
+            self._state = state
+            self._cond.notify_all()
+
+    # --- start / readiness ------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start ComfyUI and wait until it answers ``/system_stats``.
+
+        Raises :class:`ComfyStartError` (with the last log lines) if it exits or does not
+        answer within ``boot_timeout``.
+        """
+        with self._cond:
+            self._assert_state(State.NEW)
+            self._state = State.STARTING
+        self._check_paths()
+        try:
+            self._spawn_and_wait()
+        except ComfyStartError as exc:
+            self._last_error = exc.message
+            self._set_state(State.DEFUNCT)
+            raise
+        self._watchdog = threading.Thread(target=self._watch, name="comfyui-watchdog",
+                                          daemon=True)
+        self._watchdog.start()
+
+    def _check_paths(self) -> None:
+        main = self.cfg.comfyui_dir / "main.py"
+        if not main.is_file():
+            raise ComfyStartError(
+                f"COMFYUI_DIR={str(self.cfg.comfyui_dir)!r} has no main.py",
+                hint="set COMFYUI_DIR (or --comfyui-dir) to a ComfyUI checkout; "
+                "scripts/setup_comfyui.sh makes one in ./.comfyui/ComfyUI",
+            )
+        python = self.cfg.python
+        if shutil.which(python) is None and not Path(python).is_file():
+            raise ComfyStartError(f"COMFYUI_PYTHON={python!r} is not an executable",
+                                  hint="point COMFYUI_PYTHON at the Python that has "
+                                  "ComfyUI's requirements installed")
+        for d in (self.cfg.input_dir, self.cfg.output_dir, self.cfg.temp_dir,
+                  self.cfg.user_dir):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def _spawn_and_wait(self) -> None:
+        port = free_port()
+        cmd = build_command(self.cfg, port, cli_flag_checker(self.cfg.comfyui_dir))
+        log.info("starting ComfyUI on %s:%d (%s)", HOST, port,
+                 "cpu" if self.cfg.cpu else "gpu")
+        log.debug("ComfyUI command: %s", " ".join(cmd))
+        logfile = self.cfg.log_path.open("ab")
+        try:
+            proc = subprocess.Popen(cmd, cwd=self.cfg.comfyui_dir, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        except OSError as exc:
+            logfile.close()
+            raise ComfyStartError(f"could not run {cmd[0]!r}: {exc}",
+                                  hint="check COMFYUI_PYTHON") from exc
+        self._generation += 1
+        child = _Child(proc=proc, port=port, generation=self._generation,
+                       started=time.monotonic())
+        child.reader = threading.Thread(target=self._pump, args=(proc.stdout, logfile, child),
+                                        name="comfyui-log", daemon=True)
+        child.reader.start()
+        self._child = child
+        self._wait_ready(child)
+
+    def _pump(self, stream: IO[bytes] | None, logfile: IO[bytes], child: _Child) -> None:
+        try:
+            if stream is not None:
+                for raw in iter(stream.readline, b""):
+                    logfile.write(raw)
+                    logfile.flush()
+                    line = raw.decode("utf-8", "replace").rstrip()
+                    self._tail.append(line)
+                    comfy_log.info("%s", line)
+        finally:
+            logfile.close()
+            child.exited.set()
+
+    def _wait_ready(self, child: _Child) -> None:
+        deadline = child.started + self.cfg.boot_timeout
+        url = f"http://{HOST}:{child.port}/system_stats"
+        with requests.Session() as http:
+            while True:
+                if self._state is State.STOPPED:
+                    self._terminate(child)
+                    raise ComfyStartError("ComfyUI was stopped while starting")
+                rc = child.proc.poll()
+                if rc is not None:
+                    child.exited.wait(2)  # let the reader drain the last lines
+                    raise ComfyStartError(
+                        death_message(rc, self.log_tail(), during="while starting"),
+                        hint="fix the error above (missing Python package? bad "
+                        "COMFYUI_EXTRA_ARGS?); the full log is " + str(self.cfg.log_path),
+                    )
+                try:
+                    if http.get(url, timeout=2).status_code == 200:
+                        break
+                except requests.RequestException:
+                    pass
+                if time.monotonic() > deadline:
+                    self._terminate(child)
+                    raise ComfyStartError(
+                        f"ComfyUI did not answer /system_stats within "
+                        f"{self.cfg.boot_timeout:.0f} s; last log lines:\n"
+                        + "\n".join(f"  | {x}" for x in self.log_tail()),
+                        hint="raise COMFYUI_BOOT_TIMEOUT if start-up is just slow",
+                    )
+                time.sleep(READY_POLL_S)
+        child.ready_seconds = time.monotonic() - child.started
+        self._failures = 0
+        self._last_error = None
+        log.info("ComfyUI ready in %.1f s (pid %d, port %d)", child.ready_seconds,
+                 child.proc.pid, child.port)
+        with self._cond:
+            if self._state is not State.STOPPED:
+                self._state = State.READY
+            self._cond.notify_all()
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Block until READY (e.g. while the watchdog restarts ComfyUI).
+
+        Raises :class:`ComfyDied` when the supervisor gave up or was stopped.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._state is not State.READY:
+                if self._state is State.STOPPED:
+                    raise ComfyDied("ComfyUI was stopped")
+                if self._state is State.DEFUNCT and self._failures >= MAX_RESTARTS:
+                    raise ComfyDied(f"ComfyUI is down: {self._last_error}",
+                                    hint=f"the full log is {self.cfg.log_path}")
+                if self._state is State.NEW:
+                    raise ComfyDied("ComfyUI has not been started")
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise ComfyDied(f"ComfyUI is not ready (state {self._state.name})")
+                self._cond.wait(remaining if remaining is not None else 1.0)
+
+    # --- supervision --------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        while True:
+            child = self._child
+            if child is None:
+                return
+            rc = child.proc.wait()
+            child.exited.wait(2)
+            if self._state is State.STOPPED:
+                return
+            message = death_message(rc, self.log_tail(), during="unexpectedly")
+            log.error("%s", message)
+            self._last_error = message
+            self._set_state(State.DEFUNCT)
+            while self._state is State.DEFUNCT:
+                if self._failures >= MAX_RESTARTS:
+                    log.error("ComfyUI failed to restart %d times; giving up", self._failures)
+                    with self._cond:
+                        self._cond.notify_all()
+                    return
+                time.sleep(min(2.0 * self._failures, 10.0))
+                if self._state is State.STOPPED:
+                    return
+                self.restarts += 1
+                log.warning("restarting ComfyUI (restart #%d)", self.restarts)
+                self._set_state(State.STARTING)
+                try:
+                    self._spawn_and_wait()
+                except ComfyStartError as exc:
+                    self._failures += 1
+                    self._last_error = exc.message
+                    log.error("ComfyUI restart failed: %s", exc.message)
+                    if self._state is not State.STOPPED:
+                        self._set_state(State.DEFUNCT)
+
+    def kill(self) -> None:
+        """SIGKILL the current process (tests use it; the watchdog restarts ComfyUI)."""
+        child = self._child
+        if child is not None and child.proc.poll() is None:
+            child.proc.kill()
+
+    # --- stop ------------------------------------------------------------------------------
+
+    def _terminate(self, child: _Child) -> None:
+        proc = child.proc
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(self.cfg.stop_grace)
+            except subprocess.TimeoutExpired:
+                log.warning("ComfyUI ignored SIGTERM for %.0f s; killing it",
+                            self.cfg.stop_grace)
+                proc.kill()
+                proc.wait()
+        child.exited.wait(2)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after ``stop_grace``; idempotent."""
+        self._set_state(State.STOPPED)
+        child = self._child
+        if child is not None:
+            self._terminate(child)
+        watchdog = self._watchdog
+        if watchdog is not None and watchdog is not threading.current_thread():
+            watchdog.join(5)
+        log.info("ComfyUI stopped")
