@@ -1,0 +1,628 @@
+"""The local HTTP API: ``comfy-worker serve`` (and the model server behind the Vast PyWorker).
+
+Endpoints (OpenAPI at ``/docs``):
+
+- ``POST /generate/sync``: a job input, bare ``{...}`` or wrapped ``{"input": {...}}``;
+  answers with the job's output once it ran (200) or ``{"error", "details"}``
+  (422 invalid input/workflow, 500 execution error, 504 timeout, 503 not ready).
+- ``POST /generate``: queues a job, answers ``{"id", "status"}`` (202) at once.
+- ``GET /status/{id}``: ``queued`` / ``running`` / ``completed`` / ``failed`` with its output.
+- ``GET /health``: 200 only when the models are synced and ComfyUI is ready; 503 with the
+  reason otherwise (``syncing models``, ``starting ComfyUI``, ``start-up failed: ...``).
+
+Jobs run one at a time, in arrival order, on one thread (:class:`JobQueue`). The server
+answers ``/health`` at once while :meth:`Worker.start` runs in the background
+(:class:`ApiService`). A fatal start-up failure keeps the process up, reporting the
+reason on ``/health`` and to every job request, so a platform health check (or the Vast
+PyWorker) sees why; :func:`run_server` then returns 1 when the server is stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+import queue
+import socket
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from comfy_worker.errors import JobInputInvalid
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_SECONDS = 10
+DEFAULT_MAX_FINISHED = 100
+DEFAULT_MAX_FINISHED_BYTES = 256 * 1024 * 1024
+DEFAULT_MAX_QUEUED = 1000
+SHUTTING_DOWN = "the server is shutting down"
+
+# errors.py reference -> HTTP status. Anything else that carries "error" is a 500.
+_STATUS_BY_REFERENCE: Mapping[str, int] = {
+    "job-input-invalid": 422,
+    "workflow-invalid": 422,
+    "workflow-execution-error": 500,
+    "job-timeout": 504,
+    "job-cancelled": 503,
+    "output-too-large": 500,
+    "comfyui-died": 503,
+    "comfyui-error": 503,
+}
+
+
+class WorkerLike(Protocol):
+    """What the API needs from :class:`comfy_worker.worker.Worker` (docs/ARCHITECTURE.md)."""
+
+    def start(self) -> None: ...
+
+    def readiness(self) -> tuple[bool, str]: ...
+
+    def run_job(
+        self,
+        job_input: Mapping[str, Any],
+        *,
+        job_id: str | None = None,
+        progress: Callable[[dict[str, Any]], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> dict[str, Any]: ...
+
+    def stop(self) -> None: ...
+
+
+# --- small pure decisions ------------------------------------------------------------
+
+
+def unwrap_job_input(body: Any) -> dict[str, Any]:
+    """The job input from a request body: ``{"input": {...}}`` or the bare ``{...}``."""
+    if not isinstance(body, dict):
+        raise JobInputInvalid(
+            f"request body is a JSON {type(body).__name__}, not an object",
+            hint='send {"input": {"workflow": {...}}} or {"workflow": {...}}',
+        )
+    if "input" in body:
+        inner = body["input"]
+        if not isinstance(inner, dict):
+            raise JobInputInvalid(
+                f"'input' is a JSON {type(inner).__name__}, not an object",
+                hint='send {"input": {"workflow": {...}}}',
+            )
+        return inner
+    return body
+
+
+def http_status_for(output: Mapping[str, Any]) -> int:
+    """HTTP status for a finished job's output dict (200 unless it carries ``error``)."""
+    if "error" not in output:
+        return 200
+    reference = output.get("reference")
+    if isinstance(reference, str) and reference in _STATUS_BY_REFERENCE:
+        return _STATUS_BY_REFERENCE[reference]
+    return 500
+
+
+def error_body(message: str, details: list[Any] | None = None, **extra: Any) -> dict[str, Any]:
+    return {"error": message, "details": list(details or []), **extra}
+
+
+def content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    """The declared Content-Length of an ASGI request, or None (absent or unreadable)."""
+    for name, value in headers:
+        if name.lower() == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+# --- the job queue -------------------------------------------------------------------
+
+
+class QueueFull(Exception):
+    """More jobs are waiting than the queue holds."""
+
+
+class QueueClosed(QueueFull):
+    """The queue is stopping and takes no more jobs."""
+
+
+@dataclass
+class Job:
+    id: str
+    input: dict[str, Any]
+    keep: bool = True
+    """Keep the output for ``GET /status`` (async jobs); sync jobs hand it back directly."""
+    status: str = "queued"
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    output: dict[str, Any] | None = None
+    progress: dict[str, Any] | None = None
+    size: int = 0
+    future: concurrent.futures.Future[dict[str, Any]] = field(
+        default_factory=concurrent.futures.Future, repr=False
+    )
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"id": self.id, "status": self.status}
+        if self.progress is not None and self.status == "running":
+            body["progress"] = self.progress
+        if self.output is not None:
+            body["output"] = self.output
+        for name in ("created", "started", "finished"):
+            if (value := getattr(self, name)) is not None:
+                body[name] = round(value, 3)
+        return body
+
+
+RunJob = Callable[[Job], dict[str, Any]]
+
+
+class JobQueue:
+    """One worker thread runs jobs from a FIFO queue, in the order they were submitted.
+
+    Finished jobs that are kept for ``GET /status`` are evicted oldest first once more
+    than ``max_finished`` of them, or more than ``max_finished_bytes`` of their JSON
+    outputs, are held.
+    """
+
+    def __init__(
+        self,
+        run: RunJob,
+        *,
+        max_finished: int = DEFAULT_MAX_FINISHED,
+        max_finished_bytes: int = DEFAULT_MAX_FINISHED_BYTES,
+        max_queued: int = DEFAULT_MAX_QUEUED,
+    ) -> None:
+        self._run = run
+        self._max_finished = max_finished
+        self._max_finished_bytes = max_finished_bytes
+        self._max_queued = max_queued
+        self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self._jobs: dict[str, Job] = {}
+        self._finished: OrderedDict[str, int] = OrderedDict()
+        self._finished_bytes = 0
+        self._waiting = 0
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="job-queue", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Finish the running job, fail the waiting ones, end the thread."""
+        with self._lock:  # a submit() either lands before the sentinel or sees the flag
+            self._stopping.set()
+        self._queue.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def submit(self, job_input: dict[str, Any], *, keep: bool = True) -> Job:
+        job = Job(id=uuid.uuid4().hex, input=job_input, keep=keep)
+        with self._lock:
+            if self._stopping.is_set():
+                raise QueueClosed(SHUTTING_DOWN)
+            if self._waiting >= self._max_queued:
+                raise QueueFull(f"{self._waiting} jobs are already waiting")
+            self._waiting += 1
+            self._jobs[job.id] = job
+            self._queue.put(job)
+        return job
+
+    def get(self, job_id: str) -> Job | None:
+        with self._lock:
+            return self._jobs.get(job_id)
+
+    @property
+    def waiting(self) -> int:
+        with self._lock:
+            return self._waiting
+
+    def _loop(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None or self._stopping.is_set():
+                if job is not None:
+                    with self._lock:
+                        self._waiting -= 1
+                    self._finish(job, error_body(SHUTTING_DOWN))
+                self._fail_waiting(SHUTTING_DOWN)
+                return
+            with self._lock:
+                self._waiting -= 1
+                job.status = "running"
+                job.started = time.time()
+            try:
+                output = self._run(job)
+            except Exception as exc:  # run_job should not raise; never lose the job
+                log.exception("job %s raised", job.id)
+                output = error_body(f"internal error: {type(exc).__name__}: {exc}")
+            self._finish(job, output)
+
+    def _finish(self, job: Job, output: dict[str, Any]) -> None:
+        with self._lock:
+            job.output = output
+            job.status = "failed" if "error" in output else "completed"
+            job.finished = time.time()
+            if job.keep:
+                job.size = len(json.dumps(output, default=str))
+                self._finished[job.id] = job.size
+                self._finished_bytes += job.size
+                self._evict()
+            else:
+                self._jobs.pop(job.id, None)
+        job.future.set_result(output)
+
+    def _evict(self) -> None:
+        while len(self._finished) > 1 and (
+            len(self._finished) > self._max_finished
+            or self._finished_bytes > self._max_finished_bytes
+        ):
+            old_id, size = self._finished.popitem(last=False)
+            self._finished_bytes -= size
+            self._jobs.pop(old_id, None)
+
+    def _fail_waiting(self, reason: str) -> None:
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if job is not None:
+                with self._lock:
+                    self._waiting -= 1
+                self._finish(job, error_body(reason))
+
+
+# --- the service: start-up in the background, jobs through the queue -------------------
+
+Listener = Callable[[str, str], None]
+"""Called as ``listener(event, detail)`` with ``("ready", "")`` or ``("failed", reason)``."""
+
+
+class ApiService:
+    """A Worker behind a :class:`JobQueue`, started in the background."""
+
+    def __init__(
+        self,
+        worker: WorkerLike,
+        *,
+        listener: Listener | None = None,
+        max_finished: int = DEFAULT_MAX_FINISHED,
+        max_finished_bytes: int = DEFAULT_MAX_FINISHED_BYTES,
+        max_queued: int = DEFAULT_MAX_QUEUED,
+    ) -> None:
+        self.worker = worker
+        self._listener = listener
+        self._cancel = threading.Event()
+        self.queue = JobQueue(
+            self._run_job,
+            max_finished=max_finished,
+            max_finished_bytes=max_finished_bytes,
+            max_queued=max_queued,
+        )
+        self._failure: str | None = None
+        self._started = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start_background(self) -> None:
+        self.queue.start()
+        self._thread = threading.Thread(target=self._start, name="worker-start", daemon=True)
+        self._thread.start()
+
+    def _start(self) -> None:
+        try:
+            self.worker.start()
+        except Exception as exc:
+            reason = "start-up failed: " + " ".join(str(exc).split())
+            log.error("%s", reason)
+            self._failure = reason
+            self._notify("failed", reason)
+        else:
+            log.info("worker ready")
+            self._notify("ready", "")
+        finally:
+            self._started.set()
+
+    def _notify(self, event: str, detail: str) -> None:
+        if self._listener is not None:
+            try:
+                self._listener(event, detail)
+            except Exception:
+                log.exception("start-up listener failed on %r", event)
+
+    def wait_started(self, timeout: float | None = None) -> bool:
+        return self._started.wait(timeout)
+
+    @property
+    def failed(self) -> str | None:
+        """The start-up failure, or None."""
+        return self._failure
+
+    def health(self) -> tuple[bool, str]:
+        if self._failure is not None:
+            return False, self._failure
+        ready, reason = self.worker.readiness()
+        if ready and not self._started.is_set():
+            return False, "starting"
+        return ready, reason
+
+    def _run_job(self, job: Job) -> dict[str, Any]:
+        def progress(update: dict[str, Any]) -> None:
+            job.progress = dict(update)
+
+        return self.worker.run_job(job.input, job_id=job.id, progress=progress,
+                                   cancel=self._cancel)
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        self._cancel.set()
+        self.queue.stop(timeout)
+        try:
+            self.worker.stop()
+        except Exception:
+            log.exception("worker.stop() failed")
+
+
+# --- request size limit (pure ASGI, before the body is read) ---------------------------
+
+ASGIApp = Callable[[MutableMapping[str, Any], Callable[[], Awaitable[Any]],
+                    Callable[[MutableMapping[str, Any]], Awaitable[None]]], Awaitable[None]]
+
+
+class BodySizeLimit:
+    """Answers 413 when a body's Content-Length, or the bytes actually streamed, pass
+    ``max_bytes``; stops reading at the limit. The checked body is replayed to the app."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: MutableMapping[str, Any],
+                       receive: Callable[[], Awaitable[Any]],
+                       send: Callable[[MutableMapping[str, Any]], Awaitable[None]]) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        declared = content_length(scope.get("headers", []))
+        if declared is not None and declared > self.max_bytes:
+            await self._reject(send, declared)
+            return
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body = message.get("body", b"")
+            total += len(body)
+            if total > self.max_bytes:
+                await self._reject(send, None)
+                return
+            chunks.append(body)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Any:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _reject(self, send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
+                      declared: int | None) -> None:
+        size = f"{declared} bytes" if declared is not None else "more bytes"
+        body = json.dumps(error_body(
+            f"request body too large: {size} sent, the limit is {self.max_bytes} bytes",
+            [{"limit_bytes": self.max_bytes, "setting": "COMFY_WORKER_MAX_REQUEST_BYTES"}],
+            hint="send smaller input images (or a URL to them), or raise "
+                 "COMFY_WORKER_MAX_REQUEST_BYTES",
+        )).encode()
+        await send({"type": "http.response.start", "status": 413, "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]})
+        await send({"type": "http.response.body", "body": body})
+
+
+# --- the FastAPI app -------------------------------------------------------------------
+
+
+class Accepted(BaseModel):
+    id: str
+    status: str = Field(description="queued")
+
+
+class JobStatus(BaseModel):
+    id: str
+    status: str = Field(description="queued | running | completed | failed")
+    output: dict[str, Any] | None = Field(
+        None, description="the job output (images, timings) or {error, details}")
+    progress: dict[str, Any] | None = None
+    created: float | None = None
+    started: float | None = None
+    finished: float | None = None
+
+
+class Health(BaseModel):
+    ready: bool
+    reason: str
+    queued: int
+
+
+class ErrorBody(BaseModel):
+    error: str
+    details: list[Any] = []
+
+
+_JOB_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {
+            "schema": {"type": "object", "description":
+                       'job input {"workflow": {...}, "images": [...], "timeout": s}, '
+                       'bare or wrapped as {"input": {...}}'},
+            "example": {"input": {"workflow": {
+                "1": {"class_type": "EmptyImage",
+                      "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
+                "2": {"class_type": "SaveImage",
+                      "inputs": {"images": ["1", 0], "filename_prefix": "api"}}}}},
+        }},
+    }
+}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text} for code, text in (
+        (400, "body is not JSON"), (413, "body over COMFY_WORKER_MAX_REQUEST_BYTES"),
+        (422, "invalid job input or workflow"), (429, "queue full"),
+        (500, "the workflow failed"), (503, "not ready (see /health)"), (504, "job timed out"),
+    )
+}
+
+
+def _not_ready(reason: str) -> JSONResponse:
+    return JSONResponse(error_body(f"not ready: {reason}", [{"health": reason}]),
+                        status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
+def create_app(service: ApiService, *, max_request_bytes: int) -> FastAPI:
+    """The HTTP API around ``service``, with the body size limit in front."""
+    app = FastAPI(
+        title="comfy-worker",
+        description="Run ComfyUI workflows (API format) with locked, verified models.",
+        version="1",
+    )
+    app.add_middleware(BodySizeLimit, max_bytes=max_request_bytes)
+
+    async def read_job_input(request: Request) -> dict[str, Any] | JSONResponse:
+        raw = await request.body()
+        try:
+            body = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            return JSONResponse(error_body("request body is not valid JSON", [str(exc)]),
+                                status_code=400)
+        try:
+            return unwrap_job_input(body)
+        except JobInputInvalid as exc:
+            return JSONResponse(error_body(str(exc)), status_code=422)
+
+    def submit(job_input: dict[str, Any], *, keep: bool) -> Job | JSONResponse:
+        ready, reason = service.health()
+        if not ready:
+            return _not_ready(reason)
+        try:
+            return service.queue.submit(job_input, keep=keep)
+        except QueueClosed as exc:
+            return _not_ready(str(exc))
+        except QueueFull as exc:
+            return JSONResponse(error_body(f"queue full: {exc}"), status_code=429,
+                                headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+    @app.post("/generate/sync", openapi_extra=_JOB_BODY, responses=_ERRORS,
+              summary="Run a job and answer with its output")
+    async def generate_sync(request: Request) -> JSONResponse:
+        job_input = await read_job_input(request)
+        if isinstance(job_input, JSONResponse):
+            return job_input
+        job = submit(job_input, keep=False)
+        if isinstance(job, JSONResponse):
+            return job
+        output = await asyncio.wrap_future(job.future)
+        status = http_status_for(output)
+        if status != 200:
+            output = {"details": [], **output}
+        return JSONResponse(output, status_code=status, headers={"X-Job-Id": job.id})
+
+    @app.post("/generate", status_code=202, response_model=Accepted, openapi_extra=_JOB_BODY,
+              responses=_ERRORS, summary="Queue a job; poll GET /status/{id}")
+    async def generate(request: Request) -> Any:
+        job_input = await read_job_input(request)
+        if isinstance(job_input, JSONResponse):
+            return job_input
+        job = submit(job_input, keep=True)
+        if isinstance(job, JSONResponse):
+            return job
+        return JSONResponse({"id": job.id, "status": "queued"}, status_code=202)
+
+    @app.get("/status/{job_id}", response_model=JobStatus,
+             responses={404: {"model": ErrorBody}}, summary="A queued job's state and output")
+    async def status(job_id: str) -> Any:
+        job = service.queue.get(job_id)
+        if job is None:
+            return JSONResponse(error_body(
+                f"unknown job id {job_id!r}",
+                ["finished jobs are kept for a limited number of results; "
+                 "sync jobs (/generate/sync) are not kept"]), status_code=404)
+        return JSONResponse(job.to_json())
+
+    @app.get("/health", response_model=Health, responses={503: {"model": Health}},
+             summary="200 when models are synced and ComfyUI is ready")
+    async def health() -> JSONResponse:
+        ready, reason = service.health()
+        body = {"ready": ready, "reason": reason, "queued": service.queue.waiting}
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    return app
+
+
+# --- running it --------------------------------------------------------------------
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening socket (port 0 picks a free one); lets callers know the port first."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def make_server(app: FastAPI) -> Any:
+    """A uvicorn server for ``app`` (logging left to ours)."""
+    import uvicorn
+
+    config = uvicorn.Config(app, log_config=None, access_log=False, timeout_graceful_shutdown=5,
+                            lifespan="off")
+    return uvicorn.Server(config)
+
+
+def run_server(service: ApiService, *, host: str, port: int, max_request_bytes: int,
+               sock: socket.socket | None = None,
+               on_listening: Callable[[Any], None] | None = None) -> int:
+    """Serve until SIGINT/SIGTERM (or ``server.should_exit``). 0, or 1 when start-up failed.
+
+    ``on_listening(server)`` is called once the socket is bound, before start-up begins,
+    so a caller (the Vast command) can start companions and stop the server later.
+    """
+    sock = sock or bind_socket(host, port)
+    app = create_app(service, max_request_bytes=max_request_bytes)
+    server = make_server(app)
+    bound = sock.getsockname()
+    log.info("HTTP API listening on http://%s:%s (docs at /docs)", bound[0], bound[1])
+    service.start_background()
+    if on_listening is not None:
+        on_listening(server)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        service.shutdown()
+        sock.close()
+    return 1 if service.failed else 0

@@ -1,0 +1,387 @@
+"""The local HTTP API over a real uvicorn server on 127.0.0.1, with a scripted Worker.
+
+The Worker here is ``ScriptedWorker`` (tests/test_http_api_helpers.py), a real in-process
+implementation of the documented interface, so queueing, ordering, limits and health
+can be driven deterministically. tests/e2e/test_http_api_e2e.py runs the same API over
+the real Worker and ComfyUI.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+from test_http_api_helpers import ScriptedWorker, running_api, wait_for, wait_status
+
+from comfy_worker.entrypoints.http_api import (
+    Job,
+    JobQueue,
+    QueueClosed,
+    content_length,
+    http_status_for,
+    unwrap_job_input,
+)
+from comfy_worker.errors import ComfyStartError, JobInputInvalid
+
+# --- pure parts -------------------------------------------------------------------------
+
+
+def test_unwrap_accepts_wrapped_and_bare_job_inputs() -> None:
+    assert unwrap_job_input({"input": {"workflow": {"1": {}}}}) == {"workflow": {"1": {}}}
+    assert unwrap_job_input({"workflow": {"1": {}}}) == {"workflow": {"1": {}}}
+
+
+@pytest.mark.parametrize("body", [[1, 2], "x", {"input": [1]}, {"input": "w"}])
+def test_unwrap_rejects_non_objects_naming_the_type(body: object) -> None:
+    with pytest.raises(JobInputInvalid, match="not an object"):
+        unwrap_job_input(body)
+
+
+@pytest.mark.parametrize(("output", "status"), [
+    ({"images": []}, 200),
+    ({"error": "x", "reference": "job-input-invalid"}, 422),
+    ({"error": "x", "reference": "workflow-invalid"}, 422),
+    ({"error": "x", "reference": "workflow-execution-error"}, 500),
+    ({"error": "x", "reference": "job-timeout"}, 504),
+    ({"error": "x", "reference": "comfyui-died"}, 503),
+    ({"error": "x"}, 500),
+    ({"error": "x", "reference": "something-new"}, 500),
+])
+def test_http_status_for_job_outputs(output: dict, status: int) -> None:
+    assert http_status_for(output) == status
+
+
+def test_content_length_header_parsing() -> None:
+    assert content_length([(b"host", b"x"), (b"Content-Length", b"12")]) == 12
+    assert content_length([(b"content-length", b"nope")]) is None
+    assert content_length([]) is None
+
+
+# --- health and start-up ---------------------------------------------------------------
+
+
+def test_health_is_503_with_the_phase_while_starting_then_200() -> None:
+    worker = ScriptedWorker(started=False)
+    with running_api(worker) as api:
+        wait_for(lambda: worker.phase == "syncing models")
+        r = requests.get(f"{api.url}/health", timeout=5)
+        assert r.status_code == 503
+        assert r.json()["reason"] == "syncing models"
+        job = requests.post(f"{api.url}/generate/sync", json={"label": 1}, timeout=5)
+        assert job.status_code == 503
+        assert job.json()["error"] == "not ready: syncing models"
+        assert job.headers["Retry-After"] == "10"
+        worker.start_gate.set()
+        wait_for(lambda: requests.get(f"{api.url}/health", timeout=5).status_code == 200)
+        assert requests.get(f"{api.url}/health", timeout=5).json()["reason"] == "ready"
+    assert api.result == [0]
+    assert worker.stopped
+
+
+def test_fatal_start_up_failure_keeps_503_with_reason_and_exits_1() -> None:
+    error = ComfyStartError("ComfyUI exited with code 1 during start-up",
+                            hint="check COMFYUI_DIR")
+    worker = ScriptedWorker(start_error=error)
+    with running_api(worker) as api:
+        api.service.wait_started(10)
+        r = requests.get(f"{api.url}/health", timeout=5)
+        assert r.status_code == 503
+        reason = r.json()["reason"]
+        assert reason.startswith("start-up failed: ComfyUI exited with code 1")
+        assert "hint: check COMFYUI_DIR" in reason
+        job = requests.post(f"{api.url}/generate", json={"label": 1}, timeout=5)
+        assert job.status_code == 503
+        assert job.json()["error"] == f"not ready: {reason}"
+    assert api.result == [1]
+
+
+# --- sync jobs ----------------------------------------------------------------------
+
+
+def test_sync_accepts_wrapped_and_bare_input_and_returns_the_output() -> None:
+    with running_api(ScriptedWorker()) as api:
+        wait_for(lambda: api.service.health()[0])
+        wrapped = requests.post(f"{api.url}/generate/sync",
+                                json={"input": {"label": "w", "workflow": {}}}, timeout=10)
+        bare = requests.post(f"{api.url}/generate/sync", json={"label": "b"}, timeout=10)
+    assert wrapped.status_code == 200
+    assert wrapped.json()["echo"] == {"label": "w", "workflow": {}}
+    assert wrapped.json()["job_id"] == wrapped.headers["X-Job-Id"]
+    assert bare.status_code == 200
+    assert bare.json()["echo"] == {"label": "b"}
+
+
+@pytest.mark.parametrize(("reference", "status"), [
+    ("workflow-invalid", 422), ("workflow-execution-error", 500), ("job-timeout", 504),
+])
+def test_sync_job_errors_map_to_status_with_error_and_details(reference: str,
+                                                               status: int) -> None:
+    with running_api(ScriptedWorker()) as api:
+        wait_for(lambda: api.service.health()[0])
+        r = requests.post(f"{api.url}/generate/sync", json={"fail": reference}, timeout=10)
+    assert r.status_code == status
+    assert r.json()["error"] == f"scripted failure {reference}"
+    assert r.json()["details"] == [{"node": "3"}]
+
+
+def test_a_job_that_raises_is_a_500_and_the_queue_keeps_going() -> None:
+    with running_api(ScriptedWorker()) as api:
+        wait_for(lambda: api.service.health()[0])
+        r = requests.post(f"{api.url}/generate/sync", json={"raise": "boom"}, timeout=10)
+        after = requests.post(f"{api.url}/generate/sync", json={"label": 2}, timeout=10)
+    assert r.status_code == 500
+    assert r.json() == {"error": "internal error: RuntimeError: boom", "details": []}
+    assert after.status_code == 200
+
+
+@pytest.mark.parametrize(("data", "status", "message"), [
+    (b"{not json", 400, "request body is not valid JSON"),
+    (b"[1, 2]", 422, "request body is a JSON list, not an object"),
+    (b'{"input": 3}', 422, "'input' is a JSON int, not an object"),
+])
+def test_malformed_bodies_are_refused_with_error_and_details(data: bytes, status: int,
+                                                             message: str) -> None:
+    worker = ScriptedWorker()
+    with running_api(worker) as api:
+        wait_for(lambda: api.service.health()[0])
+        r = requests.post(f"{api.url}/generate/sync", data=data,
+                          headers={"Content-Type": "application/json"}, timeout=10)
+    assert r.status_code == status
+    assert r.json()["error"].startswith(message)
+    assert isinstance(r.json()["details"], list)
+    assert worker.calls == []
+
+
+# --- async jobs ---------------------------------------------------------------------
+
+
+def test_async_job_goes_queued_running_completed_with_output() -> None:
+    worker = ScriptedWorker()
+    worker.job_gate.clear()
+    with running_api(worker) as api:
+        wait_for(lambda: api.service.health()[0])
+        first = requests.post(f"{api.url}/generate", json={"label": 1, "wait_gate": True},
+                              timeout=5).json()
+        second = requests.post(f"{api.url}/generate", json={"input": {"label": 2}},
+                               timeout=5)
+        assert second.status_code == 202
+        second_id = second.json()["id"]
+        assert second.json()["status"] == "queued"
+        running = wait_status(api.url, first["id"], {"running"})
+        assert running["progress"] == {"node": "1", "value": 1, "max": 2}
+        assert requests.get(f"{api.url}/status/{second_id}", timeout=5).json()["status"] \
+            == "queued"
+        assert requests.get(f"{api.url}/health", timeout=5).json()["queued"] == 1
+        worker.job_gate.set()
+        done = wait_status(api.url, second_id, {"completed", "failed"})
+    assert done["status"] == "completed"
+    assert done["output"]["echo"] == {"label": 2}
+    assert done["started"] >= done["created"]
+
+
+def test_async_failed_job_reports_failed_with_the_error_output() -> None:
+    with running_api(ScriptedWorker()) as api:
+        wait_for(lambda: api.service.health()[0])
+        job_id = requests.post(f"{api.url}/generate", json={"fail": "workflow-invalid"},
+                               timeout=5).json()["id"]
+        body = wait_status(api.url, job_id, {"completed", "failed"})
+    assert body["status"] == "failed"
+    assert body["output"]["error"] == "scripted failure workflow-invalid"
+
+
+def test_unknown_job_id_is_404() -> None:
+    with running_api(ScriptedWorker()) as api:
+        r = requests.get(f"{api.url}/status/nope", timeout=5)
+    assert r.status_code == 404
+    assert r.json()["error"] == "unknown job id 'nope'"
+
+
+def test_finished_results_are_evicted_oldest_first_by_count() -> None:
+    with running_api(ScriptedWorker(), max_finished=3) as api:
+        wait_for(lambda: api.service.health()[0])
+        ids = [requests.post(f"{api.url}/generate", json={"label": i}, timeout=5).json()["id"]
+               for i in range(6)]
+        wait_status(api.url, ids[-1], {"completed"})
+        codes = [requests.get(f"{api.url}/status/{i}", timeout=5).status_code for i in ids]
+    assert codes == [404, 404, 404, 200, 200, 200]
+
+
+def test_finished_results_are_evicted_by_total_size_keeping_the_newest() -> None:
+    with running_api(ScriptedWorker(), max_finished_bytes=50_000) as api:
+        wait_for(lambda: api.service.health()[0])
+        ids = [requests.post(f"{api.url}/generate", json={"label": i, "blob": 20_000},
+                             timeout=5).json()["id"] for i in range(5)]
+        wait_status(api.url, ids[-1], {"completed"})
+        codes = [requests.get(f"{api.url}/status/{i}", timeout=5).status_code for i in ids]
+    assert codes == [404, 404, 404, 200, 200]
+
+
+def test_sync_results_are_not_kept_after_they_are_returned() -> None:
+    with running_api(ScriptedWorker()) as api:
+        wait_for(lambda: api.service.health()[0])
+        r = requests.post(f"{api.url}/generate/sync", json={"label": 1}, timeout=10)
+        assert requests.get(f"{api.url}/status/{r.headers['X-Job-Id']}",
+                            timeout=5).status_code == 404
+
+
+def test_queue_full_is_429() -> None:
+    worker = ScriptedWorker()
+    worker.job_gate.clear()
+    with running_api(worker, max_queued=2) as api:
+        wait_for(lambda: api.service.health()[0])
+        requests.post(f"{api.url}/generate", json={"label": 0, "wait_gate": True}, timeout=5)
+        wait_for(lambda: worker.running == 1)
+        codes = [requests.post(f"{api.url}/generate", json={"label": i}, timeout=5).status_code
+                 for i in (1, 2, 3)]
+    assert codes == [202, 202, 429]
+
+
+# --- ordering and concurrency ------------------------------------------------------------
+
+
+def test_jobs_run_one_at_a_time_in_arrival_order() -> None:
+    worker = ScriptedWorker()
+    worker.job_gate.clear()
+    with running_api(worker) as api:
+        wait_for(lambda: api.service.health()[0])
+        ids = [requests.post(f"{api.url}/generate",
+                             json={"label": i, "wait_gate": i == 0}, timeout=5).json()["id"]
+               for i in range(20)]
+        worker.job_gate.set()
+        wait_status(api.url, ids[-1], {"completed"})
+    assert worker.calls == list(range(20))
+    assert worker.max_running == 1
+
+
+def test_many_concurrent_clients_lose_no_job_and_never_overlap() -> None:
+    worker = ScriptedWorker()
+    clients = 64
+
+    def client(i: int) -> tuple[int, dict]:
+        payload = {"input": {"label": i, "sleep": 0.005}}
+        if i % 2:
+            r = requests.post(f"{api.url}/generate/sync", json=payload, timeout=60)
+            assert r.status_code == 200, r.text
+            return i, r.json()
+        job_id = requests.post(f"{api.url}/generate", json=payload, timeout=60).json()["id"]
+        return i, wait_status(api.url, job_id, {"completed", "failed"}, timeout=60)["output"]
+
+    with running_api(worker) as api:
+        wait_for(lambda: api.service.health()[0])
+        with ThreadPoolExecutor(clients) as pool:
+            results = list(pool.map(client, range(clients)))
+    assert all(output["echo"]["label"] == i for i, output in results)
+    assert sorted(worker.calls) == list(range(clients))
+    assert worker.max_running == 1
+
+
+# --- request size limits -------------------------------------------------------------
+
+
+def _raw_request(port: int, head: bytes, body_chunks: list[bytes]) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(head)
+        for chunk in body_chunks:
+            try:
+                s.sendall(chunk)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+        data = b""
+        while True:
+            try:
+                part = s.recv(65536)
+            except ConnectionResetError:
+                break
+            if not part:
+                break
+            data += part
+        return data
+
+
+def test_declared_oversize_body_is_413_before_any_body_byte_is_sent() -> None:
+    worker = ScriptedWorker()
+    with running_api(worker, max_request_bytes=1000) as api:
+        head = (b"POST /generate/sync HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 5000000\r\n\r\n")
+        response = _raw_request(api.port, head, [])
+    status_line, _, rest = response.partition(b"\r\n")
+    assert status_line == b"HTTP/1.1 413 Request Entity Too Large"
+    body = json.loads(rest.split(b"\r\n\r\n", 1)[1])
+    assert body["error"] == ("request body too large: 5000000 bytes sent, "
+                             "the limit is 1000 bytes")
+    assert body["details"][0]["setting"] == "COMFY_WORKER_MAX_REQUEST_BYTES"
+    assert worker.calls == []
+
+
+def test_streamed_chunked_body_over_the_limit_is_413() -> None:
+    worker = ScriptedWorker()
+    with running_api(worker, max_request_bytes=1000) as api:
+        head = (b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n")
+        chunk = b"x" * 600
+        chunks = [b"%x\r\n%s\r\n" % (len(chunk), chunk)] * 2
+        response = _raw_request(api.port, head, chunks)
+    assert response.startswith(b"HTTP/1.1 413")
+    assert b"the limit is 1000 bytes" in response
+    assert worker.calls == []
+
+
+def test_body_just_under_the_limit_is_accepted() -> None:
+    worker = ScriptedWorker()
+    with running_api(worker, max_request_bytes=1000) as api:
+        wait_for(lambda: api.service.health()[0])
+        payload = json.dumps({"label": "p" * 900}).encode()
+        assert len(payload) <= 1000
+        r = requests.post(f"{api.url}/generate/sync", data=payload, timeout=10)
+        big = requests.post(f"{api.url}/generate/sync", data=payload + b" " * 200, timeout=10)
+    assert r.status_code == 200
+    assert big.status_code == 413
+
+
+# --- docs -----------------------------------------------------------------------------
+
+
+def test_openapi_documents_every_endpoint_and_docs_page_is_served() -> None:
+    with running_api(ScriptedWorker()) as api:
+        spec = requests.get(f"{api.url}/openapi.json", timeout=5).json()
+        docs = requests.get(f"{api.url}/docs", timeout=5)
+    assert set(spec["paths"]) == {"/generate/sync", "/generate", "/status/{job_id}", "/health"}
+    assert "requestBody" in spec["paths"]["/generate/sync"]["post"]
+    assert docs.status_code == 200
+    assert "swagger" in docs.text.lower()
+
+
+def test_stopping_the_queue_fails_waiting_jobs_instead_of_dropping_them() -> None:
+    gate = threading.Event()
+    ran: list[str] = []
+
+    def run(job: Job) -> dict:
+        ran.append(job.id)
+        gate.wait(10)
+        return {"images": []}
+
+    q = JobQueue(run)
+    q.start()
+    first, waiting = q.submit({}), q.submit({})
+    wait_for(lambda: first.status == "running")
+    stopper = threading.Thread(target=q.stop)
+    stopper.start()
+
+    def refuses_new_jobs() -> bool:
+        try:
+            q.submit({})
+        except QueueClosed:
+            return True
+        return False
+
+    wait_for(refuses_new_jobs)
+    gate.set()
+    stopper.join(10)
+    assert first.future.result(5) == {"images": []}
+    assert waiting.future.result(5) == {"error": "the server is shutting down", "details": []}
+    assert waiting.status == "failed"
+    assert ran == [first.id]

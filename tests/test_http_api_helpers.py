@@ -1,0 +1,142 @@
+"""Shared by the HTTP API tests: a scripted Worker test double and an in-process server.
+
+``ScriptedWorker`` is a real object implementing the documented ``Worker`` interface
+(start / readiness / run_job / stop) without ComfyUI: start-up waits on an event (or
+fails), jobs sleep, echo their input and record the order and overlap of execution. It
+exercises the API's queueing, limits and health logic; the real Worker + ComfyUI path is
+covered by tests/e2e.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+from comfy_worker.entrypoints.http_api import ApiService, bind_socket, run_server
+
+
+class ScriptedWorker:
+    def __init__(self, *, start_error: Exception | None = None, started: bool = True) -> None:
+        self.start_gate = threading.Event()
+        if started:
+            self.start_gate.set()
+        self.job_gate = threading.Event()
+        self.job_gate.set()
+        self.start_error = start_error
+        self.phase = "not started"
+        self.calls: list[Any] = []
+        self.running = 0
+        self.max_running = 0
+        self.stopped = False
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        self.phase = "syncing models"
+        if not self.start_gate.wait(30):
+            raise TimeoutError("start gate never opened")
+        self.phase = "starting ComfyUI"
+        if self.start_error is not None:
+            self.phase = f"start-up failed: {self.start_error}"
+            raise self.start_error
+        self.phase = "ready"
+
+    def readiness(self) -> tuple[bool, str]:
+        return self.phase == "ready", self.phase
+
+    def run_job(self, job_input: Mapping[str, Any], *, job_id: str | None = None,
+                progress: Callable[[dict[str, Any]], None] | None = None,
+                cancel: threading.Event | None = None) -> dict[str, Any]:
+        with self._lock:
+            self.running += 1
+            self.max_running = max(self.max_running, self.running)
+            self.calls.append(job_input.get("label"))
+        try:
+            if progress is not None:
+                progress({"node": "1", "value": 1, "max": 2})
+            if job_input.get("wait_gate"):
+                self.job_gate.wait(30)
+            time.sleep(float(job_input.get("sleep", 0)))
+            if "raise" in job_input:
+                raise RuntimeError(job_input["raise"])
+            if "fail" in job_input:
+                return {"error": f"scripted failure {job_input['fail']}",
+                        "details": [{"node": "3"}], "reference": job_input["fail"]}
+            return {"images": [], "echo": dict(job_input), "job_id": job_id,
+                    "blob": "x" * int(job_input.get("blob", 0))}
+        finally:
+            with self._lock:
+                self.running -= 1
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+@dataclass
+class RunningApi:
+    url: str
+    service: ApiService
+    worker: ScriptedWorker
+    server: Any
+    thread: threading.Thread
+    result: list[int]
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+
+@contextlib.contextmanager
+def running_api(worker: ScriptedWorker, *, max_request_bytes: int = 1 << 20,
+                **service_options: Any) -> Iterator[RunningApi]:
+    """run_server() on 127.0.0.1 in a thread; stopped (and joined) on exit."""
+    service = ApiService(worker, **service_options)
+    sock = bind_socket("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    servers: list[Any] = []
+    result: list[int] = []
+
+    def target() -> None:
+        result.append(run_server(service, host="127.0.0.1", port=port,
+                                 max_request_bytes=max_request_bytes, sock=sock,
+                                 on_listening=servers.append))
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not (servers and servers[0].started):
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.01)
+    api = RunningApi(f"http://127.0.0.1:{port}", service, worker, servers[0], thread, result)
+    try:
+        yield api
+    finally:
+        worker.start_gate.set()
+        worker.job_gate.set()
+        servers[0].should_exit = True
+        thread.join(20)
+        assert not thread.is_alive(), "server thread did not stop"
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def wait_status(url: str, job_id: str, statuses: set[str], timeout: float = 10.0) -> dict:
+    body: dict = {}
+
+    def done() -> bool:
+        nonlocal body
+        body = requests.get(f"{url}/status/{job_id}", timeout=5).json()
+        return body.get("status") in statuses
+
+    wait_for(done, timeout)
+    return body
