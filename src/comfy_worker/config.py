@@ -139,6 +139,9 @@ class Settings:
     """BUCKET_ACCESS_KEY_ID: S3 key id. Never printed."""
     bucket_secret_access_key: Secret | None = None
     """BUCKET_SECRET_ACCESS_KEY: S3 secret. Never printed."""
+    bucket_name: str | None = None
+    """BUCKET_NAME: S3 bucket for outputs (default: the month, ``%m-%y``, as runpod's
+    ``rp_upload`` names it)."""
 
     # --- serving ------------------------------------------------------------------
     host: str = "0.0.0.0"
@@ -217,6 +220,8 @@ def load_settings(
         values["bucket_access_key_id"] = Secret(raw)
     if (raw := get("BUCKET_SECRET_ACCESS_KEY")) is not None:
         values["bucket_secret_access_key"] = Secret(raw)
+    if (raw := get("BUCKET_NAME")) is not None:
+        values["bucket_name"] = raw
 
     if (raw := get(ENV_PREFIX + "HOST")) is not None:
         values["host"] = raw

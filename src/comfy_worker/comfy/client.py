@@ -79,6 +79,10 @@ class ComfyClient:
         path = "/object_info" if node_class is None else f"/object_info/{node_class}"
         return self._json("GET", path)
 
+    def queue(self) -> dict[str, Any]:
+        """``{"queue_running": [[number, prompt_id, ...]], "queue_pending": [...]}``."""
+        return self._json("GET", "/queue")
+
     def history(self, prompt_id: str) -> dict[str, Any]:
         return self._json("GET", f"/history/{prompt_id}")
 
