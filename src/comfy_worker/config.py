@@ -151,6 +151,10 @@ class Settings:
     max_request_bytes: int = 64 * 1024 * 1024
     """COMFY_WORKER_MAX_REQUEST_BYTES: largest request body the HTTP API accepts."""
 
+    runpod_platform: bool = False
+    """RUNPOD_WEBHOOK_GET_JOB (set by RunPod): running on RunPod rather than in the runpod
+    SDK's local test modes; progress updates are sent only then."""
+
     extra: Mapping[str, Any] = field(default_factory=dict)
     """Reserved for adapters; not read from the environment."""
 
@@ -229,6 +233,9 @@ def load_settings(
         values["port"] = _as_int(ENV_PREFIX + "PORT", raw, minimum=0)
     if (raw := get(ENV_PREFIX + "MAX_REQUEST_BYTES")) is not None:
         values["max_request_bytes"] = _as_int(ENV_PREFIX + "MAX_REQUEST_BYTES", raw, minimum=1)
+
+    if get("RUNPOD_WEBHOOK_GET_JOB") is not None:
+        values["runpod_platform"] = True
 
     for key, value in overrides.items():
         if value is None:

@@ -1,0 +1,96 @@
+"""RunPod serverless adapter: RunPod job → :meth:`Worker.run_job` → RunPod result.
+
+The worker is started (models synced, ComfyUI ready) *before*
+``runpod.serverless.start``, so no job is billed for the boot and none sees a ComfyUI
+that is not up yet. The handler is async: the job runs in a thread, and when RunPod
+stops the job (cancel, endpoint timeout) the SDK cancels the handler's task; the
+handler then sets the job's cancel event, which interrupts ComfyUI and clears its queue,
+and waits for that before it gives the cancellation back to the SDK.
+
+The SDK's local modes work unchanged: ``--test_input '{"input": ...}'``, a
+``test_input.json`` in the working directory, ``--rp_serve_api --rp_api_port N``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from comfy_worker.worker import Worker
+
+log = logging.getLogger(__name__)
+
+PROGRESS_INTERVAL_S = 1.0
+"""Least time between two progress updates sent to RunPod (each is an HTTP request)."""
+
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+ProgressSender = Callable[[dict[str, Any], dict[str, Any]], None]
+
+
+class Throttle:
+    """Lets a call through at most every ``interval`` seconds (the first always)."""
+
+    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self._clock = clock
+        self._last: float | None = None
+
+    def ready(self) -> bool:
+        now = self._clock()
+        if self._last is None or now - self._last >= self.interval:
+            self._last = now
+            return True
+        return False
+
+
+def make_handler(worker: Worker, send_progress: ProgressSender | None) -> Handler:
+    """The async handler for ``runpod.serverless.start``.
+
+    ``send_progress(job, payload)`` is ``runpod.serverless.progress_update`` on RunPod,
+    ``None`` in the SDK's local modes (there is no RunPod to send to).
+    """
+
+    async def handler(job: dict[str, Any]) -> dict[str, Any]:
+        job_id = str(job.get("id") or "local")
+        cancel = threading.Event()
+        progress = None
+        if send_progress is not None:
+            throttle = Throttle(PROGRESS_INTERVAL_S)
+
+            def progress(payload: dict[str, Any]) -> None:
+                if throttle.ready():
+                    send_progress(job, payload)
+
+        task = asyncio.ensure_future(asyncio.to_thread(
+            worker.run_job, job.get("input"), job_id=job_id, progress=progress, cancel=cancel))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            log.warning("job %s: stopped by RunPod; interrupting ComfyUI", job_id)
+            cancel.set()
+            while not task.done():  # let the interrupt and cleanup finish first
+                try:
+                    await asyncio.shield(task)
+                except asyncio.CancelledError:
+                    continue
+            raise
+
+    return handler
+
+
+def serve(settings: Any) -> int:
+    """Start the worker, then hand control to the runpod SDK (which reads ``sys.argv``)."""
+    import runpod  # imported here: `comfy-worker run/serve` do not need it
+
+    worker = Worker(settings)
+    try:
+        worker.start()
+        send = runpod.serverless.progress_update if settings.runpod_platform else None
+        runpod.serverless.start({"handler": make_handler(worker, send)})
+    finally:
+        worker.stop()
+    return 0
