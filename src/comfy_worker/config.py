@@ -151,6 +151,21 @@ class Settings:
     max_request_bytes: int = 64 * 1024 * 1024
     """COMFY_WORKER_MAX_REQUEST_BYTES: largest request body the HTTP API accepts."""
 
+    # --- Vast.ai PyWorker (comfy-worker vast; docs/serving.md) ------------------------
+    vast_python: str = "/opt/vast-pyworker/bin/python"
+    """COMFY_WORKER_VAST_PYTHON: the PyWorker virtualenv's python
+    (scripts/install_vast_pyworker.sh)."""
+    vast_model_log: Path = Path("/var/log/comfy-worker/model.log")
+    """COMFY_WORKER_VAST_MODEL_LOG: the model log the PyWorker watches for ready/fatal lines."""
+    vast_benchmark: Path | None = None
+    """COMFY_WORKER_VAST_BENCHMARK: JSON job input the PyWorker benchmarks (default: a tiny
+    EmptyImage -> SaveImage workflow)."""
+    vast_benchmark_runs: int = 3
+    """COMFY_WORKER_VAST_BENCHMARK_RUNS: timed benchmark runs after one warm-up."""
+    vast_max_queue_time: float = 30.0
+    """COMFY_WORKER_VAST_MAX_QUEUE_TIME: estimated queue seconds after which the PyWorker
+    answers 429 (the autoscaler then routes elsewhere)."""
+
     runpod_platform: bool = False
     """RUNPOD_WEBHOOK_GET_JOB (set by RunPod): running on RunPod rather than in the runpod
     SDK's local test modes; progress updates are sent only then."""
@@ -233,6 +248,18 @@ def load_settings(
         values["port"] = _as_int(ENV_PREFIX + "PORT", raw, minimum=0)
     if (raw := get(ENV_PREFIX + "MAX_REQUEST_BYTES")) is not None:
         values["max_request_bytes"] = _as_int(ENV_PREFIX + "MAX_REQUEST_BYTES", raw, minimum=1)
+    if (raw := get(ENV_PREFIX + "VAST_PYTHON")) is not None:
+        values["vast_python"] = raw
+    if (raw := get(ENV_PREFIX + "VAST_MODEL_LOG")) is not None:
+        values["vast_model_log"] = _as_path(raw)
+    if (raw := get(ENV_PREFIX + "VAST_BENCHMARK")) is not None:
+        values["vast_benchmark"] = _as_path(raw)
+    if (raw := get(ENV_PREFIX + "VAST_BENCHMARK_RUNS")) is not None:
+        values["vast_benchmark_runs"] = _as_int(ENV_PREFIX + "VAST_BENCHMARK_RUNS", raw,
+                                                minimum=1)
+    if (raw := get(ENV_PREFIX + "VAST_MAX_QUEUE_TIME")) is not None:
+        values["vast_max_queue_time"] = _as_float(ENV_PREFIX + "VAST_MAX_QUEUE_TIME", raw,
+                                                  minimum=0.1)
 
     if get("RUNPOD_WEBHOOK_GET_JOB") is not None:
         values["runpod_platform"] = True

@@ -330,12 +330,16 @@ class ApiService:
             reason = "start-up failed: " + " ".join(str(exc).split())
             log.error("%s", reason)
             self._failure = reason
+            self._started.set()
             self._notify("failed", reason)
         else:
+            self._started.set()
+            # The listener hears "ready" only once /health would answer 200.
+            while not self.health()[0]:
+                if self._cancel.wait(0.1):
+                    return
             log.info("worker ready")
             self._notify("ready", "")
-        finally:
-            self._started.set()
 
     def _notify(self, event: str, detail: str) -> None:
         if self._listener is not None:
