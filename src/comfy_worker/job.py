@@ -535,7 +535,7 @@ class JobRunner:
         return self._object_info
 
     def _died(self, gen: int) -> ComfyDied:
-        message = self.comfy.last_error or "ComfyUI exited"
+        message = self.comfy.exit_reason()
         return ComfyDied(
             f"ComfyUI stopped while running this job: {message}",
             hint="ComfyUI is being restarted; retry the job (if it died of memory, use "
@@ -726,9 +726,10 @@ class JobRunner:
                     event = None
                     if self._lost(client, stream, gen):
                         return
-                if event is not None and event.prompt_id == prompt_id and (
-                        isinstance(event, ev.ExecutionInterrupted)
-                        or (isinstance(event, ev.Executing) and event.node is None)):
+                # ComfyUI sends executing(node=None) once the prompt left its queue
+                # (execution_interrupted comes a moment earlier, while it still runs).
+                if isinstance(event, ev.Executing) and event.node is None \
+                        and event.prompt_id == prompt_id:
                     return
                 if time.monotonic() >= next_poll:
                     next_poll = time.monotonic() + 1.0

@@ -122,7 +122,8 @@ def death_message(returncode: int | None, tail: Sequence[str], *, during: str) -
     else:
         what = f"exited with status {returncode}"
     lines = "\n".join(f"  | {line}" for line in tail[-DEATH_TAIL_LINES:])
-    return f"ComfyUI {what} {during}" + (f"; last log lines:\n{lines}" if lines else "")
+    head = f"ComfyUI {what} {during}".rstrip()
+    return head + (f"; last log lines:\n{lines}" if lines else "")
 
 
 def gpu_present() -> bool:
@@ -214,6 +215,16 @@ class ComfyProcess:
     @property
     def last_error(self) -> str | None:
         return self._last_error
+
+    def exit_reason(self) -> str:
+        """Why the current process is gone (its exit status and last log lines)."""
+        child = self._child
+        if child is not None:
+            rc = child.proc.poll()
+            if rc is not None:
+                child.exited.wait(2)
+                return death_message(rc, self.log_tail(), during="")
+        return self._last_error or "ComfyUI is not running"
 
     def log_tail(self, lines: int = DEATH_TAIL_LINES) -> list[str]:
         return list(self._tail)[-lines:]

@@ -1,0 +1,92 @@
+"""Small real artefacts for the end-to-end tests: PNG files, a Compact upscaler, workflows."""
+
+from __future__ import annotations
+
+import base64
+import struct
+import zlib
+from typing import Any
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_bytes(width: int, height: int, rgb: tuple[int, int, int] = (200, 30, 60)) -> bytes:
+    """A real RGB PNG of one colour (no PIL in the test environment)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+
+    row = b"\x00" + bytes(rgb) * width
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (PNG_SIGNATURE + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(row * height))
+            + chunk(b"IEND", b""))
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from a PNG's IHDR."""
+    assert data[:8] == PNG_SIGNATURE, f"not a PNG: {data[:8]!r}"
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def compact_upscaler(nf: int = 8, num_conv: int = 2, scale: int = 2, seed: int = 0) -> bytes:
+    """A random-weight SRVGGNetCompact as .safetensors (spandrel detects "Compact").
+
+    Keys ``body.{i}.weight/bias``: conv 3→nf, PReLU, num_conv x (conv nf→nf, PReLU),
+    conv nf→3·scale².
+    """
+    import numpy as np
+    from safetensors.numpy import save
+
+    rng = np.random.default_rng(seed)
+    tensors: dict[str, Any] = {}
+    i = 0
+
+    def conv(cin: int, cout: int) -> None:
+        nonlocal i
+        tensors[f"body.{i}.weight"] = (rng.standard_normal((cout, cin, 3, 3)) * 0.1
+                                       ).astype(np.float32)
+        tensors[f"body.{i}.bias"] = np.zeros(cout, dtype=np.float32)
+        i += 1
+
+    def prelu(n: int) -> None:
+        nonlocal i
+        tensors[f"body.{i}.weight"] = np.full(n, 0.25, dtype=np.float32)
+        i += 1
+
+    conv(3, nf)
+    prelu(nf)
+    for _ in range(num_conv):
+        conv(nf, nf)
+        prelu(nf)
+    conv(nf, 3 * scale * scale)
+    return save(tensors)
+
+
+def empty_image_workflow(width: int = 64, height: int = 64, batch: int = 1,
+                         prefix: str = "e2e") -> dict[str, Any]:
+    return {
+        "1": {"class_type": "EmptyImage",
+              "inputs": {"width": width, "height": height, "batch_size": batch,
+                         "color": 0x3366CC}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0],
+                                                   "filename_prefix": prefix}},
+    }
+
+
+def upscale_workflow(model_name: str, width: int, height: int, batch: int = 1,
+                     prefix: str = "up") -> dict[str, Any]:
+    return {
+        "1": {"class_type": "EmptyImage",
+              "inputs": {"width": width, "height": height, "batch_size": batch,
+                         "color": 0x808080}},
+        "2": {"class_type": "UpscaleModelLoader", "inputs": {"model_name": model_name}},
+        "3": {"class_type": "ImageUpscaleWithModel",
+              "inputs": {"upscale_model": ["2", 0], "image": ["1", 0]}},
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0],
+                                                   "filename_prefix": prefix}},
+    }

@@ -1,0 +1,156 @@
+"""`comfy-worker serve` end to end: the real CLI, Worker, model sync and a CPU ComfyUI.
+
+One server process for the module (its own ComfyUI, started through the API's background
+start-up), reusing tests/e2e/conftest.py's ComfyUI install and locked model.
+"""
+
+from __future__ import annotations
+
+import base64
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import requests
+
+from e2e.conftest import ComfyInstall, ModelEnv, e2e_env
+from e2e.helpers import empty_image_workflow, png_size, upscale_workflow
+
+pytestmark = pytest.mark.comfyui
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Served:
+    url: str
+    proc: subprocess.Popen[bytes]
+    health_seen: list[tuple[int, str]] = field(default_factory=list)
+    ready_after_s: float = 0.0
+
+
+@pytest.fixture(scope="module")
+def served(comfy_install: ComfyInstall, model_env: ModelEnv,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    port = _free_port()
+    env = e2e_env(comfy_install, model_env)
+    env["COMFY_WORKER_WORK_DIR"] = str(tmp_path_factory.mktemp("serve-work"))
+    log_path = tmp_path_factory.mktemp("serve-log") / "serve.log"
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "comfy_worker.cli", "-v", "serve", "--host", "127.0.0.1",
+             "--port", str(port)], env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    s = Served(f"http://127.0.0.1:{port}", proc)
+    t0 = time.monotonic()
+    try:
+        while True:
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() - t0 < 240, log_path.read_text()[-3000:]
+            try:
+                r = requests.get(f"{s.url}/health", timeout=2)
+            except requests.ConnectionError:
+                time.sleep(0.05)
+                continue
+            s.health_seen.append((r.status_code, r.json()["reason"]))
+            if r.status_code == 200:
+                break
+            time.sleep(0.1)
+        s.ready_after_s = time.monotonic() - t0
+        yield s
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _png(item: dict[str, Any]) -> tuple[int, int]:
+    return png_size(base64.b64decode(item["data"]))
+
+
+def test_health_answers_503_with_the_phase_during_start_up_then_200(served: Served) -> None:
+    first_status, first_reason = served.health_seen[0]
+    assert first_status == 503
+    assert first_reason in {"not started", "syncing models and starting ComfyUI",
+                            "syncing models", "starting ComfyUI"}
+    assert served.health_seen[-1] == (200, "ready")
+
+
+def test_sync_job_wrapped_and_bare_return_pngs(served: Served) -> None:
+    wrapped = requests.post(f"{served.url}/generate/sync",
+                            json={"input": {"workflow": empty_image_workflow(32, 16)}},
+                            timeout=120)
+    bare = requests.post(f"{served.url}/generate/sync",
+                         json={"workflow": empty_image_workflow(8, 8)}, timeout=120)
+    assert wrapped.status_code == 200, wrapped.text
+    assert [_png(i) for i in wrapped.json()["images"]] == [(32, 16)]
+    assert bare.status_code == 200, bare.text
+    assert [_png(i) for i in bare.json()["images"]] == [(8, 8)]
+
+
+def test_async_job_with_the_locked_model_completes_with_the_upscaled_png(
+        served: Served, model_env: ModelEnv) -> None:
+    job = requests.post(f"{served.url}/generate",
+                        json={"input": {"workflow": upscale_workflow(model_env.model_name,
+                                                                     24, 20)}}, timeout=30)
+    assert job.status_code == 202
+    job_id = job.json()["id"]
+    deadline = time.monotonic() + 120
+    while True:
+        body = requests.get(f"{served.url}/status/{job_id}", timeout=10).json()
+        if body["status"] in {"completed", "failed"}:
+            break
+        assert body["status"] in {"queued", "running"}
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert body["status"] == "completed", body
+    assert [_png(i) for i in body["output"]["images"]] == [(48, 40)]
+
+
+def test_invalid_workflow_is_422_with_error_and_details(served: Served) -> None:
+    wf = empty_image_workflow()
+    wf["2"]["class_type"] = "NoSuchNode"
+    r = requests.post(f"{served.url}/generate/sync", json={"workflow": wf}, timeout=60)
+    assert r.status_code == 422, r.text
+    assert "NoSuchNode" in r.json()["error"] + str(r.json()["details"])
+    missing = requests.post(f"{served.url}/generate/sync",
+                            json={"workflow": upscale_workflow("absent.safetensors", 8, 8)},
+                            timeout=60)
+    assert missing.status_code == 422, missing.text
+    assert "absent.safetensors" in missing.text
+
+
+def test_concurrent_clients_all_get_their_own_image(served: Served) -> None:
+    sizes = [(8 + 2 * i, 8) for i in range(6)]
+
+    def client(size: tuple[int, int]) -> tuple[int, int]:
+        r = requests.post(f"{served.url}/generate/sync",
+                          json={"workflow": empty_image_workflow(*size, prefix="cc")},
+                          timeout=180)
+        assert r.status_code == 200, r.text
+        return _png(r.json()["images"][0])
+
+    with ThreadPoolExecutor(len(sizes)) as pool:
+        assert list(pool.map(client, sizes)) == sizes
+
+
+def test_sigterm_stops_the_server_and_comfyui_with_exit_0(served: Served) -> None:
+    served.proc.send_signal(signal.SIGTERM)
+    assert served.proc.wait(60) == 0
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{served.url}/health", timeout=2)

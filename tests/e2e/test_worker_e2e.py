@@ -1,0 +1,299 @@
+"""The worker against a real ComfyUI on CPU: jobs that succeed, fail, time out, get
+cancelled, and survive ComfyUI being killed. One ComfyUI for the whole module (the
+session ``worker`` fixture); the ComfyUI-killing test runs last."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from comfy_worker.comfy.client import ComfyClient
+from comfy_worker.comfy.process import State
+from comfy_worker.worker import Worker
+from e2e.helpers import b64, empty_image_workflow, png_bytes, png_size, upscale_workflow
+
+pytestmark = pytest.mark.comfyui
+
+# Slow enough on CPU to be interrupted: a 2048² image through the x2 upscaler in
+# 512-pixel tiles (one progress step per tile) takes ~10 s here.
+SLOW = {"width": 2048, "height": 2048}
+
+
+def _images(result: dict[str, Any]) -> list[bytes]:
+    assert "error" not in result, result
+    return [base64.b64decode(item["data"]) for item in result["images"]]
+
+
+def _files(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.is_file()] if folder.exists() else []
+
+
+def _assert_idle(worker: Worker) -> None:
+    """ComfyUI runs nothing and has nothing queued."""
+    queue = ComfyClient(worker.comfy.base_url).queue()
+    assert queue["queue_running"] == [] and queue["queue_pending"] == [], queue
+
+
+def _wait_for(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_worker_is_ready_after_start_with_the_locked_model_synced(worker: Worker,
+                                                                  model_env: Any) -> None:
+    assert worker.readiness() == (True, "ready")
+    assert (model_env.models_dir / "upscale_models" / model_env.model_name).is_file()
+    assert {"sync_s", "boot_s", "ready_s"} <= set(worker.timings)
+
+
+def test_batch_of_two_returns_both_images_with_their_node(worker: Worker) -> None:
+    result = worker.run_job({"workflow": empty_image_workflow(40, 24, batch=2)})
+    images = _images(result)
+    assert len(images) == 2
+    assert [png_size(i) for i in images] == [(40, 24), (40, 24)]
+    assert {item["node_id"] for item in result["images"]} == {"2"}
+    assert {item["type"] for item in result["images"]} == {"base64"}
+    assert result["videos"] == []
+    assert result["timings"]["total_ms"] > 0
+
+
+def test_same_workflow_twice_returns_fresh_files_both_times(worker: Worker) -> None:
+    wf = empty_image_workflow(16, 16)
+    first, second = worker.run_job({"workflow": wf}), worker.run_job({"workflow": wf})
+    assert len(_images(first)) == 1 and len(_images(second)) == 1
+
+
+def test_img2img_uses_the_uploaded_image_and_removes_it_afterwards(worker: Worker) -> None:
+    source = png_bytes(30, 20)
+    wf = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "source.png"}},
+        "2": {"class_type": "ImageScale",
+              "inputs": {"image": ["1", 0], "upscale_method": "nearest-exact",
+                         "width": 60, "height": 40, "crop": "disabled"}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0],
+                                                   "filename_prefix": "i2i"}},
+    }
+    job = {"workflow": wf,
+           "images": [{"name": "source.png", "image": "data:image/png;base64," + b64(source)}]}
+    result = worker.run_job(job)
+    (out,) = _images(result)
+    assert png_size(out) == (60, 40)
+    cfg = worker.comfy.cfg
+    assert not (cfg.input_dir / "source.png").exists()
+    assert _files(cfg.output_dir) == []
+
+
+def test_workflow_as_json_string_is_accepted(worker: Worker) -> None:
+    import json
+
+    result = worker.run_job({"workflow": json.dumps(empty_image_workflow(8, 8))})
+    assert len(_images(result)) == 1
+
+
+def test_locked_model_runs_through_upscale_model_loader(worker: Worker, model_env: Any) -> None:
+    result = worker.run_job({"workflow": upscale_workflow(model_env.model_name, 32, 16)})
+    (out,) = _images(result)
+    assert png_size(out) == (64, 32)
+
+
+def test_validation_error_names_node_class_and_comfyui_message(worker: Worker) -> None:
+    wf = empty_image_workflow()
+    del wf["2"]["inputs"]["images"]
+    result = worker.run_job({"workflow": wf})
+    assert result["reference"] == "workflow-invalid"
+    assert "Required input is missing" in result["error"]
+    (detail,) = result["details"]
+    assert detail["node_id"] == "2" and detail["class_type"] == "SaveImage"
+    assert detail["type"] == "required_input_missing"
+    assert worker.run_job({"workflow": empty_image_workflow(8, 8)}).get("images")
+
+
+def test_execution_error_names_the_failing_node_and_worker_stays_up(worker: Worker) -> None:
+    wf = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "broken.png"}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0],
+                                                   "filename_prefix": "x"}},
+    }
+    job = {"workflow": wf, "images": [{"name": "broken.png", "image": b64(b"not a png")}]}
+    result = worker.run_job(job)
+    assert result["reference"] == "workflow-execution-error", result
+    (detail,) = result["details"]
+    assert detail["node_id"] == "1" and detail["class_type"] == "LoadImage"
+    assert detail["message"]
+    assert not (worker.comfy.cfg.input_dir / "broken.png").exists()
+    assert len(_images(worker.run_job({"workflow": empty_image_workflow(8, 8)}))) == 1
+
+
+def test_preflight_lists_every_missing_model_and_node_before_queueing(worker: Worker) -> None:
+    wf = upscale_workflow("not_locked_a.safetensors", 8, 8)
+    wf["5"] = {"class_type": "UpscaleModelLoader",
+               "inputs": {"model_name": "not_locked_b.pth"}}
+    wf["6"] = {"class_type": "NodeFromAMissingPack", "inputs": {}}
+    result = worker.run_job({"workflow": wf})
+    assert result["reference"] == "workflow-invalid"
+    assert "not_locked_a.safetensors" in result["error"]
+    assert "not_locked_b.pth" in result["error"]
+    assert "NodeFromAMissingPack" in result["error"]
+    kinds = sorted((d["node_id"], d["type"]) for d in result["details"])
+    assert kinds == [("2", "missing_model"), ("5", "missing_model"), ("6", "missing_node")]
+
+
+def test_invalid_input_is_rejected_without_touching_comfyui(worker: Worker) -> None:
+    result = worker.run_job({"workflow": empty_image_workflow(),
+                             "images": [{"name": "../x.png", "image": b64(b"x")}]})
+    assert result["reference"] == "job-input-invalid"
+    assert "../x.png" in result["error"]
+
+
+def test_outputs_over_the_size_limit_fail_with_the_size(worker: Worker) -> None:
+    runner = worker.runner
+    original = runner.settings
+    runner.settings = original.replace(max_output_bytes=1000)
+    try:
+        result = worker.run_job({"workflow": empty_image_workflow(64, 64, batch=4)})
+    finally:
+        runner.settings = original
+    assert result["reference"] == "output-too-large"
+    assert "MB" in result["error"] and result["details"][0]["files"] == 4
+    assert _files(worker.comfy.cfg.output_dir) == []
+
+
+def test_timeout_interrupts_comfyui_and_the_next_job_runs(worker: Worker,
+                                                          model_env: Any) -> None:
+    wf = upscale_workflow(model_env.model_name, **SLOW, prefix="slow")
+    started = time.monotonic()
+    result = worker.run_job({"workflow": wf, "timeout": 2})
+    elapsed = time.monotonic() - started
+    assert result["reference"] == "job-timeout", result
+    assert "2 s" in result["error"]
+    assert elapsed < 15, f"interrupt took {elapsed:.1f} s"
+    _assert_idle(worker)
+    assert len(_images(worker.run_job({"workflow": empty_image_workflow(8, 8)}))) == 1
+
+
+def test_cancel_event_interrupts_the_running_prompt(worker: Worker, model_env: Any) -> None:
+    cancel = threading.Event()
+    seen: list[dict[str, Any]] = []
+
+    def progress(payload: dict[str, Any]) -> None:
+        seen.append(payload)
+        if payload.get("class_type") == "ImageUpscaleWithModel" and payload.get("step"):
+            cancel.set()
+
+    wf = upscale_workflow(model_env.model_name, **SLOW, prefix="cancel")
+    result = worker.run_job({"workflow": wf}, progress=progress, cancel=cancel)
+    assert result["reference"] == "job-cancelled", result
+    steps = [p for p in seen if p["step"] is not None]
+    assert steps and steps[0]["max"] > 1 and 0 < steps[0]["percent"] < 100
+    _assert_idle(worker)
+    assert len(_images(worker.run_job({"workflow": empty_image_workflow(8, 8)}))) == 1
+
+
+def test_runpod_handler_cancelled_by_the_sdk_interrupts_comfyui(worker: Worker,
+                                                                model_env: Any) -> None:
+    from comfy_worker.entrypoints.runpod import make_handler
+
+    sent: list[dict[str, Any]] = []
+    handler = make_handler(worker, lambda job, payload: sent.append(payload))
+    job = {"id": "rp-cancel",
+           "input": {"workflow": upscale_workflow(model_env.model_name, **SLOW)}}
+
+    async def scenario() -> None:
+        task = asyncio.ensure_future(handler(job))
+        deadline = time.monotonic() + 30
+        while not any(p.get("step") for p in sent):
+            assert time.monotonic() < deadline, "no progress"
+            await asyncio.sleep(0.05)
+        task.cancel()  # what the SDK's JobScaler does when RunPod stops the job
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    _assert_idle(worker)
+    result = asyncio.run(handler({"id": "rp-next",
+                                  "input": {"workflow": empty_image_workflow(8, 8)}}))
+    assert len(_images(result)) == 1
+
+
+def test_outputs_go_to_s3_when_a_bucket_is_configured(worker: Worker,
+                                                      tmp_path: Path) -> None:
+    pytest.importorskip("moto")
+    boto3 = pytest.importorskip("boto3")
+    import subprocess
+    import sys
+
+    from comfy_worker.comfy.process import free_port
+    from comfy_worker.config import Secret
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
+                               "-p", str(port)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for(lambda: _answers(endpoint), 30, "moto server")
+        s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="k",
+                          aws_secret_access_key="s", region_name="us-east-1")
+        s3.create_bucket(Bucket="outputs")
+        runner = worker.runner
+        original = runner.settings
+        runner.settings = original.replace(
+            bucket_endpoint_url=endpoint, bucket_access_key_id=Secret("k"),
+            bucket_secret_access_key=Secret("s"), bucket_name="outputs")
+        runner._s3 = None
+        try:
+            result = worker.run_job({"workflow": empty_image_workflow(24, 24, batch=2)},
+                                    job_id="s3job")
+        finally:
+            runner.settings = original
+            runner._s3 = None
+        assert "error" not in result, result
+        assert [i["type"] for i in result["images"]] == ["s3_url", "s3_url"]
+        for item in result["images"]:
+            body = requests.get(item["data"], timeout=10).content
+            assert png_size(body) == (24, 24)
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket="outputs")["Contents"]]
+        assert len(keys) == 2 and all(k.startswith("s3job/") for k in keys)
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def _answers(url: str) -> bool:
+    try:
+        requests.get(url, timeout=1)
+        return True
+    except requests.RequestException:
+        return False
+
+
+def test_comfyui_killed_mid_job_fails_the_job_then_restarts(worker: Worker,
+                                                            model_env: Any) -> None:
+    comfy = worker.comfy
+    old_pid, restarts = comfy.pid, comfy.restarts
+    killed = threading.Event()
+
+    def progress(payload: dict[str, Any]) -> None:
+        if payload.get("class_type") == "ImageUpscaleWithModel" and not killed.is_set():
+            killed.set()
+            comfy.kill()
+
+    wf = upscale_workflow(model_env.model_name, **SLOW, prefix="killed")
+    result = worker.run_job({"workflow": wf}, progress=progress)
+    assert killed.is_set()
+    assert result["reference"] == "comfyui-died", result
+    assert "SIGKILL" in result["error"]
+    _wait_for(lambda: worker.readiness()[0], 90, "ComfyUI restart")
+    assert comfy.state is State.READY and comfy.pid != old_pid
+    assert comfy.restarts == restarts + 1
+    assert len(_images(worker.run_job({"workflow": empty_image_workflow(8, 8)}))) == 1
