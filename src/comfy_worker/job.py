@@ -400,14 +400,18 @@ def base64_size(n: int) -> int:
     return 4 * ((n + 2) // 3)
 
 
+def _size_text(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1_000_000 else f"{n} bytes"
+
+
 def check_inline_size(sizes: Iterable[int], limit: int) -> int:
     """Total base64 size of inline outputs; :class:`OutputTooLarge` above ``limit``."""
     sizes = list(sizes)
     total = sum(base64_size(s) for s in sizes)
     if total > limit:
         raise OutputTooLarge(
-            f"outputs are {total / 1e6:.1f} MB as base64 ({len(sizes)} file(s)), over the "
-            f"{limit / 1e6:.1f} MB limit for inline results",
+            f"outputs are {_size_text(total)} as base64 ({len(sizes)} file(s)), over the "
+            f"{_size_text(limit)} limit for inline results",
             hint="configure S3 upload (BUCKET_ENDPOINT_URL, BUCKET_ACCESS_KEY_ID, "
             "BUCKET_SECRET_ACCESS_KEY), raise COMFY_WORKER_MAX_OUTPUT_BYTES, or return "
             "fewer/smaller images",
@@ -435,7 +439,7 @@ def progress_payload(*, node: str | None, class_type: str | None, step: float | 
 
 def s3_region(endpoint_url: str) -> str | None:
     """The region in an AWS-style endpoint (``https://b.s3.eu-west-1.amazonaws.com``)."""
-    match = re.search(r"\.s3[.-]([a-z0-9-]+)\.", endpoint_url)
+    match = re.search(r"[/.]s3[.-]([a-z0-9-]+)\.", endpoint_url)
     return match.group(1) if match and match.group(1) != "amazonaws" else None
 
 

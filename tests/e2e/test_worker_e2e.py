@@ -164,7 +164,7 @@ def test_outputs_over_the_size_limit_fail_with_the_size(worker: Worker) -> None:
     finally:
         runner.settings = original
     assert result["reference"] == "output-too-large"
-    assert "MB" in result["error"] and result["details"][0]["files"] == 4
+    assert "bytes as base64" in result["error"] and result["details"][0]["files"] == 4
     assert _files(worker.comfy.cfg.output_dir) == []
 
 

@@ -1,0 +1,102 @@
+"""Job input validation: worker-comfyui's input format, every mistake named."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from comfy_worker.errors import JobInputInvalid
+from comfy_worker.job import parse_job_input
+
+WF = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8}},
+      "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}}}
+PNG = b"\x89PNG\r\n\x1a\nrest"
+
+
+def parse(raw: object, default_timeout: float = 600.0):
+    return parse_job_input(raw, default_timeout=default_timeout)
+
+
+def test_workflow_object_is_taken_as_is_with_the_default_timeout() -> None:
+    req = parse({"workflow": WF})
+    assert req.workflow == WF and req.images == () and req.timeout == 600.0
+
+
+def test_workflow_as_json_string_is_decoded() -> None:
+    assert parse({"workflow": json.dumps(WF)}).workflow == WF
+
+
+def test_workflow_string_that_is_not_json_names_the_field() -> None:
+    with pytest.raises(JobInputInvalid, match='"workflow" is a string but not valid JSON'):
+        parse({"workflow": "{nope"})
+
+
+def test_ui_format_workflow_is_refused_with_the_export_hint() -> None:
+    with pytest.raises(JobInputInvalid, match="UI format") as err:
+        parse({"workflow": {"nodes": [], "links": [], "version": 0.4}})
+    assert "Export (API)" in (err.value.hint or "")
+
+
+@pytest.mark.parametrize("raw, fragment", [
+    ({}, '"workflow" is missing'),
+    ({"workflow": []}, "expected an object"),
+    ({"workflow": {}}, "is empty"),
+    ({"workflow": {"1": {"inputs": {}}}}, 'node "1" has no "class_type"'),
+    ({"workflow": {"1": {"class_type": "X", "inputs": [1]}}}, '"inputs" is list'),
+])
+def test_malformed_workflow_is_named(raw: dict, fragment: str) -> None:
+    with pytest.raises(JobInputInvalid, match=fragment.replace("(", r"\(")):
+        parse(raw)
+
+
+def test_input_that_is_not_an_object_is_refused() -> None:
+    with pytest.raises(JobInputInvalid, match='job "input" is list'):
+        parse([WF])
+
+
+def test_images_plain_and_data_uri_base64_are_decoded() -> None:
+    b = base64.b64encode(PNG).decode()
+    req = parse({"workflow": WF, "images": [
+        {"name": "a.png", "image": b},
+        {"name": "b.png", "image": "data:image/png;base64," + b},
+        {"name": "c.png", "image": b.rstrip("=")},  # padding left out
+    ]})
+    assert [(i.name, i.data) for i in req.images] == [("a.png", PNG), ("b.png", PNG),
+                                                       ("c.png", PNG)]
+
+
+@pytest.mark.parametrize("name", ["../x.png", "sub/x.png", "sub\\x.png", ".hidden.png", "",
+                                  "..", None, 3])
+def test_image_names_must_be_plain_file_names(name: object) -> None:
+    with pytest.raises(JobInputInvalid, match=r'images\[0\]: field "name"'):
+        parse({"workflow": WF, "images": [{"name": name, "image": "aGVsbG8="}]})
+
+
+def test_image_that_is_not_base64_names_its_index() -> None:
+    with pytest.raises(JobInputInvalid, match=r'images\[1\]: field "image" is not valid base64'):
+        parse({"workflow": WF, "images": [{"name": "a.png", "image": "aGVsbG8="},
+                                          {"name": "b.png", "image": "***"}]})
+
+
+def test_duplicate_image_names_are_refused() -> None:
+    with pytest.raises(JobInputInvalid, match=r'"a\.png" is used twice'):
+        parse({"workflow": WF, "images": [{"name": "a.png", "image": "aGVsbG8="}] * 2})
+
+
+def test_images_must_be_a_list_of_objects() -> None:
+    with pytest.raises(JobInputInvalid, match='"images" is dict'):
+        parse({"workflow": WF, "images": {"name": "a.png"}})
+    with pytest.raises(JobInputInvalid, match=r"images\[0\] is str"):
+        parse({"workflow": WF, "images": ["a.png"]})
+
+
+def test_timeout_from_input_overrides_the_default() -> None:
+    assert parse({"workflow": WF, "timeout": 2.5}, default_timeout=9).timeout == 2.5
+
+
+@pytest.mark.parametrize("timeout", [0, -1, "10", True])
+def test_bad_timeout_is_refused(timeout: object) -> None:
+    with pytest.raises(JobInputInvalid, match='"timeout"'):
+        parse({"workflow": WF, "timeout": timeout})

@@ -1,0 +1,54 @@
+"""The RunPod adapter's pure parts and the `run` command's job input assembly."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+
+from comfy_worker.commands.run import build_job_input, write_outputs
+from comfy_worker.entrypoints.runpod import Throttle
+from comfy_worker.errors import JobInputInvalid
+
+
+def test_throttle_lets_the_first_call_through_then_one_per_interval() -> None:
+    now = [100.0]
+    throttle = Throttle(1.0, clock=lambda: now[0])
+    seen = []
+    for t in (100.0, 100.2, 100.9, 101.0, 101.5, 102.1):
+        now[0] = t
+        seen.append(throttle.ready())
+    assert seen == [True, False, False, True, False, True]
+
+
+WF = {"1": {"class_type": "SaveImage", "inputs": {}}}
+
+
+def test_run_accepts_a_workflow_a_job_input_or_a_runpod_request(tmp_path: Path) -> None:
+    assert build_job_input(WF, [], None) == {"workflow": WF}
+    assert build_job_input({"workflow": WF, "timeout": 5}, [], None) == {"workflow": WF,
+                                                                          "timeout": 5}
+    assert build_job_input({"input": {"workflow": WF}}, [], 9.0) == {"workflow": WF,
+                                                                      "timeout": 9.0}
+
+
+def test_run_adds_image_files_by_their_file_name(tmp_path: Path) -> None:
+    (tmp_path / "cat.png").write_bytes(b"png-bytes")
+    job = build_job_input({"workflow": WF, "images": [{"name": "a.png", "image": "eA=="}]},
+                          [tmp_path / "cat.png"], None)
+    assert job["images"] == [{"name": "a.png", "image": "eA=="},
+                             {"name": "cat.png", "image": base64.b64encode(b"png-bytes")
+                              .decode()}]
+    with pytest.raises(JobInputInvalid, match="missing.png"):
+        build_job_input(WF, [tmp_path / "missing.png"], None)
+
+
+def test_outputs_are_written_under_out_by_base_name_and_urls_listed(tmp_path: Path) -> None:
+    result = {"images": [{"filename": "a_00001_.png", "type": "base64",
+                          "data": base64.b64encode(b"A").decode(), "node_id": "9"}],
+              "videos": [{"filename": "v.mp4", "type": "s3_url", "data": "https://x/v.mp4",
+                          "node_id": "3"}]}
+    lines = write_outputs(result, tmp_path / "out")
+    assert (tmp_path / "out" / "a_00001_.png").read_bytes() == b"A"
+    assert lines == [str(tmp_path / "out" / "a_00001_.png"), "v.mp4: https://x/v.mp4"]
