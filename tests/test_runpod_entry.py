@@ -40,7 +40,7 @@ def test_run_adds_image_files_by_their_file_name(tmp_path: Path) -> None:
     assert job["images"] == [{"name": "a.png", "image": "eA=="},
                              {"name": "cat.png", "image": base64.b64encode(b"png-bytes")
                               .decode()}]
-    with pytest.raises(JobInputInvalid, match="missing.png"):
+    with pytest.raises(JobInputInvalid, match=r"missing\.png"):
         build_job_input(WF, [tmp_path / "missing.png"], None)
 
 
