@@ -64,6 +64,8 @@ def served(comfy_install: ComfyInstall, model_env: ModelEnv,
                 time.sleep(0.05)
                 continue
             s.health_seen.append((r.status_code, r.json()["reason"]))
+            assert not r.json()["reason"].startswith("start-up failed"), \
+                log_path.read_text()[-3000:]
             if r.status_code == 200:
                 break
             time.sleep(0.1)
