@@ -13,6 +13,7 @@ be checked against /health; each test takes ~10-20 s (marked slow; runs in CI).
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import os
 import socket
@@ -26,8 +27,10 @@ from typing import Any
 
 import pytest
 import requests
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.x509.oid import NameOID
 from test_http_api_helpers import ScriptedWorker, wait_for
 
 from comfy_worker.config import Settings
@@ -59,6 +62,7 @@ class Autoscaler:
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         self.statuses: list[dict[str, Any]] = []
         self.deleted: list[dict[str, Any]] = []
+        self.csrs: list[tuple[str, bytes]] = []
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -69,7 +73,12 @@ class Autoscaler:
                     self._answer(404, b"")
 
             def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                raw = self.rfile.read(int(self.headers["Content-Length"]))
+                if self.path.startswith("/sign_cert/"):
+                    outer.csrs.append((self.path, raw))
+                    self._answer(200, outer.sign_csr(raw))
+                    return
+                body = json.loads(raw)
                 if self.path == "/worker_status/":
                     outer.statuses.append(body)
                 elif self.path == "/delete_requests/":
@@ -94,6 +103,17 @@ class Autoscaler:
         message = json.dumps({"url": url}, indent=4, sort_keys=True).encode()
         return base64.b64encode(self.key.sign(message, padding.PKCS1v15(),
                                               hashes.SHA256())).decode()
+
+    def sign_csr(self, pem: bytes) -> bytes:
+        """What console.vast.ai/api/v0/sign_cert/ does: a certificate for the CSR's key."""
+        csr = x509.load_pem_x509_csr(pem)
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (x509.CertificateBuilder().subject_name(csr.subject)
+                .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")]))
+                .public_key(csr.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+                .sign(self.key, hashes.SHA256()))
+        return cert.public_bytes(serialization.Encoding.PEM)
 
     def loaded(self) -> bool:
         return any(s["loadtime"] > 0 and not s["error_msg"] for s in self.statuses)
@@ -238,3 +258,28 @@ def test_fatal_start_up_failure_is_reported_to_the_autoscaler_as_errored(stack: 
     assert health.json()["reason"].startswith("start-up failed: checkpoints/x.safetensors")
     s.stop()
     assert s.result == [1]
+
+
+def test_use_ssl_instance_certificate_is_signed_like_vasts_start_script(
+        vast_python: str, tmp_path: Path) -> None:
+    autoscaler = Autoscaler()
+    cert, key = tmp_path / "etc" / "instance.crt", tmp_path / "etc" / "instance.key"
+    call = ("import sys; from pathlib import Path; import comfy_worker_vast_pyworker as m; "
+            "print(m.ensure_instance_cert(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]))")
+    url = autoscaler.url + "/sign_cert/?instance_id=4242"
+    try:
+        first = subprocess.run([vast_python, "-c", call, str(cert), str(key), url],
+                               capture_output=True, text=True, timeout=60)
+        again = subprocess.run([vast_python, "-c", call, str(cert), str(key), url],
+                               capture_output=True, text=True, timeout=60)
+    finally:
+        autoscaler.server.shutdown()
+    assert (first.stdout.strip(), again.stdout.strip()) == ("True", "False"), first.stderr
+    assert [path for path, _ in autoscaler.csrs] == ["/sign_cert/?instance_id=4242"]
+    csr = x509.load_pem_x509_csr(autoscaler.csrs[0][1])
+    assert csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == \
+        "pyworker.vast.ai"
+    issued = x509.load_pem_x509_certificate(cert.read_bytes())
+    private = serialization.load_pem_private_key(key.read_bytes(), password=None)
+    assert issued.public_key().public_numbers() == private.public_key().public_numbers()
+    assert key.stat().st_mode & 0o777 == 0o600

@@ -12,6 +12,11 @@ benchmark job input. This module reads no settings of its own; ``vastai`` reads 
 platform's variables itself (WORKER_PORT, REPORT_ADDR, USE_SSL, CONTAINER_ID,
 PUBLIC_IPADDR, VAST_TCP_PORT_*, MASTER_TOKEN).
 
+TLS: like Vast's own start script, when ``USE_SSL=true`` and ``/etc/instance.crt`` /
+``/etc/instance.key`` (the paths vastai loads) are missing, this program makes a key and
+a CSR and has Vast sign it (``console.vast.ai/api/v0/sign_cert/?instance_id=$CONTAINER_ID``)
+before starting. USE_SSL and CONTAINER_ID are the only variables it reads itself.
+
 Signature checking stays on: ``vastai`` disables it when UNSECURED=true; this program
 turns it back on (and says so), so every request must carry an ``auth_data`` signed by
 the autoscaler key that ``vastai`` fetches from ``$REPORT_ADDR/pubkey/``.
@@ -22,7 +27,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +38,9 @@ log = logging.getLogger("comfy_worker_vast_pyworker")
 
 ROUTE = "/generate/sync"
 HEALTH_ROUTE = "/health"
+CERT_PATH = Path("/etc/instance.crt")  # where vastai's server.py loads them from
+KEY_PATH = Path("/etc/instance.key")
+SIGN_CERT_URL = "https://console.vast.ai/api/v0/sign_cert/?instance_id={instance_id}"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -49,6 +59,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--benchmark-runs", type=int, default=3)
     p.add_argument("--max-queue-time", type=float, default=30.0,
                    help="seconds of estimated queue after which requests get 429")
+    p.add_argument("--sign-cert-url", default=SIGN_CERT_URL,
+                   help="where the instance CSR is signed when USE_SSL=true "
+                        "({instance_id} is replaced by $CONTAINER_ID)")
     args = p.parse_args(argv)
     if not args.check:
         missing = [name for name in ("model_server_port", "model_log", "ready_line",
@@ -100,6 +113,49 @@ def build_config(args: argparse.Namespace) -> Any:
     )
 
 
+def ensure_instance_cert(cert: Path, key: Path, sign_url: str, *, timeout: float = 60.0) -> bool:
+    """Make ``key`` and have Vast sign a CSR into ``cert`` unless both exist. True if made.
+
+    The same request Vast's start script makes with openssl + curl: an RSA-2048 key, a CSR
+    for CN=pyworker.vast.ai with the IP SAN 0.0.0.0, POSTed as application/octet-stream;
+    the answer is the PEM certificate.
+    """
+    if cert.is_file() and key.is_file():
+        return False
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([
+            x509.NameAttribute(NameOID.COUNTRY_NAME, "US"),
+            x509.NameAttribute(NameOID.STATE_OR_PROVINCE_NAME, "CA"),
+            x509.NameAttribute(NameOID.COMMON_NAME, "pyworker.vast.ai"),
+        ]))
+        .add_extension(x509.SubjectAlternativeName(
+            [x509.IPAddress(ipaddress.ip_address("0.0.0.0"))]), critical=False)
+        .sign(private, hashes.SHA256())
+    )
+    request = urllib.request.Request(
+        sign_url, data=csr.public_bytes(serialization.Encoding.PEM), method="POST",
+        headers={"Content-Type": "application/octet-stream"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        pem = response.read()
+    x509.load_pem_x509_certificate(pem)  # refuse to write anything that is not a cert
+    key.parent.mkdir(parents=True, exist_ok=True)
+    key.write_bytes(private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption()))
+    key.chmod(0o600)
+    cert.write_bytes(pem)
+    return True
+
+
 def enforce_signatures(worker: Any) -> None:
     """Keep autoscaler signature checks on even when UNSECURED=true was set."""
     if getattr(worker.backend, "unsecured", False):
@@ -121,6 +177,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from vastai.serverless.server.worker import Worker
 
+    # vastai's own test for TLS (server.py): USE_SSL == "true".
+    if os.environ.get("USE_SSL", "false") == "true":
+        url = args.sign_cert_url.format(instance_id=os.environ.get("CONTAINER_ID", ""))
+        if ensure_instance_cert(CERT_PATH, KEY_PATH, url):
+            log.info("TLS certificate for this instance signed and written to %s", CERT_PATH)
     worker = Worker(build_config(args))
     enforce_signatures(worker)
     log.info("PyWorker proxying %s to http://127.0.0.1:%d, watching %s",
