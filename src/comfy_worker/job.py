@@ -529,9 +529,14 @@ class JobRunner:
         return self._client, self._stream
 
     def warm_up(self) -> None:
-        """Connect and read ``/object_info`` now, so the first job does not pay for it."""
-        client, _ = self._connect()
-        self._object_info = client.object_info()
+        """Read ``/object_info`` now (it takes a while), so the first job does not pay
+        for it."""
+        self.comfy.wait_ready(timeout=self.settings.boot_timeout)
+        if self._gen != self.comfy.generation or self._client is None:
+            self._client = ComfyClient(self.comfy.base_url)
+            self._stream = self._client.events(self.client_id)
+            self._gen = self.comfy.generation
+        self._object_info = self._client.object_info()
 
     def _info(self, client: ComfyClient) -> dict[str, Any]:
         if self._object_info is None:
