@@ -1,0 +1,56 @@
+"""Reusable test parts: a Hugging Face-compatible server and model-file helpers.
+
+Test modules import what they need (``tests/`` is on ``sys.path`` under pytest; importing
+``hf_server_fixture`` makes the fixture ``hf_server`` available in that module)::
+
+    from support import HFServer, hf_server_fixture, safetensors_bytes  # noqa: F401
+
+    def test_x(hf_server: HFServer) -> None:
+        f = hf_server.add_file("acme/upscale", "4x.safetensors", safetensors_bytes(64))
+        ... HF_ENDPOINT=hf_server.endpoint ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from support.hf_server import (
+    Faults,
+    HFServer,
+    RateLimiter,
+    RequestRecord,
+    ServedFile,
+    iter_random_bytes,
+    write_random_file,
+)
+
+
+def safetensors_bytes(n_floats: int = 256, *, seed: int = 0, name: str = "weight") -> bytes:
+    """A real ``.safetensors`` file: one float32 tensor of ``n_floats`` values."""
+    import numpy as np
+    from safetensors.numpy import save
+
+    rng = np.random.default_rng(seed)
+    return save({name: rng.standard_normal(n_floats).astype(np.float32)})
+
+
+@pytest.fixture(name="hf_server")
+def hf_server_fixture() -> Iterator[HFServer]:
+    """A started :class:`HFServer` on 127.0.0.1, stopped after the test."""
+    with HFServer() as server:
+        yield server
+
+
+__all__ = [
+    "Faults",
+    "HFServer",
+    "RateLimiter",
+    "RequestRecord",
+    "ServedFile",
+    "hf_server_fixture",
+    "iter_random_bytes",
+    "safetensors_bytes",
+    "write_random_file",
+]
