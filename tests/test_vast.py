@@ -11,6 +11,7 @@ from comfy_worker.config import Settings
 from comfy_worker.entrypoints.vast import (
     DEFAULT_BENCHMARK,
     FATAL_LINE,
+    PYWORKER_SCRIPT,
     READY_LINE,
     ModelLog,
     benchmark_input,
@@ -38,7 +39,8 @@ def test_pyworker_command_runs_the_module_from_the_vast_python(tmp_path: Path) -
     settings = Settings(vast_python="/opt/v/bin/python", vast_model_log=tmp_path / "m.log",
                         vast_benchmark_runs=5, vast_max_queue_time=12.5)
     cmd = pyworker_command(settings, model_port=18000, benchmark=tmp_path / "b.json")
-    assert cmd[:3] == ["/opt/v/bin/python", "-m", "comfy_worker_vast_pyworker"]
+    assert cmd[:3] == ["/opt/v/bin/python", "-I", str(PYWORKER_SCRIPT)]
+    assert PYWORKER_SCRIPT.is_file()
     args = dict(zip(cmd[3::2], cmd[4::2], strict=True))
     assert args == {
         "--model-server-port": "18000", "--model-log": str(tmp_path / "m.log"),

@@ -34,7 +34,7 @@ from cryptography.x509.oid import NameOID
 from test_http_api_helpers import ScriptedWorker, wait_for
 
 from comfy_worker.config import Settings
-from comfy_worker.entrypoints.vast import FATAL_LINE, READY_LINE, run_vast
+from comfy_worker.entrypoints.vast import FATAL_LINE, PYWORKER_SCRIPT, READY_LINE, run_vast
 from comfy_worker.errors import ModelHashMismatch
 
 pytestmark = pytest.mark.slow
@@ -264,13 +264,14 @@ def test_use_ssl_instance_certificate_is_signed_like_vasts_start_script(
         vast_python: str, tmp_path: Path) -> None:
     autoscaler = Autoscaler()
     cert, key = tmp_path / "etc" / "instance.crt", tmp_path / "etc" / "instance.key"
-    call = ("import sys; from pathlib import Path; import comfy_worker_vast_pyworker as m; "
-            "print(m.ensure_instance_cert(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]))")
+    call = ("import runpy, sys; from pathlib import Path; "
+            f"m = runpy.run_path({str(PYWORKER_SCRIPT)!r}); "
+            "print(m['ensure_instance_cert'](Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]))")
     url = autoscaler.url + "/sign_cert/?instance_id=4242"
     try:
-        first = subprocess.run([vast_python, "-c", call, str(cert), str(key), url],
+        first = subprocess.run([vast_python, "-I", "-c", call, str(cert), str(key), url],
                                capture_output=True, text=True, timeout=60)
-        again = subprocess.run([vast_python, "-c", call, str(cert), str(key), url],
+        again = subprocess.run([vast_python, "-I", "-c", call, str(cert), str(key), url],
                                capture_output=True, text=True, timeout=60)
     finally:
         autoscaler.server.shutdown()

@@ -5,8 +5,8 @@ One process tree, two Python environments:
 - this process (the worker's environment: runpod, ComfyUI client, sync) serves the HTTP
   API on 127.0.0.1:``COMFY_WORKER_PORT`` only, so nothing reaches it from outside except
   through the PyWorker, which checks the autoscaler's signature on every request;
-- the PyWorker (``comfy_worker_vast_pyworker`` in the virtualenv built by
-  scripts/install_vast_pyworker.sh, run with ``COMFY_WORKER_VAST_PYTHON``) listens on
+- the PyWorker (vast_pyworker.py beside this file, run by the python of the virtualenv
+  that scripts/install_vast_pyworker.sh builds, ``COMFY_WORKER_VAST_PYTHON``) listens on
   Vast's ``WORKER_PORT`` and proxies ``/generate/sync`` here.
 
 The PyWorker learns our state from the model log (``COMFY_WORKER_VAST_MODEL_LOG``), which
@@ -37,7 +37,9 @@ from comfy_worker.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-PYWORKER_MODULE = "comfy_worker_vast_pyworker"
+# Run by path with -I: the file's own directory (this package) stays off sys.path, so the
+# PyWorker sees only the vastai virtualenv, and always matches this version of the worker.
+PYWORKER_SCRIPT = Path(__file__).with_name("vast_pyworker.py")
 LINE_PREFIX = "comfy-worker: "
 READY_LINE = "comfy-worker: model server ready"
 FATAL_LINE = "comfy-worker: FATAL start-up failure"
@@ -71,7 +73,7 @@ def model_log_line(event: str, detail: str = "") -> str:
 
 def pyworker_command(settings: Settings, *, model_port: int, benchmark: Path) -> list[str]:
     return [
-        settings.vast_python, "-m", PYWORKER_MODULE,
+        settings.vast_python, "-I", str(PYWORKER_SCRIPT),
         "--model-server-port", str(model_port),
         "--model-log", str(settings.vast_model_log),
         "--ready-line", READY_LINE,

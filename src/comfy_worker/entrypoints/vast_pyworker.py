@@ -2,8 +2,9 @@
 
 ``vastai`` 1.9.1 pins cryptography==49.0.0 and pillow==12.2.0 while runpod needs
 cryptography>=50, so this file imports only ``vastai`` and the standard library and runs
-from the virtualenv that ``scripts/install_vast_pyworker.sh`` builds (it is copied there
-as the module ``comfy_worker_vast_pyworker``). It never imports ``comfy_worker``.
+from the virtualenv that ``scripts/install_vast_pyworker.sh`` builds: ``comfy-worker
+vast`` starts it by path as ``VENV/bin/python -I .../vast_pyworker.py`` (``-I`` keeps
+this package's directory off ``sys.path``). It never imports ``comfy_worker``.
 
 ``comfy-worker vast`` (comfy_worker/entrypoints/vast.py) starts the local HTTP API as the
 model server on 127.0.0.1 and then this program with everything it needs as arguments:
