@@ -84,3 +84,11 @@ def test_model_log_starts_empty_and_keeps_the_previous_run_in_old(tmp_path: Path
     log.write("comfy-worker: starting")
     log.write(READY_LINE)
     assert path.read_text().splitlines() == ["comfy-worker: starting", READY_LINE]
+
+
+def test_pyworker_defaults_worker_port_and_tls_like_vasts_start_script() -> None:
+    from comfy_worker.entrypoints.vast_pyworker import platform_defaults
+
+    assert platform_defaults({}) == {"WORKER_PORT": "3000", "USE_SSL": "true"}
+    assert platform_defaults({"WORKER_PORT": "5000", "USE_SSL": "false"}) == {}
+    assert platform_defaults({"WORKER_PORT": ""}) == {"WORKER_PORT": "3000", "USE_SSL": "true"}

@@ -16,7 +16,8 @@ PUBLIC_IPADDR, VAST_TCP_PORT_*, MASTER_TOKEN).
 TLS: like Vast's own start script, when ``USE_SSL=true`` and ``/etc/instance.crt`` /
 ``/etc/instance.key`` (the paths vastai loads) are missing, this program makes a key and
 a CSR and has Vast sign it (``console.vast.ai/api/v0/sign_cert/?instance_id=$CONTAINER_ID``)
-before starting. USE_SSL and CONTAINER_ID are the only variables it reads itself.
+before starting. Like that script it defaults WORKER_PORT=3000 and USE_SSL=true when
+they are unset; USE_SSL, CONTAINER_ID and WORKER_PORT are the only variables it reads.
 
 Signature checking stays on: ``vastai`` disables it when UNSECURED=true; this program
 turns it back on (and says so), so every request must carry an ``auth_data`` signed by
@@ -31,7 +32,7 @@ import logging
 import os
 import sys
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +158,15 @@ def ensure_instance_cert(cert: Path, key: Path, sign_url: str, *, timeout: float
     return True
 
 
+PLATFORM_DEFAULTS = {"WORKER_PORT": "3000", "USE_SSL": "true"}
+"""What Vast's own start script (vast-ai/pyworker start_server.sh) assumes when unset."""
+
+
+def platform_defaults(environ: Mapping[str, str]) -> dict[str, str]:
+    """The Vast variables to set before vastai reads them: the unset ones of PLATFORM_DEFAULTS."""
+    return {name: value for name, value in PLATFORM_DEFAULTS.items() if not environ.get(name)}
+
+
 def enforce_signatures(worker: Any) -> None:
     """Keep autoscaler signature checks on even when UNSECURED=true was set."""
     if getattr(worker.backend, "unsecured", False):
@@ -178,6 +188,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from vastai.serverless.server.worker import Worker
 
+    for name, value in platform_defaults(os.environ).items():
+        log.info("%s is not set: using %s (as Vast's start script does)", name, value)
+        os.environ[name] = value
     # vastai's own test for TLS (server.py): USE_SSL == "true".
     if os.environ.get("USE_SSL", "false") == "true":
         url = args.sign_cert_url.format(instance_id=os.environ.get("CONTAINER_ID", ""))
