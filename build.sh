@@ -41,6 +41,7 @@
 #   --build-arg K=V      to both builds (repeatable); e.g. APT_PACKAGES=..., VAST_PYWORKER=0
 #   --network MODE       docker build --network (default: host; "" to omit)
 #   -- ARGS...           anything after -- goes to both `docker build` calls
+#   -h, --help           this text
 #
 # Works with the legacy builder and with BuildKit (DOCKER_BUILDKIT=1). Prints the worker
 # image reference on the last line of stdout. Examples:
