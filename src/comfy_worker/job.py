@@ -543,6 +543,17 @@ class JobRunner:
             self._object_info = client.object_info()
         return self._object_info
 
+    def _went_away(self, gen: int, wait: float = 2.0) -> bool:
+        """ComfyUI (generation ``gen``) is dead or dying: a refused or reset connection
+        comes a moment before the process can be seen to have exited."""
+        deadline = time.monotonic() + wait
+        while True:
+            if self.comfy.generation != gen or not self.comfy.alive():
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+
     def _died(self, gen: int) -> ComfyDied:
         message = self.comfy.exit_reason()
         return ComfyDied(
@@ -572,17 +583,29 @@ class JobRunner:
         client: ComfyClient | None = None
         gen = self.comfy.generation
         try:
-            client, stream = self._connect()
-            gen = self._gen
-            self._preflight(client, request.workflow)
-            t1 = time.perf_counter()
-            timings["preflight_ms"] = (t1 - t0) * 1000
-            for image in request.images:
-                uploaded.append(client.upload_image(image.name, image.data))
-            t2 = time.perf_counter()
-            timings["upload_ms"] = (t2 - t1) * 1000
-            prompt = mark_output_nodes(request.workflow, self._info(client), job_id)
-            resp = client.queue_prompt(prompt, self.client_id)
+            for attempt in (1, 2):
+                try:
+                    client, stream = self._connect()
+                    gen = self._gen
+                    self._preflight(client, request.workflow)
+                    t1 = time.perf_counter()
+                    timings["preflight_ms"] = (t1 - t0) * 1000
+                    for image in request.images:
+                        uploaded.append(client.upload_image(image.name, image.data))
+                    t2 = time.perf_counter()
+                    timings["upload_ms"] = (t2 - t1) * 1000
+                    prompt = mark_output_nodes(request.workflow, self._info(client), job_id)
+                    resp = client.queue_prompt(prompt, self.client_id)
+                    break
+                except ComfyError:
+                    # ComfyUI died before it took the prompt (e.g. between jobs, and the
+                    # watchdog has not restarted it yet): nothing ran, so retry once.
+                    if attempt == 2 or not self._went_away(gen):
+                        raise
+                    log.warning("job %s: ComfyUI went away before the prompt was queued; "
+                                "retrying on the restarted ComfyUI", job_id)
+                    uploaded.clear()
+                    client = None
             prompt_id = resp.prompt_id
             if prompt_id is None:
                 raise validation_error(resp, request.workflow)
@@ -605,8 +628,7 @@ class JobRunner:
             result["timings"] = {k: round(v, 1) for k, v in timings.items()}
             return result
         except ComfyError as exc:
-            if isinstance(exc, ComfyDied) or self.comfy.generation != gen \
-                    or not self.comfy.alive():
+            if isinstance(exc, ComfyDied) or self._went_away(gen):
                 err: WorkerError = exc if isinstance(exc, ComfyDied) else self._died(gen)
             else:
                 err = exc

@@ -297,3 +297,13 @@ def test_comfyui_killed_mid_job_fails_the_job_then_restarts(worker: Worker,
     assert comfy.state is State.READY and comfy.pid != old_pid
     assert comfy.restarts == restarts + 1
     assert len(_images(worker.run_job({"workflow": empty_image_workflow(8, 8)}))) == 1
+
+
+def test_comfyui_killed_between_jobs_next_job_waits_for_the_restart(worker: Worker) -> None:
+    comfy = worker.comfy
+    _wait_for(lambda: worker.readiness()[0], 90, "ComfyUI ready")
+    old_pid = comfy.pid
+    comfy.kill()
+    result = worker.run_job({"workflow": empty_image_workflow(8, 8)})
+    assert len(_images(result)) == 1
+    assert comfy.pid != old_pid

@@ -366,7 +366,8 @@ class ComfyProcess:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while self._state is not State.READY:
+            # READY but dead: the watchdog has not noticed yet; it will restart it.
+            while self._state is not State.READY or not self.alive():
                 if self._state is State.STOPPED:
                     raise ComfyDied("ComfyUI was stopped")
                 if self._state is State.DEFUNCT and self._failures >= MAX_RESTARTS:
@@ -377,7 +378,7 @@ class ComfyProcess:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise ComfyDied(f"ComfyUI is not ready (state {self._state.name})")
-                self._cond.wait(remaining if remaining is not None else 1.0)
+                self._cond.wait(min(remaining, 0.1) if remaining is not None else 0.1)
 
     # --- supervision --------------------------------------------------------------------
 
