@@ -1,0 +1,90 @@
+"""``comfy-worker lock add`` and ``comfy-worker lock verify``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from comfy_worker.config import Settings
+from comfy_worker.errors import LockfileError
+from comfy_worker.lockfile import (
+    KNOWN_FOLDERS,
+    Lockfile,
+    load_lock,
+    validate_model_path,
+    write_lock,
+)
+from comfy_worker.sync import verify
+from comfy_worker.sync.paths import STATE_DIR
+from comfy_worker.sync.plan import Check, check_for
+from comfy_worker.sync.record import Record, read_record, write_record
+
+log = logging.getLogger(__name__)
+
+
+def lock_add(args: argparse.Namespace, settings: Settings) -> int:
+    from comfy_worker.resolve import resolve
+
+    lock_file = Path(args.lock) if args.lock else settings.lock_path
+    lock = load_lock(lock_file) if lock_file.exists() else Lockfile()
+    path = validate_model_path(args.path, where="--path",
+                               folders=KNOWN_FOLDERS | frozenset(lock.extra_folders))
+    if lock.entry(path) is not None and not args.replace:  # fail before any network I/O
+        raise LockfileError(f'path "{path}" is already locked in {lock_file}',
+                            hint="pass --replace to re-pin it, or choose another --path")
+    entry = resolve(args.source, path, settings)
+    write_lock(lock.with_entry(entry, replace=args.replace), lock_file)
+    print(f"locked {entry.path}: {entry.source.describe()} sha256 {entry.sha256} "
+          f"{entry.size} bytes -> {lock_file}")
+    return 0
+
+
+def verify_file(target: Path, sha256: str, size: int, path: str, *, fast: bool,
+                state_dir: Path | None) -> tuple[bool, str]:
+    """(ok, how or why) for one file against its lock entry; records a full hash."""
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        st = None
+    rec = read_record(target, state_dir) if st is not None else None
+    check = check_for(st, rec, sha256=sha256, size=size, path=path, fast=fast)
+    if check is Check.MISSING:
+        return False, "missing"
+    if check is Check.TRUSTED:
+        return True, "record (size + mtime unchanged since verified)"
+    if check is Check.WRONG_SIZE:
+        assert st is not None
+        return False, f"size {st.st_size}, expected {size}"
+    if check is Check.HEADER:
+        ok, reason = verify.safetensors_header_ok(target, size)
+        if ok:
+            return True, reason
+        log.info("%s: fast check failed (%s): hashing", target, reason)
+    actual = verify.sha256_file(target)
+    if actual != sha256:
+        return False, f"sha256 {actual}, expected {sha256}"
+    write_record(target, Record.of(os.stat(target), actual), state_dir)
+    return True, "sha256"
+
+
+def lock_verify(args: argparse.Namespace, settings: Settings) -> int:
+    lock = load_lock(Path(args.lock) if args.lock else settings.lock_path)
+    root = Path(args.dir)
+    state_dir = Path(os.path.abspath(settings.models_dir)) / STATE_DIR
+    results: list[dict[str, Any]] = []
+    for entry in lock.models:
+        ok, how = verify_file(root / entry.path, entry.sha256, entry.size, entry.path,
+                              fast=args.fast, state_dir=state_dir)
+        results.append({"path": entry.path, "ok": ok, "check": how})
+    bad = [r for r in results if not r["ok"]]
+    if args.json:
+        print(json.dumps({"dir": str(root), "ok": not bad, "files": results}, indent=2))
+    else:
+        for r in results:
+            print(f"{'ok  ' if r['ok'] else 'FAIL'} {r['path']}: {r['check']}")
+        print(f"{len(results) - len(bad)} of {len(results)} files match the lock")
+    return 1 if bad else 0

@@ -1,0 +1,20 @@
+"""Model sync: lock → plan → fetch → verify → place.
+
+See ``docs/ARCHITECTURE.md`` for the interface and ``docs/models.md`` for users.
+"""
+
+from comfy_worker.sync.paths import (
+    extra_model_paths_location,
+    model_roots,
+    write_extra_model_paths,
+)
+from comfy_worker.sync.run import FileResult, SyncReport, sync_models
+
+__all__ = [
+    "FileResult",
+    "SyncReport",
+    "extra_model_paths_location",
+    "model_roots",
+    "sync_models",
+    "write_extra_model_paths",
+]

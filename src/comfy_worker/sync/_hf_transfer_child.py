@@ -1,0 +1,42 @@
+"""Child process: one ``hf_transfer.download`` (run as a script, not imported).
+
+``hf_transfer.download`` holds the GIL for the whole download, which would stall every
+other thread of the worker (other files, hashing, the progress bar, ComfyUI's boot
+watcher). So each download runs here, in its own process. The spec (URL, headers with
+the token, file name, tuning) arrives as JSON on stdin, never on the command line.
+stdout carries one line per event: ``<bytes>`` per finished chunk, then ``done`` or
+``error <json string>``.
+"""
+
+import json
+import sys
+
+
+def main() -> int:
+    spec = json.loads(sys.stdin.read())
+    import hf_transfer
+
+    out = sys.stdout
+
+    def on_chunk(n: int) -> None:
+        out.write(f"{int(n)}\n")
+        out.flush()
+
+    try:
+        hf_transfer.download(
+            spec["url"], spec["filename"], max_files=spec["max_files"],
+            chunk_size=spec["chunk_size"], parallel_failures=spec["parallel_failures"],
+            max_retries=spec["max_retries"], headers=spec["headers"] or None,
+            callback=on_chunk,
+        )
+    except Exception as exc:  # hf_transfer raises plain Exception with a message
+        out.write("error " + json.dumps(str(exc)) + "\n")
+        out.flush()
+        return 1
+    out.write("done\n")
+    out.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,345 @@
+"""Getting bytes: locate a source (huggingface_hub metadata or a HEAD), then download.
+
+Hugging Face sources: ``hf_hub_url`` + ``get_hf_file_metadata`` (``HF_ENDPOINT``,
+``HF_TOKEN``) give the final location (the CDN URL the Hub redirects to), the size and
+the LFS sha256. The bytes come from ``hf_transfer.download`` on that location, several
+byte ranges at once, run in a child process (it holds the GIL while it works). URL
+sources take the same path after a HEAD; a server without range support gets a plain
+streamed download instead.
+
+Failures become the errors in :mod:`comfy_worker.errors`; transient ones (5xx, 429,
+cut connections, timeouts) become :class:`Transient` so the caller can retry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import requests
+
+from comfy_worker.config import Settings
+from comfy_worker.errors import DiskFull, GatedModel, ModelNotFound, SyncError
+from comfy_worker.lockfile import HfSource, Source, UrlSource
+
+log = logging.getLogger(__name__)
+# huggingface_hub's HTTP client logs every request at INFO; keep our per-file lines readable.
+for _name in ("httpx2", "httpx"):
+    if logging.getLogger(_name).level == logging.NOTSET:
+        logging.getLogger(_name).setLevel(logging.WARNING)
+
+_CHILD = Path(__file__).with_name("_hf_transfer_child.py")
+_TIMEOUT = (10.0, 60.0)
+MIB = 1024 * 1024
+
+
+class Transient(Exception):
+    """A failure worth retrying (5xx, 429, cut connection, timeout)."""
+
+
+class Cancelled(Exception):
+    """The sync was cancelled (another file failed, or an interrupt)."""
+
+
+@dataclass(frozen=True)
+class Remote:
+    """Where one file's bytes are, after redirects."""
+
+    url: str
+    headers: dict[str, str] = field(repr=False)
+    size: int | None
+    ranges: bool
+    sha256: str | None = None
+    commit: str | None = None
+
+
+# --- decisions (pure) ---------------------------------------------------------------
+
+
+def origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.netloc.lower()
+
+
+def headers_for(url: str, hub_headers: dict[str, str], endpoint: str) -> dict[str, str]:
+    """Headers for ``url``: the token only goes to the Hub's own origin, never a CDN."""
+    if origin(url) == origin(endpoint):
+        return dict(hub_headers)
+    return {k: v for k, v in hub_headers.items() if k.lower() != "authorization"}
+
+
+def chunk_size_for(size: int, connections: int) -> int:
+    """Byte range per request: spread a file over the connections, 1 to 16 MiB each."""
+    per = -(-size // max(1, connections))
+    return max(MIB, min(16 * MIB, per))
+
+
+def status_from_message(message: str) -> int | None:
+    """The HTTP status in an hf_transfer error message, e.g. ``(503 Service ...)``."""
+    m = re.search(r"HTTP status (?:client|server) error \((\d{3})", message)
+    return int(m.group(1)) if m else None
+
+
+def is_disk_full(message: str) -> bool:
+    return "os error 28" in message or "No space left on device" in message
+
+
+def space_shortfall(free: int, needed: int) -> int:
+    """Bytes missing to store ``needed`` bytes with ``free`` available (0 when it fits)."""
+    return max(0, needed - free)
+
+
+def http_error(status: int, *, path: str, source: Source, settings: Settings,
+               url: str | None = None) -> SyncError | Transient:
+    """The error for an HTTP status answered for a locked file (never shows the token)."""
+    what = source.describe()
+    if status in (401, 403):
+        if isinstance(source, HfSource):
+            token_state = ("HF_TOKEN is set but has no access to this repo"
+                           if settings.hf_token else "HF_TOKEN is not set")
+            return GatedModel(
+                f'"{path}": {what} answered {status}: the model is gated or private '
+                f"({token_state})",
+                hint=f"accept the model's terms on the Hub page of {source.repo}, then set "
+                "HF_TOKEN to a token of an account with access (a read token is enough)",
+            )
+        return GatedModel(
+            f'"{path}": {what} answered {status}: the server requires authorization',
+            hint="use a URL that needs no login, or host the file on Hugging Face and "
+            "lock it as hf://owner/repo/file with HF_TOKEN set",
+        )
+    if status == 404:
+        hint = ("check repo, revision and file in the lock (`comfy-worker lock add` "
+                "re-pins it); the commit may have been deleted")
+        if isinstance(source, UrlSource):
+            hint = "the URL no longer serves the file; pin another source with `lock add`"
+        return ModelNotFound(f'"{path}": {what} answered 404 (not found)', hint=hint)
+    if status == 429 or status >= 500:
+        return Transient(f"{what} answered {status}")
+    return SyncError(f'"{path}": {what} answered HTTP {status}',
+                     hint="check the source in the lock")
+
+
+# --- locating ---------------------------------------------------------------------
+
+
+def hub_headers(settings: Settings) -> dict[str, str]:
+    from huggingface_hub.utils import build_hf_headers
+
+    token = settings.hf_token.reveal() if settings.hf_token else False
+    return dict(build_hf_headers(token=token, library_name="comfy-worker"))
+
+
+def hf_metadata(repo: str, file: str, revision: str, repo_type: str, settings: Settings,
+                *, path: str, source: Source) -> Remote:
+    """HEAD the file on the Hub (following its redirects to the CDN location)."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.errors import HfHubHTTPError
+
+    url = hf_hub_url(repo, file, repo_type=None if repo_type == "model" else repo_type,
+                     revision=revision, endpoint=settings.hf_endpoint)
+    token = settings.hf_token.reveal() if settings.hf_token else False
+    try:
+        meta = get_hf_file_metadata(url, token=token, endpoint=settings.hf_endpoint,
+                                    timeout=_TIMEOUT[0])
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else 0
+        err = http_error(status, path=path, source=source, settings=settings)
+        raise err from None
+    except Exception as exc:  # httpx connection errors, timeouts
+        raise Transient(f"{source.describe()}: {type(exc).__name__}: {exc}") from None
+    location = meta.location or url
+    etag = meta.etag or ""
+    sha = etag if re.fullmatch(r"[0-9a-f]{64}", etag) else None
+    return Remote(url=location, headers=headers_for(location, hub_headers(settings),
+                                                     settings.hf_endpoint),
+                  size=meta.size, ranges=True, sha256=sha, commit=meta.commit_hash)
+
+
+def url_metadata(url: str, settings: Settings, *, path: str, source: Source) -> Remote:
+    """HEAD a plain URL, following redirects: final URL, size, range support."""
+    headers = headers_for(url, hub_headers(settings), settings.hf_endpoint)
+    try:
+        r = requests.head(url, headers=headers, allow_redirects=True, timeout=_TIMEOUT)
+    except requests.RequestException as exc:
+        raise Transient(f"{url}: {type(exc).__name__}: {exc}") from None
+    if r.status_code >= 400:
+        raise http_error(r.status_code, path=path, source=source, settings=settings)
+    length = r.headers.get("Content-Length")
+    size = int(length) if length and length.isdigit() else None
+    ranges = r.headers.get("Accept-Ranges", "").lower() == "bytes"
+    final = r.url
+    return Remote(url=final, headers=headers_for(final, headers, settings.hf_endpoint),
+                  size=size, ranges=ranges)
+
+
+def locate(source: Source, settings: Settings, *, path: str) -> Remote:
+    if isinstance(source, HfSource):
+        return hf_metadata(source.repo, source.file, source.revision, source.repo_type,
+                           settings, path=path, source=source)
+    return url_metadata(source.url, settings, path=path, source=source)
+
+
+# --- disk space ---------------------------------------------------------------------
+
+
+def existing_ancestor(path: Path) -> Path:
+    p = Path(os.path.abspath(path))
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def check_free_space(directory: Path, needed: int, *, what: str) -> None:
+    """Fail early, naming the bytes needed, when ``needed`` bytes will not fit."""
+    usage = shutil.disk_usage(existing_ancestor(directory))
+    short = space_shortfall(usage.free, needed)
+    if short:
+        raise DiskFull(
+            f"not enough disk space in {directory}: {what} needs {needed} bytes, "
+            f"{usage.free} bytes are free ({short} bytes short)",
+            hint="free space there, or point --models-dir / --volume at a larger disk",
+        )
+
+
+def disk_full_error(directory: Path, needed: int, *, path: str) -> DiskFull:
+    free = shutil.disk_usage(existing_ancestor(directory)).free
+    return DiskFull(
+        f'disk full in {directory} while downloading "{path}": it needs {needed} bytes '
+        f"({free} bytes free now)",
+        hint="free space there, or point --models-dir / --volume at a larger disk",
+    )
+
+
+# --- downloading --------------------------------------------------------------------
+
+
+class Children:
+    """The running download processes, so a cancel can stop them all."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._procs: set[subprocess.Popen[str]] = set()
+        self.cancelled = threading.Event()
+
+    def add(self, proc: subprocess.Popen[str]) -> None:
+        with self._lock:
+            self._procs.add(proc)
+            if self.cancelled.is_set():
+                proc.kill()
+
+    def discard(self, proc: subprocess.Popen[str]) -> None:
+        with self._lock:
+            self._procs.discard(proc)
+
+    def cancel(self) -> None:
+        with self._lock:
+            self.cancelled.set()
+            for proc in self._procs:
+                with contextlib.suppress(OSError):
+                    proc.kill()
+
+
+def transfer(remote: Remote, dest: Path, settings: Settings, *, path: str, source: Source,
+             on_bytes: Callable[[int], None], children: Children) -> str | None:
+    """Download ``remote`` into ``dest``. Returns the sha256 when it was computed on the
+    way (streamed downloads), else None (the caller hashes the file)."""
+    if children.cancelled.is_set():
+        raise Cancelled()
+    if remote.ranges and remote.size:
+        _hf_transfer(remote, dest, settings, path=path, source=source, on_bytes=on_bytes,
+                     children=children)
+        return None
+    return _stream(remote, dest, settings, path=path, source=source, on_bytes=on_bytes,
+                   children=children)
+
+
+def _hf_transfer(remote: Remote, dest: Path, settings: Settings, *, path: str,
+                 source: Source, on_bytes: Callable[[int], None], children: Children) -> None:
+    assert remote.size
+    spec = {
+        "url": remote.url, "filename": str(dest), "headers": remote.headers,
+        "max_files": settings.connections,
+        "chunk_size": chunk_size_for(remote.size, settings.connections),
+        "parallel_failures": max(1, settings.connections // 2),
+        "max_retries": max(1, settings.retries),
+    }
+    proc = subprocess.Popen([sys.executable, str(_CHILD)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    children.add(proc)
+    message = ""
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(json.dumps(spec))
+        proc.stdin.close()
+        done = False
+        for line in proc.stdout:
+            line = line.strip()
+            if line.isdigit():
+                on_bytes(int(line))
+            elif line == "done":
+                done = True
+            elif line.startswith("error "):
+                message = json.loads(line[len("error "):])
+        stderr = proc.stderr.read() if proc.stderr is not None else ""
+        rc = proc.wait()
+    finally:
+        children.discard(proc)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if children.cancelled.is_set():
+        raise Cancelled()
+    if done and rc == 0:
+        return
+    if not message:
+        tail = stderr.strip().splitlines()
+        message = tail[-1] if tail else f"download process exited with {rc}"
+    log.debug("hf_transfer failed for %s: %s", path, message)
+    if is_disk_full(message):
+        raise disk_full_error(dest.parent, remote.size, path=path)
+    status = status_from_message(message)
+    if status is not None:
+        raise http_error(status, path=path, source=source, settings=settings)
+    raise Transient(f"{source.describe()}: {message}")
+
+
+def _stream(remote: Remote, dest: Path, settings: Settings, *, path: str, source: Source,
+            on_bytes: Callable[[int], None], children: Children) -> str:
+    """One streamed GET, hashed on the way (for servers without range support)."""
+    h = hashlib.sha256()
+    got = 0
+    try:
+        with requests.get(remote.url, headers=remote.headers, stream=True,
+                          timeout=_TIMEOUT) as r:
+            if r.status_code >= 400:
+                raise http_error(r.status_code, path=path, source=source, settings=settings)
+            with open(dest, "wb") as fh:
+                for block in r.iter_content(chunk_size=MIB):
+                    if children.cancelled.is_set():
+                        raise Cancelled()
+                    fh.write(block)
+                    h.update(block)
+                    got += len(block)
+                    on_bytes(len(block))
+    except requests.RequestException as exc:
+        raise Transient(f"{source.describe()}: {type(exc).__name__}: {exc}") from None
+    except OSError as exc:
+        if exc.errno == 28:
+            raise disk_full_error(dest.parent, remote.size or got, path=path) from None
+        raise
+    if remote.size is not None and got != remote.size:
+        raise Transient(f"{source.describe()}: got {got} of {remote.size} bytes")
+    return h.hexdigest()

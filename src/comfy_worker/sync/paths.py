@@ -1,0 +1,86 @@
+"""Where models live: model roots, sidecar names, ComfyUI's ``extra_model_paths.yaml``."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import yaml
+
+from comfy_worker.config import Settings
+from comfy_worker.lockfile import KNOWN_FOLDERS
+
+STATE_DIR = ".comfy-worker"
+"""Our own files inside the local models root (the yaml, records for read-only roots)."""
+
+
+def model_roots(settings: Settings) -> list[Path]:
+    """Model roots ComfyUI should search, highest priority first (pure).
+
+    ``[settings.volume / "models"]`` when a volume is set, then ``settings.models_dir``.
+    """
+    roots: list[Path] = []
+    if settings.volume is not None:
+        roots.append(Path(os.path.abspath(settings.volume / "models")))
+    local = Path(os.path.abspath(settings.models_dir))
+    if local not in roots:
+        roots.append(local)
+    return roots
+
+
+def extra_model_paths_location(settings: Settings) -> Path:
+    """Where ``sync`` writes the yaml: ``MODELS_DIR/.comfy-worker/extra_model_paths.yaml``."""
+    return Path(os.path.abspath(settings.models_dir)) / STATE_DIR / "extra_model_paths.yaml"
+
+
+def temp_path(target: Path) -> Path:
+    """A unique temporary name beside ``target``: ``.NAME.<random>.incomplete``."""
+    return target.with_name(f".{target.name}.{secrets.token_hex(6)}.incomplete")
+
+
+def lock_path(target: Path) -> Path:
+    """The per-file lock beside ``target``: ``.NAME.lock``."""
+    return target.with_name(f".{target.name}.lock")
+
+
+def record_path(target: Path) -> Path:
+    """The verification record beside ``target``: ``.NAME.verified``."""
+    return target.with_name(f".{target.name}.verified")
+
+
+def yaml_document(roots: Sequence[Path], folders: Iterable[str]) -> dict[str, dict[str, object]]:
+    """The ``extra_model_paths.yaml`` content (pure): one section per root."""
+    names = sorted(set(folders) | KNOWN_FOLDERS)
+    doc: dict[str, dict[str, object]] = {}
+    for i, root in enumerate(roots):
+        section: dict[str, object] = {"base_path": str(root)}
+        if i == 0:
+            section["is_default"] = True  # searched before ComfyUI's own models dir
+        for name in names:
+            section[name] = name
+        doc[f"comfy_worker_{i}"] = section
+    return doc
+
+
+def write_extra_model_paths(roots: Sequence[Path], folders: Iterable[str], dest: Path) -> Path:
+    """Write a ComfyUI ``extra_model_paths.yaml`` mapping ``folders`` under every root.
+
+    Atomic: a reader sees the old file or the new one.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(yaml_document(roots, folders), sort_keys=False)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dest

@@ -1,0 +1,320 @@
+"""``sync_models``: make every locked file present and verified.
+
+A thin map over :class:`FileSync`, one locked file each, safe to run concurrently:
+look for the file in each model root (volume first), trust it by its record or verify
+it, else download it under a per-file lock into the volume (when writable) or the local
+models dir, verify, publish. ``settings.jobs`` downloads run at once; hashing a finished
+file does not hold a download slot, so it overlaps the next file's download.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+import time
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from comfy_worker.config import Settings
+from comfy_worker.errors import (
+    DownloadFailed,
+    ModelHashMismatch,
+    ModelSizeMismatch,
+    SyncError,
+)
+from comfy_worker.lockfile import LockEntry, Lockfile, load_lock
+from comfy_worker.sync import fetch, verify
+from comfy_worker.sync.paths import (
+    STATE_DIR,
+    extra_model_paths_location,
+    model_roots,
+    temp_path,
+    write_extra_model_paths,
+)
+from comfy_worker.sync.place import can_write, file_lock, publish
+from comfy_worker.sync.plan import Check, action_for, backoff_seconds, check_for, download_root
+from comfy_worker.sync.progress import Progress
+from comfy_worker.sync.record import Record, read_record, remove_record, write_record
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FileResult:
+    path: str
+    """The lock path, e.g. ``loras/x.safetensors``."""
+    action: str
+    """``volume`` | ``cached`` | ``downloaded``."""
+    location: Path
+    """Absolute path of the verified file."""
+    bytes: int
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "action": self.action, "bytes": self.bytes,
+                "seconds": round(self.seconds, 3), "location": str(self.location)}
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    files: tuple[FileResult, ...]
+    roots: tuple[Path, ...]
+    extra_model_paths: Path
+    """The yaml sync wrote (pass it to ComfyUI's ``--extra-model-paths-config``)."""
+    seconds: float
+
+    @property
+    def downloaded_bytes(self) -> int:
+        return sum(f.bytes for f in self.files if f.action == "downloaded")
+
+    def to_json(self) -> dict[str, Any]:
+        counts: dict[str, int] = {}
+        for f in self.files:
+            counts[f.action] = counts.get(f.action, 0) + 1
+        return {"files": [f.to_json() for f in self.files], "seconds": round(self.seconds, 3),
+                "downloaded_bytes": self.downloaded_bytes, "counts": counts,
+                "roots": [str(r) for r in self.roots],
+                "extra_model_paths": str(self.extra_model_paths)}
+
+
+class FileSync:
+    """The shared state of one sync; :meth:`run` handles one locked file."""
+
+    def __init__(self, settings: Settings, roots: list[Path], progress: Progress) -> None:
+        self.settings = settings
+        self.roots = roots
+        self.progress = progress
+        self.volume_models = roots[0] if settings.volume is not None else None
+        volume_there = settings.volume is not None and Path(settings.volume).is_dir()
+        self.dest_root = download_root(
+            roots, self.volume_models,
+            volume_usable=volume_there and self.volume_models is not None
+            and can_write(self.volume_models))
+        self.state_dir = Path(os.path.abspath(settings.models_dir)) / STATE_DIR
+        self.slots = threading.Semaphore(max(1, settings.jobs))
+        self.children = fetch.Children()
+
+    # --- existing files ---------------------------------------------------------------
+
+    def _stat(self, target: Path) -> os.stat_result | None:
+        try:
+            st = os.stat(target)
+        except FileNotFoundError:
+            return None
+        except NotADirectoryError:
+            return None
+        return st if os.path.isfile(target) else None
+
+    def trusted(self, entry: LockEntry, target: Path) -> bool:
+        """A record vouches for the file: no byte is read."""
+        st = self._stat(target)
+        rec = read_record(target, self.state_dir) if st is not None else None
+        return check_for(st, rec, sha256=entry.sha256, size=entry.size, path=entry.path,
+                         fast=False) is Check.TRUSTED
+
+    def verify_existing(self, entry: LockEntry, target: Path) -> bool:
+        st = self._stat(target)
+        rec = read_record(target, self.state_dir) if st is not None else None
+        check = check_for(st, rec, sha256=entry.sha256, size=entry.size, path=entry.path,
+                          fast=self.settings.fast_verify)
+        if check in (Check.MISSING,):
+            return False
+        if check is Check.TRUSTED:
+            return True
+        if check is Check.WRONG_SIZE:
+            assert st is not None
+            log.warning("%s: %d bytes, the lock says %d: replacing it", target, st.st_size,
+                        entry.size)
+            return False
+        if check is Check.HEADER:
+            ok, reason = verify.safetensors_header_ok(target, entry.size)
+            if ok:
+                log.debug("%s: trusted by %s (fast verify)", target, reason)
+                return True
+            log.warning("%s: fast check failed (%s): hashing it", target, reason)
+        sha = verify.sha256_file(target)
+        if sha == entry.sha256:
+            assert st is not None
+            write_record(target, Record.of(os.stat(target), sha), self.state_dir)
+            return True
+        log.warning("%s: sha256 %s, the lock says %s: replacing it", target, sha, entry.sha256)
+        remove_record(target)
+        return False
+
+    # --- one file ---------------------------------------------------------------------
+
+    def run(self, entry: LockEntry) -> FileResult:
+        t0 = time.monotonic()
+        if self.children.cancelled.is_set():
+            raise fetch.Cancelled()
+
+        def done(root: Path, action: str | None = None) -> FileResult:
+            action = action or action_for(root, self.volume_models)
+            result = FileResult(entry.path, action, root / entry.path, entry.size,
+                                time.monotonic() - t0)
+            self.progress.file_done(entry.path, action, entry.size, result.seconds)
+            return result
+
+        try:
+            for root in self.roots:  # warm path: stat + record, nothing read
+                if self.trusted(entry, root / entry.path):
+                    return done(root)
+            for root in self.roots:  # present but not vouched for: verify (once, locked)
+                target = root / entry.path
+                if self._stat(target) is None:
+                    continue
+                if can_write(target.parent):
+                    with file_lock(target, on_wait=f"waiting for another sync of {target}"):
+                        if self.verify_existing(entry, target):
+                            return done(root)
+                elif self.verify_existing(entry, target):
+                    return done(root)
+            target = self.dest_root / entry.path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with file_lock(target, on_wait=f"{target}: another sync is downloading it; "
+                           "waiting to reuse it"):
+                if self._stat(target) is not None and self.verify_existing(entry, target):
+                    return done(self.dest_root)  # another worker fetched it meanwhile
+                self.download(entry, target)
+            return done(self.dest_root, "downloaded")
+        except OSError as exc:
+            if isinstance(exc, SyncError):
+                raise
+            if exc.errno == errno.ENOSPC:
+                raise fetch.disk_full_error(self.dest_root, entry.size, path=entry.path) \
+                    from None
+            raise SyncError(f'"{entry.path}": {exc.strerror or exc}: {exc.filename or ""}',
+                            hint="check that the models dir / volume is writable") from None
+
+    def download(self, entry: LockEntry, target: Path) -> None:
+        """Download, verify, publish; retry transient failures and hash mismatches."""
+        attempts = 1 + self.settings.retries
+        last: Exception | None = None
+        actual: str | None = None
+        for attempt in range(attempts):
+            if attempt:
+                delay = backoff_seconds(attempt)
+                log.warning('"%s": attempt %d of %d failed (%s); retrying in %.1f s',
+                            entry.path, attempt, attempts, last, delay)
+                if self.children.cancelled.wait(delay):
+                    raise fetch.Cancelled()
+            tmp = temp_path(target)
+            received = 0
+
+            def on_bytes(n: int) -> None:
+                nonlocal received
+                received += n
+                self.progress.add(n)
+
+            published = False
+            try:
+                with self.slots:
+                    remote = fetch.locate(entry.source, self.settings, path=entry.path)
+                    if remote.size is not None and remote.size != entry.size:
+                        raise ModelSizeMismatch(
+                            f'"{entry.path}": {entry.source.describe()} is {remote.size} '
+                            f"bytes, the lock says {entry.size}",
+                            hint="re-pin it with `comfy-worker lock add SOURCE --path "
+                            f"{entry.path} --replace` if the change is intended")
+                    fetch.check_free_space(target.parent, entry.size,
+                                           what=f'"{entry.path}"')
+                    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+                    sha = fetch.transfer(remote, tmp, self.settings, path=entry.path,
+                                         source=entry.source, on_bytes=on_bytes,
+                                         children=self.children)
+                # Hashing holds no download slot: the next download runs meanwhile.
+                if sha is None:
+                    sha = verify.sha256_file(tmp)
+                if sha != entry.sha256:
+                    actual = sha
+                    last = ModelHashMismatch(f"sha256 {sha}, expected {entry.sha256}")
+                    continue
+                st = publish(tmp, target)
+                published = True
+                write_record(target, Record.of(st, sha), self.state_dir)
+                return
+            except fetch.Transient as exc:
+                last, actual = exc, None
+            finally:
+                if not published:
+                    tmp.unlink(missing_ok=True)
+                    self.progress.add(-received)
+        if actual is not None:
+            raise ModelHashMismatch(
+                f'"{entry.path}": downloaded file has sha256 {actual}, the lock expects '
+                f"{entry.sha256} (source {entry.source.describe()}, {attempts} attempts)",
+                hint="the source serves other bytes than the lock pins: re-pin it with "
+                f"`comfy-worker lock add SOURCE --path {entry.path} --replace` if the change "
+                "is intended; otherwise the source or the network corrupts data")
+        raise DownloadFailed(
+            f'"{entry.path}": download from {entry.source.describe()} failed after '
+            f"{attempts} attempts: {last}",
+            hint="the source is unreachable or failing; retry later, or raise "
+            "COMFY_WORKER_RETRIES")
+
+
+def _missing_bytes(lock: Lockfile, roots: list[Path]) -> int:
+    total = 0
+    for entry in lock.models:
+        if not any(os.path.isfile(root / entry.path) for root in roots):
+            total += entry.size
+    return total
+
+
+def sync_models(settings: Settings, *, lock: Lockfile | None = None,
+                progress: bool | None = None) -> SyncReport:
+    """Make every locked file present and verified. Raises ``SyncError`` subclasses.
+
+    ``lock=None`` loads ``settings.lock_path``; ``progress=None`` draws the bar only
+    when stderr is a terminal.
+    """
+    t0 = time.monotonic()
+    if lock is None:
+        lock = load_lock(settings.lock_path)
+    roots = model_roots(settings)
+    yaml_path = write_extra_model_paths(
+        roots, {m.folder for m in lock.models} | set(lock.extra_folders),
+        extra_model_paths_location(settings))
+    missing = _missing_bytes(lock, roots)
+    bar = Progress(missing, bar=progress)
+    sync = FileSync(settings, roots, bar)
+    if missing:  # fail before the first byte when it cannot fit
+        fetch.check_free_space(sync.dest_root, missing,
+                               what=f"the missing files of {len(lock.models)} locked models")
+    results: dict[str, FileResult] = {}
+    bar.start()
+    errors: list[BaseException] = []
+    try:
+        workers = max(1, min(len(lock.models), settings.jobs * 2))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sync") as pool:
+            futures: dict[Future[FileResult], LockEntry] = {
+                pool.submit(sync.run, entry): entry for entry in lock.models}
+            try:
+                pending = set(futures)
+                while pending:
+                    finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                    for fut in finished:
+                        exc = fut.exception()
+                        if exc is None:
+                            results[futures[fut].path] = fut.result()
+                        elif not isinstance(exc, fetch.Cancelled):
+                            errors.append(exc)
+                    if errors and not sync.children.cancelled.is_set():
+                        sync.children.cancel()  # stop the other downloads: fail fast
+            except BaseException:
+                sync.children.cancel()
+                raise
+    finally:
+        bar.stop()
+    if errors:
+        raise errors[0]
+    files = tuple(results[m.path] for m in lock.models)
+    report = SyncReport(files=files, roots=tuple(roots), extra_model_paths=yaml_path,
+                        seconds=time.monotonic() - t0)
+    log.info("synced %d files in %.2f s (%d bytes downloaded)", len(files), report.seconds,
+             report.downloaded_bytes)
+    return report
