@@ -12,7 +12,10 @@ Test modules import what they need (``tests/`` is on ``sys.path`` under pytest; 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,6 +39,24 @@ def safetensors_bytes(n_floats: int = 256, *, seed: int = 0, name: str = "weight
     return save({name: rng.standard_normal(n_floats).astype(np.float32)})
 
 
+def lock_entry(path: str, served: ServedFile) -> dict[str, Any]:
+    """A ``models.lock.json`` entry (dict) for a file served by :class:`HFServer`."""
+    if served.repo is not None:
+        source: dict[str, Any] = {"type": "huggingface", "repo": served.repo,
+                                  "revision": served.commit, "file": served.path}
+    else:
+        source = {"type": "url", "url": served.url}
+    return {"path": path, "source": source, "sha256": served.sha256, "size": served.size}
+
+
+def write_lock_file(dest: Path, entries: dict[str, ServedFile]) -> Path:
+    """Write a lock file with one entry per ``{lock path: served file}``."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"version": 1, "models": [lock_entry(p, f) for p, f in entries.items()]}
+    dest.write_text(json.dumps(doc, indent=2), encoding="utf-8")
+    return dest
+
+
 @pytest.fixture(name="hf_server")
 def hf_server_fixture() -> Iterator[HFServer]:
     """A started :class:`HFServer` on 127.0.0.1, stopped after the test."""
@@ -51,6 +72,8 @@ __all__ = [
     "ServedFile",
     "hf_server_fixture",
     "iter_random_bytes",
+    "lock_entry",
     "safetensors_bytes",
+    "write_lock_file",
     "write_random_file",
 ]

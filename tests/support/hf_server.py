@@ -409,11 +409,11 @@ class _Handler(BaseHTTPRequestHandler):
         return None if auth[len("Bearer "):] in gate else 403
 
     def _resolve(self, repo: str, revision: str, path: str, *, head: bool) -> None:
-        status = self._auth_status(repo)
-        if status is not None:
-            self._error(status, "GatedRepo", head=head)
-            return
         status, code, served, commit = self.hub._lookup(repo, revision, path)
+        denied = self._auth_status(repo)
+        if denied is not None:
+            self._error(denied, "GatedRepo", head=head, served=served)
+            return
         if served is None:
             self._error(status, code, head=head, commit=commit or None)
             return

@@ -214,6 +214,23 @@ def check_free_space(directory: Path, needed: int, *, what: str) -> None:
         )
 
 
+def check_landed(path: Path, size: int, *, entry_path: str) -> None:
+    """Raise DiskFull when a downloaded file's bytes cannot all be on disk.
+
+    hf_transfer writes through a buffered async file and can drop a failed write
+    (ENOSPC) without an error; the file then has holes. Holes larger than the free
+    space left mean the disk filled up (a compressing filesystem may show fewer
+    blocks, but then has the free space).
+    """
+    st = os.stat(path)
+    allocated = st.st_blocks * 512
+    if allocated >= size:
+        return
+    free = shutil.disk_usage(path.parent).free
+    if free < size - allocated:
+        raise disk_full_error(path.parent, size, path=entry_path)
+
+
 def disk_full_error(directory: Path, needed: int, *, path: str) -> DiskFull:
     free = shutil.disk_usage(existing_ancestor(directory)).free
     return DiskFull(

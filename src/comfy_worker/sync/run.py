@@ -228,6 +228,7 @@ class FileSync:
                                          children=self.children)
                 # Hashing holds no download slot: the next download runs meanwhile.
                 if sha is None:
+                    fetch.check_landed(tmp, entry.size, entry_path=entry.path)
                     sha = verify.sha256_file(tmp)
                 if sha != entry.sha256:
                     actual = sha
