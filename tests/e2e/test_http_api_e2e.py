@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -151,8 +152,25 @@ def test_concurrent_clients_all_get_their_own_image(served: Served) -> None:
         assert list(pool.map(client, sizes)) == sizes
 
 
+def _children(pid: int) -> set[int]:
+    """Direct child pids, from /proc (no psutil in the test dependencies)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
 def test_sigterm_stops_the_server_and_comfyui_with_exit_0(served: Served) -> None:
+    comfyui = _children(served.proc.pid)
+    assert comfyui, "ComfyUI should run as a child of the server"
     served.proc.send_signal(signal.SIGTERM)
     assert served.proc.wait(60) == 0
+    assert not [pid for pid in comfyui if Path(f"/proc/{pid}").exists()
+                and "zombie" not in Path(f"/proc/{pid}/status").read_text()]
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{served.url}/health", timeout=2)

@@ -21,18 +21,22 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import logging
 import queue
+import signal
 import socket
 import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any, Protocol
 
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
@@ -599,13 +603,38 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def make_server(app: FastAPI) -> Any:
-    """A uvicorn server for ``app`` (logging left to ours)."""
-    import uvicorn
+class _Server(uvicorn.Server):
+    """uvicorn's server, but SIGINT/SIGTERM only ask it to stop.
 
+    uvicorn re-raises a captured signal once it has stopped, which would kill the process
+    before :func:`run_server` stops the job queue and ComfyUI; here the caller decides.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self._on_signal)
+                    for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _on_signal(self, sig: int, frame: FrameType | None) -> None:
+        log.info("%s received: stopping", signal.Signals(sig).name)
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        self.should_exit = True
+
+
+def make_server(app: FastAPI) -> uvicorn.Server:
+    """A uvicorn server for ``app`` (logging left to ours)."""
     config = uvicorn.Config(app, log_config=None, access_log=False, timeout_graceful_shutdown=5,
                             lifespan="off")
-    return uvicorn.Server(config)
+    return _Server(config)
 
 
 def run_server(service: ApiService, *, host: str, port: int, max_request_bytes: int,
