@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -18,6 +19,7 @@ import requests
 from test_http_api_helpers import ScriptedWorker, running_api, wait_for, wait_status
 
 from comfy_worker.entrypoints.http_api import (
+    DISCONNECT_POLL_SECONDS,
     Job,
     JobQueue,
     QueueClosed,
@@ -277,6 +279,50 @@ def test_many_concurrent_clients_lose_no_job_and_never_overlap() -> None:
     assert all(output["echo"]["label"] == i for i, output in results)
     assert sorted(worker.calls) == list(range(clients))
     assert worker.max_running == 1
+
+
+def _post_then_hang_up(port: int, payload: dict, *, after: float | None = None,
+                       until: object = None) -> None:
+    """POST /generate/sync on a raw socket, then close it without reading the answer."""
+    body = json.dumps(payload).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"POST /generate/sync HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                  b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        if until is not None:
+            wait_for(until)  # type: ignore[arg-type]
+        if after is not None:
+            time.sleep(after)
+
+
+def test_sync_client_hanging_up_while_its_job_runs_cancels_the_job() -> None:
+    worker = ScriptedWorker()
+    worker.job_gate.clear()
+    with running_api(worker) as api:
+        wait_for(lambda: api.service.health()[0])
+        _post_then_hang_up(api.port, {"label": "gone", "wait_gate": True},
+                           until=lambda: worker.running == 1)
+        wait_for(lambda: worker.cancelled == ["gone"])
+        after = requests.post(f"{api.url}/generate/sync", json={"label": "next"}, timeout=10)
+    assert after.status_code == 200
+    assert worker.calls == ["gone", "next"]
+
+
+def test_sync_client_hanging_up_while_queued_means_its_job_never_runs() -> None:
+    worker = ScriptedWorker()
+    worker.job_gate.clear()
+    with running_api(worker) as api:
+        wait_for(lambda: api.service.health()[0])
+        first = requests.post(f"{api.url}/generate", json={"label": 0, "wait_gate": True},
+                              timeout=5).json()["id"]
+        wait_for(lambda: worker.running == 1)
+        _post_then_hang_up(api.port, {"label": "gone"},
+                           until=lambda: api.service.queue.waiting == 1)
+        time.sleep(4 * DISCONNECT_POLL_SECONDS)  # the server polls for the hang-up
+        worker.job_gate.set()
+        wait_status(api.url, first, {"completed"})
+        last = requests.post(f"{api.url}/generate/sync", json={"label": 2}, timeout=10)
+    assert last.status_code == 200
+    assert worker.calls == [0, 2]
 
 
 # --- request size limits -------------------------------------------------------------

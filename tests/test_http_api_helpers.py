@@ -31,6 +31,7 @@ class ScriptedWorker:
         self.start_error = start_error
         self.phase = "not started"
         self.calls: list[Any] = []
+        self.cancelled: list[Any] = []
         self.running = 0
         self.max_running = 0
         self.stopped = False
@@ -60,7 +61,12 @@ class ScriptedWorker:
             if progress is not None:
                 progress({"node": "1", "value": 1, "max": 2})
             if job_input.get("wait_gate"):
-                self.job_gate.wait(30)
+                deadline = time.monotonic() + 30
+                while not self.job_gate.wait(0.02) and time.monotonic() < deadline:
+                    if cancel is not None and cancel.is_set():
+                        self.cancelled.append(job_input.get("label"))
+                        return {"error": "job cancelled", "details": [],
+                                "reference": "job-cancelled"}
             time.sleep(float(job_input.get("sleep", 0)))
             if "raise" in job_input:
                 raise RuntimeError(job_input["raise"])

@@ -50,6 +50,8 @@ DEFAULT_MAX_FINISHED = 100
 DEFAULT_MAX_FINISHED_BYTES = 256 * 1024 * 1024
 DEFAULT_MAX_QUEUED = 1000
 SHUTTING_DOWN = "the server is shutting down"
+CANCELLED = "cancelled: the client went away before the job ran"
+DISCONNECT_POLL_SECONDS = 0.25
 
 # errors.py reference -> HTTP status. Anything else that carries "error" is a 500.
 _STATUS_BY_REFERENCE: Mapping[str, int] = {
@@ -153,6 +155,9 @@ class Job:
     output: dict[str, Any] | None = None
     progress: dict[str, Any] | None = None
     size: int = 0
+    cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+    """Set when nobody waits for the result any more: skipped if queued, interrupted if
+    running (the Worker gets it as ``cancel``)."""
     future: concurrent.futures.Future[dict[str, Any]] = field(
         default_factory=concurrent.futures.Future, repr=False
     )
@@ -199,6 +204,7 @@ class JobQueue:
         self._finished_bytes = 0
         self._waiting = 0
         self._stopping = threading.Event()
+        self._running: Job | None = None
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -207,9 +213,11 @@ class JobQueue:
             self._thread.start()
 
     def stop(self, timeout: float | None = None) -> None:
-        """Finish the running job, fail the waiting ones, end the thread."""
+        """Cancel the running job, fail the waiting ones, end the thread."""
         with self._lock:  # a submit() either lands before the sentinel or sees the flag
             self._stopping.set()
+            if self._running is not None:
+                self._running.cancel.set()
         self._queue.put(None)
         if self._thread is not None:
             self._thread.join(timeout)
@@ -247,13 +255,22 @@ class JobQueue:
                 return
             with self._lock:
                 self._waiting -= 1
-                job.status = "running"
-                job.started = time.time()
+                if job.cancel.is_set():
+                    job.status = "cancelled"
+                else:
+                    job.status = "running"
+                    job.started = time.time()
+                    self._running = job
+            if job.status == "cancelled":
+                self._finish(job, error_body(CANCELLED, reference="job-cancelled"))
+                continue
             try:
                 output = self._run(job)
             except Exception as exc:  # run_job should not raise; never lose the job
                 log.exception("job %s raised", job.id)
                 output = error_body(f"internal error: {type(exc).__name__}: {exc}")
+            with self._lock:
+                self._running = None
             self._finish(job, output)
 
     def _finish(self, job: Job, output: dict[str, Any]) -> None:
@@ -311,7 +328,7 @@ class ApiService:
     ) -> None:
         self.worker = worker
         self._listener = listener
-        self._cancel = threading.Event()
+        self._closing = threading.Event()
         self.queue = JobQueue(
             self._run_job,
             max_finished=max_finished,
@@ -340,7 +357,7 @@ class ApiService:
             self._started.set()
             # The listener hears "ready" only once /health would answer 200.
             while not self.health()[0]:
-                if self._cancel.wait(0.1):
+                if self._closing.wait(0.1):
                     return
             log.info("worker ready")
             self._notify("ready", "")
@@ -373,10 +390,10 @@ class ApiService:
             job.progress = dict(update)
 
         return self.worker.run_job(job.input, job_id=job.id, progress=progress,
-                                   cancel=self._cancel)
+                                   cancel=job.cancel)
 
     def shutdown(self, timeout: float = 30.0) -> None:
-        self._cancel.set()
+        self._closing.set()
         self.queue.stop(timeout)
         try:
             self.worker.stop()
@@ -504,6 +521,19 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+async def _output_unless_disconnected(request: Request, job: Job) -> dict[str, Any] | None:
+    """The job's output; None (and the job cancelled) if the client disconnects first."""
+    output = asyncio.wrap_future(job.future)
+    while True:
+        done, _ = await asyncio.wait({output}, timeout=DISCONNECT_POLL_SECONDS)
+        if done:
+            return output.result()
+        if await request.is_disconnected():
+            log.info("job %s: the client disconnected; cancelling the job", job.id)
+            job.cancel.set()
+            return None
+
+
 def _not_ready(reason: str) -> JSONResponse:
     return JSONResponse(error_body(f"not ready: {reason}", [{"health": reason}]),
                         status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
@@ -551,7 +581,9 @@ def create_app(service: ApiService, *, max_request_bytes: int) -> FastAPI:
         job = submit(job_input, keep=False)
         if isinstance(job, JSONResponse):
             return job
-        output = await asyncio.wrap_future(job.future)
+        output = await _output_unless_disconnected(request, job)
+        if output is None:
+            return JSONResponse(error_body(CANCELLED), status_code=499)
         status = http_status_for(output)
         if status != 200:
             output = {"details": [], **output}
