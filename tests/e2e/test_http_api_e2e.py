@@ -7,7 +7,10 @@ start-up), reusing tests/e2e/conftest.py's ComfyUI install and locked model.
 from __future__ import annotations
 
 import base64
+import json
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -27,8 +30,6 @@ pytestmark = pytest.mark.comfyui
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -38,6 +39,7 @@ def _free_port() -> int:
 class Served:
     url: str
     proc: subprocess.Popen[bytes]
+    log_path: Path
     health_seen: list[tuple[int, str]] = field(default_factory=list)
     ready_after_s: float = 0.0
 
@@ -53,7 +55,7 @@ def served(comfy_install: ComfyInstall, model_env: ModelEnv,
         proc = subprocess.Popen(
             [sys.executable, "-m", "comfy_worker.cli", "-v", "serve", "--host", "127.0.0.1",
              "--port", str(port)], env=env, stdout=log_file, stderr=subprocess.STDOUT)
-    s = Served(f"http://127.0.0.1:{port}", proc)
+    s = Served(f"http://127.0.0.1:{port}", proc, log_path)
     t0 = time.monotonic()
     try:
         while True:
@@ -150,6 +152,35 @@ def test_concurrent_clients_all_get_their_own_image(served: Served) -> None:
 
     with ThreadPoolExecutor(len(sizes)) as pool:
         assert list(pool.map(client, sizes)) == sizes
+
+
+def _wait_log(served: Served, pattern: str, *, after: int, timeout: float = 120) -> re.Match:
+    deadline = time.monotonic() + timeout
+    while True:
+        match = re.search(pattern, served.log_path.read_text()[after:])
+        if match:
+            return match
+        assert time.monotonic() < deadline, f"no {pattern!r} in the server log"
+        time.sleep(0.1)
+
+
+def test_sync_client_hanging_up_interrupts_its_running_comfyui_job(
+        served: Served, model_env: ModelEnv) -> None:
+    # ~10 s on these CPUs: a 2048x2048 image through the x2 upscaler.
+    wf = upscale_workflow(model_env.model_name, 2048, 2048, prefix="hangup")
+    body = json.dumps({"workflow": wf}).encode()
+    start = len(served.log_path.read_text())
+    port = int(served.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(b"POST /generate/sync HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                     b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        queued = _wait_log(served, r"job (\w+): queued prompt", after=start)
+    job_id = queued.group(1)
+    _wait_log(served, rf"job {job_id}: the client disconnected; cancelling", after=start)
+    _wait_log(served, rf"job {job_id} failed: job cancelled", after=start)
+    after = requests.post(f"{served.url}/generate/sync",
+                          json={"workflow": empty_image_workflow(8, 8)}, timeout=120)
+    assert after.status_code == 200, after.text
 
 
 def _children(pid: int) -> set[int]:
