@@ -155,6 +155,9 @@ def test_malformed_bodies_are_refused_with_error_and_details(data: bytes, status
     assert r.status_code == status
     assert r.json()["error"].startswith(message)
     assert isinstance(r.json()["details"], list)
+    if status == 422:
+        assert r.json()["reference"] == "job-input-invalid"
+        assert r.json()["hint"].startswith("send {")
     assert worker.calls == []
 
 

@@ -558,7 +558,9 @@ def create_app(service: ApiService, *, max_request_bytes: int) -> FastAPI:
         try:
             return unwrap_job_input(body)
         except JobInputInvalid as exc:
-            return JSONResponse(error_body(str(exc)), status_code=422)
+            extra = {"hint": exc.hint} if exc.hint else {}
+            return JSONResponse(error_body(exc.message, exc.details, reference=exc.reference,
+                                           **extra), status_code=422)
 
     def submit(job_input: dict[str, Any], *, keep: bool) -> Job | JSONResponse:
         ready, reason = service.health()
