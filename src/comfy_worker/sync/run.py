@@ -212,24 +212,29 @@ class FileSync:
 
             published = False
             try:
+                # Located before taking a download slot, so a freed slot is used at once.
+                remote = fetch.locate(entry.source, self.settings, path=entry.path)
+                if remote.size is not None and remote.size != entry.size:
+                    raise ModelSizeMismatch(
+                        f'"{entry.path}": {entry.source.describe()} is {remote.size} '
+                        f"bytes, the lock says {entry.size}",
+                        hint="re-pin it with `comfy-worker lock add SOURCE --path "
+                        f"{entry.path} --replace` if the change is intended")
                 with self.slots:
-                    remote = fetch.locate(entry.source, self.settings, path=entry.path)
-                    if remote.size is not None and remote.size != entry.size:
-                        raise ModelSizeMismatch(
-                            f'"{entry.path}": {entry.source.describe()} is {remote.size} '
-                            f"bytes, the lock says {entry.size}",
-                            hint="re-pin it with `comfy-worker lock add SOURCE --path "
-                            f"{entry.path} --replace` if the change is intended")
+                    t_dl = time.monotonic()
                     fetch.check_free_space(target.parent, entry.size,
                                            what=f'"{entry.path}"')
                     os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
                     sha = fetch.transfer(remote, tmp, self.settings, path=entry.path,
                                          source=entry.source, on_bytes=on_bytes,
                                          children=self.children)
+                    log.debug('"%s": transferred in %.2f s', entry.path, time.monotonic() - t_dl)
                 # Hashing holds no download slot: the next download runs meanwhile.
                 if sha is None:
+                    t_hash = time.monotonic()
                     fetch.check_landed(tmp, entry.size, entry_path=entry.path)
                     sha = verify.sha256_file(tmp)
+                    log.debug('"%s": sha256 in %.2f s', entry.path, time.monotonic() - t_hash)
                 if sha != entry.sha256:
                     actual = sha
                     last = ModelHashMismatch(f"sha256 {sha}, expected {entry.sha256}")
