@@ -20,13 +20,11 @@ from test_http_api_helpers import ScriptedWorker, running_api, wait_for, wait_st
 
 from comfy_worker.entrypoints.http_api import (
     DISCONNECT_POLL_SECONDS,
-    Job,
-    JobQueue,
-    QueueClosed,
     content_length,
     http_status_for,
     unwrap_job_input,
 )
+from comfy_worker.entrypoints.job_queue import Job, JobQueue, QueueClosed
 from comfy_worker.errors import ComfyStartError, JobInputInvalid
 
 # --- pure parts -------------------------------------------------------------------------

@@ -18,7 +18,8 @@ from typing import Any
 
 import requests
 
-from comfy_worker.entrypoints.http_api import ApiService, bind_socket, run_server
+from comfy_worker.entrypoints.http_api import bind_socket, run_server
+from comfy_worker.entrypoints.job_queue import ApiService
 
 
 class ScriptedWorker:

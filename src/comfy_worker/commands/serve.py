@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 
 from comfy_worker.config import Settings
-from comfy_worker.entrypoints.http_api import ApiService, run_server
+from comfy_worker.entrypoints.http_api import run_server
+from comfy_worker.entrypoints.job_queue import ApiService
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:

@@ -10,9 +10,9 @@ Endpoints (OpenAPI at ``/docs``):
 - ``GET /health``: 200 only when the models are synced and ComfyUI is ready; 503 with the
   reason otherwise (``syncing models``, ``starting ComfyUI``, ``start-up failed: ...``).
 
-Jobs run one at a time, in arrival order, on one thread (:class:`JobQueue`). The server
-answers ``/health`` at once while :meth:`Worker.start` runs in the background
-(:class:`ApiService`). A fatal start-up failure keeps the process up, reporting the
+Jobs run one at a time, in arrival order, on one thread (``job_queue.JobQueue``). The
+server answers ``/health`` at once while :meth:`Worker.start` runs in the background
+(``job_queue.ApiService``). A fatal start-up failure keeps the process up, reporting the
 reason on ``/health`` and to every job request, so a platform health check (or the Vast
 PyWorker) sees why; :func:`run_server` then returns 1 when the server is stopped.
 """
@@ -20,37 +20,34 @@ PyWorker) sees why; :func:`run_server` then returns 1 when the server is stopped
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import json
 import logging
-import queue
 import signal
 import socket
 import threading
-import time
-import uuid
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
-from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any, Protocol
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from comfy_worker.entrypoints.job_queue import (
+    CANCELLED,
+    ApiService,
+    Job,
+    QueueClosed,
+    QueueFull,
+    error_body,
+)
 from comfy_worker.errors import JobInputInvalid
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = 10
-DEFAULT_MAX_FINISHED = 100
-DEFAULT_MAX_FINISHED_BYTES = 256 * 1024 * 1024
-DEFAULT_MAX_QUEUED = 1000
-SHUTTING_DOWN = "the server is shutting down"
-CANCELLED = "cancelled: the client went away before the job ran"
 DISCONNECT_POLL_SECONDS = 0.25
 
 # errors.py reference -> HTTP status. Anything else that carries "error" is a 500.
@@ -64,26 +61,6 @@ _STATUS_BY_REFERENCE: Mapping[str, int] = {
     "comfyui-died": 503,
     "comfyui-error": 503,
 }
-
-
-class WorkerLike(Protocol):
-    """What the API needs from :class:`comfy_worker.worker.Worker` (docs/ARCHITECTURE.md)."""
-
-    def start(self) -> None: ...
-
-    def readiness(self) -> tuple[bool, str]: ...
-
-    def run_job(
-        self,
-        job_input: Mapping[str, Any],
-        *,
-        job_id: str | None = None,
-        progress: Callable[[dict[str, Any]], None] | None = None,
-        cancel: threading.Event | None = None,
-    ) -> dict[str, Any]: ...
-
-    def stop(self) -> None: ...
-
 
 # --- small pure decisions ------------------------------------------------------------
 
@@ -116,10 +93,6 @@ def http_status_for(output: Mapping[str, Any]) -> int:
     return 500
 
 
-def error_body(message: str, details: list[Any] | None = None, **extra: Any) -> dict[str, Any]:
-    return {"error": message, "details": list(details or []), **extra}
-
-
 def content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
     """The declared Content-Length of an ASGI request, or None (absent or unreadable)."""
     for name, value in headers:
@@ -129,277 +102,6 @@ def content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
             except ValueError:
                 return None
     return None
-
-
-# --- the job queue -------------------------------------------------------------------
-
-
-class QueueFull(Exception):
-    """More jobs are waiting than the queue holds."""
-
-
-class QueueClosed(QueueFull):
-    """The queue is stopping and takes no more jobs."""
-
-
-@dataclass
-class Job:
-    id: str
-    input: dict[str, Any]
-    keep: bool = True
-    """Keep the output for ``GET /status`` (async jobs); sync jobs hand it back directly."""
-    status: str = "queued"
-    created: float = field(default_factory=time.time)
-    started: float | None = None
-    finished: float | None = None
-    output: dict[str, Any] | None = None
-    progress: dict[str, Any] | None = None
-    size: int = 0
-    cancel: threading.Event = field(default_factory=threading.Event, repr=False)
-    """Set when nobody waits for the result any more: skipped if queued, interrupted if
-    running (the Worker gets it as ``cancel``)."""
-    future: concurrent.futures.Future[dict[str, Any]] = field(
-        default_factory=concurrent.futures.Future, repr=False
-    )
-
-    def to_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"id": self.id, "status": self.status}
-        if self.progress is not None and self.status == "running":
-            body["progress"] = self.progress
-        if self.output is not None:
-            body["output"] = self.output
-        for name in ("created", "started", "finished"):
-            if (value := getattr(self, name)) is not None:
-                body[name] = round(value, 3)
-        return body
-
-
-RunJob = Callable[[Job], dict[str, Any]]
-
-
-class JobQueue:
-    """One worker thread runs jobs from a FIFO queue, in the order they were submitted.
-
-    Finished jobs that are kept for ``GET /status`` are evicted oldest first once more
-    than ``max_finished`` of them, or more than ``max_finished_bytes`` of their JSON
-    outputs, are held.
-    """
-
-    def __init__(
-        self,
-        run: RunJob,
-        *,
-        max_finished: int = DEFAULT_MAX_FINISHED,
-        max_finished_bytes: int = DEFAULT_MAX_FINISHED_BYTES,
-        max_queued: int = DEFAULT_MAX_QUEUED,
-    ) -> None:
-        self._run = run
-        self._max_finished = max_finished
-        self._max_finished_bytes = max_finished_bytes
-        self._max_queued = max_queued
-        self._queue: queue.Queue[Job | None] = queue.Queue()
-        self._lock = threading.Lock()
-        self._jobs: dict[str, Job] = {}
-        self._finished: OrderedDict[str, int] = OrderedDict()
-        self._finished_bytes = 0
-        self._waiting = 0
-        self._stopping = threading.Event()
-        self._running: Job | None = None
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="job-queue", daemon=True)
-            self._thread.start()
-
-    def stop(self, timeout: float | None = None) -> None:
-        """Cancel the running job, fail the waiting ones, end the thread."""
-        with self._lock:  # a submit() either lands before the sentinel or sees the flag
-            self._stopping.set()
-            if self._running is not None:
-                self._running.cancel.set()
-        self._queue.put(None)
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def submit(self, job_input: dict[str, Any], *, keep: bool = True) -> Job:
-        job = Job(id=uuid.uuid4().hex, input=job_input, keep=keep)
-        with self._lock:
-            if self._stopping.is_set():
-                raise QueueClosed(SHUTTING_DOWN)
-            if self._waiting >= self._max_queued:
-                raise QueueFull(f"{self._waiting} jobs are already waiting")
-            self._waiting += 1
-            self._jobs[job.id] = job
-            self._queue.put(job)
-        return job
-
-    def get(self, job_id: str) -> Job | None:
-        with self._lock:
-            return self._jobs.get(job_id)
-
-    @property
-    def waiting(self) -> int:
-        with self._lock:
-            return self._waiting
-
-    def _loop(self) -> None:
-        while True:
-            job = self._queue.get()
-            if job is None or self._stopping.is_set():
-                if job is not None:
-                    with self._lock:
-                        self._waiting -= 1
-                    self._finish(job, error_body(SHUTTING_DOWN))
-                self._fail_waiting(SHUTTING_DOWN)
-                return
-            with self._lock:
-                self._waiting -= 1
-                if job.cancel.is_set():
-                    job.status = "cancelled"
-                else:
-                    job.status = "running"
-                    job.started = time.time()
-                    self._running = job
-            if job.status == "cancelled":
-                self._finish(job, error_body(CANCELLED, reference="job-cancelled"))
-                continue
-            try:
-                output = self._run(job)
-            except Exception as exc:  # run_job should not raise; never lose the job
-                log.exception("job %s raised", job.id)
-                output = error_body(f"internal error: {type(exc).__name__}: {exc}")
-            with self._lock:
-                self._running = None
-            self._finish(job, output)
-
-    def _finish(self, job: Job, output: dict[str, Any]) -> None:
-        with self._lock:
-            job.output = output
-            job.status = "failed" if "error" in output else "completed"
-            job.finished = time.time()
-            if job.keep:
-                job.size = len(json.dumps(output, default=str))
-                self._finished[job.id] = job.size
-                self._finished_bytes += job.size
-                self._evict()
-            else:
-                self._jobs.pop(job.id, None)
-        job.future.set_result(output)
-
-    def _evict(self) -> None:
-        while len(self._finished) > 1 and (
-            len(self._finished) > self._max_finished
-            or self._finished_bytes > self._max_finished_bytes
-        ):
-            old_id, size = self._finished.popitem(last=False)
-            self._finished_bytes -= size
-            self._jobs.pop(old_id, None)
-
-    def _fail_waiting(self, reason: str) -> None:
-        while True:
-            try:
-                job = self._queue.get_nowait()
-            except queue.Empty:
-                return
-            if job is not None:
-                with self._lock:
-                    self._waiting -= 1
-                self._finish(job, error_body(reason))
-
-
-# --- the service: start-up in the background, jobs through the queue -------------------
-
-Listener = Callable[[str, str], None]
-"""Called as ``listener(event, detail)`` with ``("ready", "")`` or ``("failed", reason)``."""
-
-
-class ApiService:
-    """A Worker behind a :class:`JobQueue`, started in the background."""
-
-    def __init__(
-        self,
-        worker: WorkerLike,
-        *,
-        listener: Listener | None = None,
-        max_finished: int = DEFAULT_MAX_FINISHED,
-        max_finished_bytes: int = DEFAULT_MAX_FINISHED_BYTES,
-        max_queued: int = DEFAULT_MAX_QUEUED,
-    ) -> None:
-        self.worker = worker
-        self._listener = listener
-        self._closing = threading.Event()
-        self.queue = JobQueue(
-            self._run_job,
-            max_finished=max_finished,
-            max_finished_bytes=max_finished_bytes,
-            max_queued=max_queued,
-        )
-        self._failure: str | None = None
-        self._started = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start_background(self) -> None:
-        self.queue.start()
-        self._thread = threading.Thread(target=self._start, name="worker-start", daemon=True)
-        self._thread.start()
-
-    def _start(self) -> None:
-        try:
-            self.worker.start()
-        except Exception as exc:
-            reason = "start-up failed: " + " ".join(str(exc).split())
-            log.error("%s", reason)
-            self._failure = reason
-            self._started.set()
-            self._notify("failed", reason)
-        else:
-            self._started.set()
-            # The listener hears "ready" only once /health would answer 200.
-            while not self.health()[0]:
-                if self._closing.wait(0.1):
-                    return
-            log.info("worker ready")
-            self._notify("ready", "")
-
-    def _notify(self, event: str, detail: str) -> None:
-        if self._listener is not None:
-            try:
-                self._listener(event, detail)
-            except Exception:
-                log.exception("start-up listener failed on %r", event)
-
-    def wait_started(self, timeout: float | None = None) -> bool:
-        return self._started.wait(timeout)
-
-    @property
-    def failed(self) -> str | None:
-        """The start-up failure, or None."""
-        return self._failure
-
-    def health(self) -> tuple[bool, str]:
-        if self._failure is not None:
-            return False, self._failure
-        ready, reason = self.worker.readiness()
-        if ready and not self._started.is_set():
-            return False, "starting"
-        return ready, reason
-
-    def _run_job(self, job: Job) -> dict[str, Any]:
-        def progress(update: dict[str, Any]) -> None:
-            job.progress = dict(update)
-
-        return self.worker.run_job(job.input, job_id=job.id, progress=progress,
-                                   cancel=job.cancel)
-
-    def shutdown(self, timeout: float = 30.0) -> None:
-        self._closing.set()
-        self.queue.stop(timeout)
-        try:
-            self.worker.stop()
-        except Exception:
-            log.exception("worker.stop() failed")
-
 
 # --- request size limit (pure ASGI, before the body is read) ---------------------------
 

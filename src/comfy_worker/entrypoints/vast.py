@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from comfy_worker.config import Settings
-from comfy_worker.entrypoints.http_api import ApiService, bind_socket, run_server
+from comfy_worker.entrypoints.http_api import bind_socket, run_server
+from comfy_worker.entrypoints.job_queue import ApiService
 from comfy_worker.errors import ConfigError
 
 log = logging.getLogger(__name__)
