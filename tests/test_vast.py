@@ -24,7 +24,7 @@ from comfy_worker.errors import ConfigError
 def test_ready_and_fatal_lines_carry_the_markers_the_pyworker_matches() -> None:
     assert model_log_line("ready") == READY_LINE
     line = model_log_line("failed", "start-up failed: sha256 mismatch\nfor x.safetensors")
-    assert line == f"{FATAL_LINE}: start-up failed: sha256 mismatch for x.safetensors"
+    assert line == f"{FATAL_LINE}: sha256 mismatch for x.safetensors"
     assert model_log_line("starting", "syncing models") == "comfy-worker: starting: syncing models"
 
 

@@ -251,8 +251,8 @@ def test_fatal_start_up_failure_is_reported_to_the_autoscaler_as_errored(stack: 
     s: Stack = stack(ScriptedWorker(start_error=error))
     wait_for(lambda: any(FATAL_LINE in line for line in s.model_log()), timeout=30)
     fatal = next(line for line in s.model_log() if FATAL_LINE in line)
-    assert fatal == (f"{FATAL_LINE}: start-up failed: checkpoints/x.safetensors: sha256 "
-                     "mismatch hint: re-run comfy-worker lock add")
+    assert fatal == (f"{FATAL_LINE}: checkpoints/x.safetensors: sha256 mismatch "
+                     "hint: re-run comfy-worker lock add")
     wait_for(lambda: any(st["error_msg"] == FATAL_LINE for st in s.autoscaler.statuses),
              timeout=30)
     assert READY_LINE not in s.model_log()

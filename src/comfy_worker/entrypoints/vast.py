@@ -68,7 +68,7 @@ def model_log_line(event: str, detail: str = "") -> str:
     if event == "ready":
         return READY_LINE
     if event == "failed":
-        return f"{FATAL_LINE}: {detail}"
+        return f"{FATAL_LINE}: {detail.removeprefix('start-up failed: ')}"
     return f"{LINE_PREFIX}{event}" + (f": {detail}" if detail else "")
 
 
