@@ -25,6 +25,7 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -112,6 +113,7 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=4, help="files at once (our sync)")
     ap.add_argument("--connections", type=int, default=8, help="ranges per file (our sync)")
     ap.add_argument("--warm-files", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds (medians)")
     ap.add_argument("--skip-hub", action="store_true", help="skip the hf_hub_download run")
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
@@ -145,32 +147,49 @@ def main() -> int:
     env = {"HF_ENDPOINT": endpoint}
     rows: list[tuple[str, float, float]] = []
     try:
-        # --- the machine's ceiling: bare hf_transfer, no verification ------------------
-        t = time.perf_counter()
-        procs = []
-        for i, n in enumerate(big):
-            url = f"{endpoint.replace('127.0.0.1', 'localhost')}/cdn-lfs/{files[n]['sha256']}"
-            code = (f"import hf_transfer; hf_transfer.download({url!r}, "
-                    f"{str(work / f'raw{i}')!r}, max_files={args.connections}, "
-                    f"chunk_size={16 * MIB})")
-            procs.append(subprocess.Popen([sys.executable, "-c", code]))
-        if any(p.wait() for p in procs):
-            raise SystemExit("bare hf_transfer run failed")
-        raw = time.perf_counter() - t
-        rows.append(("bare hf_transfer, no sha256", raw, total_bytes / raw / MB))
-        for i in range(len(big)):
-            (work / f"raw{i}").unlink()
-
-        # --- our sync -------------------------------------------------------------
         lock = parse_lock(_lock(files, big, "checkpoints"))
-        s = load_settings(env=env, models_dir=work / "ours", jobs=args.jobs,
-                          connections=args.connections)
-        t = time.perf_counter()
-        report = sync_models(s, lock=lock, progress=False)
-        ours = time.perf_counter() - t
-        assert all(f.action == "downloaded" for f in report.files)
-        rows.insert(0, ("our sync (sha256 included)", ours, total_bytes / ours / MB))
-        shutil.rmtree(work / "ours")
+
+        def bare_hf_transfer() -> float:
+            """The machine's ceiling: bare hf_transfer, no verification, no placing."""
+            t = time.perf_counter()
+            procs = []
+            for i, n in enumerate(big):
+                url = f"{endpoint.replace('127.0.0.1', 'localhost')}/cdn-lfs/" \
+                    f"{files[n]['sha256']}"
+                code = (f"import hf_transfer; hf_transfer.download({url!r}, "
+                        f"{str(work / f'raw{i}')!r}, max_files={args.connections}, "
+                        f"chunk_size={16 * MIB})")
+                procs.append(subprocess.Popen([sys.executable, "-c", code]))
+            if any(p.wait() for p in procs):
+                raise SystemExit("bare hf_transfer run failed")
+            secs = time.perf_counter() - t
+            for i in range(len(big)):
+                (work / f"raw{i}").unlink()
+            return secs
+
+        def our_sync() -> float:
+            s = load_settings(env=env, models_dir=work / "ours", jobs=args.jobs,
+                              connections=args.connections)
+            t = time.perf_counter()
+            report = sync_models(s, lock=lock, progress=False)
+            secs = time.perf_counter() - t
+            assert all(f.action == "downloaded" for f in report.files)
+            shutil.rmtree(work / "ours")
+            return secs
+
+        # Alternate the two, so both see the same machine; report medians.
+        ours_runs: list[float] = []
+        bare_runs: list[float] = []
+        for r in range(args.rounds):
+            pair = [(our_sync, ours_runs), (bare_hf_transfer, bare_runs)]
+            for fn, runs in (pair if r % 2 == 0 else pair[::-1]):
+                runs.append(fn())
+            print(f"round {r + 1}: our sync {total_bytes / ours_runs[-1] / MB:6.1f} MB/s, "
+                  f"bare hf_transfer {total_bytes / bare_runs[-1] / MB:6.1f} MB/s", flush=True)
+        ours = statistics.median(ours_runs)
+        raw = statistics.median(bare_runs)
+        rows.append(("our sync (sha256 included)", ours, total_bytes / ours / MB))
+        rows.append(("bare hf_transfer, no sha256", raw, total_bytes / raw / MB))
 
         # --- sequential hf_hub_download --------------------------------------------
         if not args.skip_hub:
@@ -214,6 +233,7 @@ def main() -> int:
     print(f"{total_bytes / MIB:.0f} MiB in {args.files} files; server caps "
           f"{args.per_conn_mbps:g} MB/s per connection, {cap:g} MB/s total; our sync: "
           f"jobs={args.jobs}, connections={args.connections}; {os.cpu_count()} CPU cores")
+    print(f"medians of {args.rounds} alternating rounds (hf_hub_download: one run)")
     print(f"{'':32s} {'seconds':>8s} {'MB/s':>8s} {'x cap':>7s}")
     print(f"{'cap (total)':32s} {total_bytes / MB / cap:8.2f} {cap:8.1f} {1.0:7.3f}")
     for name, secs, rate in rows:

@@ -277,3 +277,31 @@ def test_disk_full_during_download_says_how_many_bytes_are_needed(tmp_path: Path
             assert (models / "filler").exists(), "the disk was never filled"
             assert f"needs {served.size} bytes" in str(err.value)
             assert_nothing_partial(models, models / "checkpoints/big.safetensors")
+
+
+def test_killed_sync_leaves_no_final_file_and_no_orphan_download(tmp_path: Path) -> None:
+    with HFServer(per_connection_bps=1_000_000) as hub:
+        served, final = one_file(hub, tmp_path, size_floats=1_000_000)  # 4 MB, ~2 s
+        env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "COMFY_WORKER_CONNECTIONS": "2"}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "comfy_worker.cli", "sync", "--lock",
+             str(tmp_path / "models.lock.json"), "--models-dir", str(tmp_path / "models")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        deadline = time.monotonic() + 30
+        while hub.bytes_served(served) < 200_000 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.kill()
+        proc.wait()
+        time.sleep(0.5)
+        after_kill = hub.bytes_served(served)
+        time.sleep(1.0)
+        assert hub.bytes_served(served) - after_kill < 100_000, "download went on orphaned"
+        assert after_kill < served.size
+        assert not final.exists()
+        assert [p.name for p in final.parent.iterdir() if p.name.endswith(".incomplete")]
+
+        r = run_sync(hub, tmp_path)  # the next sync cleans up and completes
+
+        assert r.returncode == 0, r.stderr
+        assert hashlib.sha256(final.read_bytes()).hexdigest() == served.sha256
+        assert_nothing_partial(tmp_path, final.with_name("none"))

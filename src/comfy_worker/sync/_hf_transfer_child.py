@@ -9,11 +9,27 @@ stdout carries one line per event: ``<bytes>`` per finished chunk, then ``done``
 """
 
 import json
+import os
 import sys
+
+
+def _die_with_parent(parent: int) -> None:
+    """Linux: get SIGKILL when the worker dies, so no orphan keeps downloading."""
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 def main() -> int:
     spec = json.loads(sys.stdin.read())
+    _die_with_parent(int(spec.get("parent", os.getppid())))
     import hf_transfer
 
     out = sys.stdout

@@ -292,6 +292,7 @@ def _hf_transfer(remote: Remote, dest: Path, settings: Settings, *, path: str,
         "chunk_size": chunk_size_for(remote.size, settings.connections),
         "parallel_failures": max(1, settings.connections // 2),
         "max_retries": max(1, settings.retries),
+        "parent": os.getpid(),
     }
     proc = subprocess.Popen([sys.executable, str(_CHILD)], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

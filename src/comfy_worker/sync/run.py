@@ -16,6 +16,7 @@ import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +180,7 @@ class FileSync:
                            "waiting to reuse it"):
                 if self._stat(target) is not None and self.verify_existing(entry, target):
                     return done(self.dest_root)  # another worker fetched it meanwhile
+                remove_stale_temps(target)
                 self.download(entry, target)
             return done(self.dest_root, "downloaded")
         except OSError as exc:
@@ -239,8 +241,10 @@ class FileSync:
                     actual = sha
                     last = ModelHashMismatch(f"sha256 {sha}, expected {entry.sha256}")
                     continue
+                t_pub = time.monotonic()
                 st = publish(tmp, target)
                 published = True
+                log.debug('"%s": fsync + rename in %.2f s', entry.path, time.monotonic() - t_pub)
                 write_record(target, Record.of(st, sha), self.state_dir)
                 return
             except fetch.Transient as exc:
@@ -261,6 +265,13 @@ class FileSync:
             f"{attempts} attempts: {last}",
             hint="the source is unreachable or failing; retry later, or raise "
             "COMFY_WORKER_RETRIES")
+
+
+def remove_stale_temps(target: Path) -> None:
+    """Temp files of a killed earlier download (we hold the file's lock: none is live)."""
+    for stale in target.parent.glob(f".{glob_escape(target.name)}.*.incomplete"):
+        log.info("removing %s, left by an interrupted download", stale)
+        stale.unlink(missing_ok=True)
 
 
 def _missing_bytes(lock: Lockfile, roots: list[Path]) -> int:
