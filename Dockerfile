@@ -44,3 +44,10 @@ RUN /opt/worker/bin/pip install --quiet --no-deps --no-build-isolation /app \
     && rm -rf /app/build /app/src/*.egg-info /root/.cache \
     && comfy-worker --help >/dev/null \
     && test -x /app/scripts/start.sh
+
+# Provenance, set by build.sh (last, so a new commit does not invalidate the layers above).
+ARG VERSION=dev REVISION=unknown BASE_REF=unknown
+LABEL org.opencontainers.image.title="comfy-worker" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      comfy-worker.base="${BASE_REF}"

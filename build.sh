@@ -148,9 +148,11 @@ PLAT_ARGS=()
 [ -n "$PLATFORM" ] && PLAT_ARGS=(--platform "$PLATFORM")
 
 # --- the base: assemble its context, hash it, build only when new -------------------
-CTX=.docker-context/base
+# One context per run: two build.sh runs in one checkout must not share it.
+mkdir -p .docker-context
+CTX=$(mktemp -d .docker-context/base.XXXXXX)
+trap 'rm -rf "$CTX"' EXIT
 assemble_base_context() {
-    rm -rf "$CTX"
     mkdir -p "$CTX/scripts"
     cp Dockerfile.base "$CTX/Dockerfile"
     cp -r scripts/image "$CTX/scripts/image"
@@ -240,9 +242,7 @@ for t in "${TAGS[@]}"; do TAG_ARGS+=(-t "$t"); done
 say "building worker ${TAGS[0]} on $BASE_REF"
 docker build ${NET_ARGS[@]+"${NET_ARGS[@]}"} ${PLAT_ARGS[@]+"${PLAT_ARGS[@]}"} -f Dockerfile \
     --build-arg "BASE_IMAGE=$BASE_REF" ${COMMON_ARGS[@]+"${COMMON_ARGS[@]}"} \
-    --label "org.opencontainers.image.version=$VERSION" \
-    --label "org.opencontainers.image.revision=$SHA" \
-    --label "comfy-worker.base=$BASE_REF" \
+    --build-arg "VERSION=$VERSION" --build-arg "REVISION=$SHA" --build-arg "BASE_REF=$BASE_REF" \
     ${PASSTHROUGH[@]+"${PASSTHROUGH[@]}"} "${TAG_ARGS[@]}" . >&2
 if [ "$PUSH" = 1 ]; then
     for t in "${TAGS[@]}"; do docker push "$t" >&2; done
