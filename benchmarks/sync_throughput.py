@@ -110,7 +110,8 @@ def main() -> int:
     ap.add_argument("--files", type=int, default=4)
     ap.add_argument("--per-conn-mbps", type=float, default=25.0, help="MB/s per connection")
     ap.add_argument("--total-mbps", type=float, default=250.0, help="MB/s in total")
-    ap.add_argument("--jobs", type=int, default=4, help="files at once (our sync)")
+    ap.add_argument("--jobs", type=int, default=2, help="files at once (our sync; the "
+                    "worker default is 4: 2 lets hashing overlap the next download)")
     ap.add_argument("--connections", type=int, default=8, help="ranges per file (our sync)")
     ap.add_argument("--warm-files", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds (medians)")
@@ -121,6 +122,7 @@ def main() -> int:
     from comfy_worker.config import load_settings
     from comfy_worker.lockfile import parse_lock
     from comfy_worker.sync import sync_models
+    from comfy_worker.sync.fetch import chunk_size_for
 
     work = Path(tempfile.mkdtemp(prefix="sync-bench-", dir=args.workdir))
     data = work / "served"
@@ -158,7 +160,7 @@ def main() -> int:
                     f"{files[n]['sha256']}"
                 code = (f"import hf_transfer; hf_transfer.download({url!r}, "
                         f"{str(work / f'raw{i}')!r}, max_files={args.connections}, "
-                        f"chunk_size={16 * MIB})")
+                        f"chunk_size={chunk_size_for(files[n]['size'], args.connections)})")
                 procs.append(subprocess.Popen([sys.executable, "-c", code]))
             if any(p.wait() for p in procs):
                 raise SystemExit("bare hf_transfer run failed")

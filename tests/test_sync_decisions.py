@@ -71,8 +71,8 @@ def test_backoff_grows_and_is_capped() -> None:
 def test_chunk_size_spreads_a_file_over_connections() -> None:
     mib = 1024 * 1024
     assert chunk_size_for(100, 8) == mib
-    assert chunk_size_for(64 * mib, 8) == 8 * mib
-    assert chunk_size_for(10_000 * mib, 8) == 16 * mib
+    assert chunk_size_for(256 * mib, 8) == 4 * mib
+    assert chunk_size_for(10_000 * mib, 8) == 8 * mib
 
 
 def test_status_is_read_from_hf_transfer_messages() -> None:

@@ -81,9 +81,14 @@ def headers_for(url: str, hub_headers: dict[str, str], endpoint: str) -> dict[st
 
 
 def chunk_size_for(size: int, connections: int) -> int:
-    """Byte range per request: spread a file over the connections, 1 to 16 MiB each."""
-    per = -(-size // max(1, connections))
-    return max(MIB, min(16 * MIB, per))
+    """Byte range per request: about 8 per connection, 1 to 8 MiB each.
+
+    Smaller ranges shorten the tail at the end of a file, where fewer ranges than
+    connections are left (measured: 4 MiB ranges reach 0.96-0.98 of a capped link
+    where 16 MiB reach 0.81-0.90); larger ones save requests on big files.
+    """
+    per = -(-size // (max(1, connections) * 8))
+    return max(MIB, min(8 * MIB, per))
 
 
 def status_from_message(message: str) -> int | None:
@@ -175,6 +180,8 @@ def url_metadata(url: str, settings: Settings, *, path: str, source: Source) -> 
         r = requests.head(url, headers=headers, allow_redirects=True, timeout=_TIMEOUT)
     except requests.RequestException as exc:
         raise Transient(f"{url}: {type(exc).__name__}: {exc}") from None
+    if r.status_code in (405, 501):  # no HEAD here: a plain streamed GET will do
+        return Remote(url=url, headers=headers, size=None, ranges=False)
     if r.status_code >= 400:
         raise http_error(r.status_code, path=path, source=source, settings=settings)
     length = r.headers.get("Content-Length")

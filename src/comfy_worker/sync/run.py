@@ -36,7 +36,7 @@ from comfy_worker.sync.paths import (
     temp_path,
     write_extra_model_paths,
 )
-from comfy_worker.sync.place import can_write, file_lock, publish
+from comfy_worker.sync.place import BackgroundFsync, can_write, file_lock, publish
 from comfy_worker.sync.plan import Check, action_for, backoff_seconds, check_for, download_root
 from comfy_worker.sync.progress import Progress
 from comfy_worker.sync.record import Record, read_record, remove_record, write_record
@@ -232,11 +232,17 @@ class FileSync:
                                          children=self.children)
                     log.debug('"%s": transferred in %.2f s', entry.path, time.monotonic() - t_dl)
                 # Hashing holds no download slot: the next download runs meanwhile.
-                if sha is None:
-                    t_hash = time.monotonic()
-                    fetch.check_landed(tmp, entry.size, entry_path=entry.path)
-                    sha = verify.sha256_file(tmp)
-                    log.debug('"%s": sha256 in %.2f s', entry.path, time.monotonic() - t_hash)
+                # The disk writes the file back (fsync) while the CPU hashes it.
+                syncer = BackgroundFsync(tmp)
+                try:
+                    if sha is None:
+                        t_hash = time.monotonic()
+                        fetch.check_landed(tmp, entry.size, entry_path=entry.path)
+                        sha = verify.sha256_file(tmp)
+                        log.debug('"%s": sha256 in %.2f s', entry.path,
+                                  time.monotonic() - t_hash)
+                finally:
+                    syncer.wait()
                 if sha != entry.sha256:
                     actual = sha
                     last = ModelHashMismatch(f"sha256 {sha}, expected {entry.sha256}")
@@ -293,9 +299,15 @@ def sync_models(settings: Settings, *, lock: Lockfile | None = None,
     if lock is None:
         lock = load_lock(settings.lock_path)
     roots = model_roots(settings)
-    yaml_path = write_extra_model_paths(
-        roots, {m.folder for m in lock.models} | set(lock.extra_folders),
-        extra_model_paths_location(settings))
+    try:
+        yaml_path = write_extra_model_paths(
+            roots, {m.folder for m in lock.models} | set(lock.extra_folders),
+            extra_model_paths_location(settings))
+    except OSError as exc:
+        raise SyncError(
+            f"cannot write {extra_model_paths_location(settings)}: {exc.strerror or exc}",
+            hint="make the models dir writable (--models-dir / COMFY_WORKER_MODELS_DIR)",
+        ) from None
     missing = _missing_bytes(lock, roots)
     bar = Progress(missing, bar=progress)
     sync = FileSync(settings, roots, bar)
