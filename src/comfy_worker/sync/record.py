@@ -1,8 +1,8 @@
 """Verification records: a small sidecar per verified file, so it is hashed only once.
 
 A record (``.NAME.verified``, JSON) holds the size, ``mtime_ns``, inode and sha256 the
-file had when it was fully hashed. While the file's size, mtime and inode still match,
-the file is trusted without reading a byte. Roots we cannot write (a read-only volume)
+file had when it was fully hashed. While the file's size and mtime still match, the
+file is trusted without reading a byte. Roots we cannot write (a read-only volume)
 keep their records under the local models root instead.
 """
 
@@ -37,10 +37,14 @@ class Record:
 
 
 def still_valid(record: Record | None, st: os.stat_result, sha256: str, size: int) -> bool:
-    """The file is unchanged since it was verified against ``sha256`` (pure)."""
+    """The file is unchanged since it was verified against ``sha256`` (pure).
+
+    Size and mtime (ns) decide; the inode is kept for diagnosis only, because network
+    and FUSE volumes may number inodes afresh on every mount, which would make every
+    cold start re-hash the whole volume.
+    """
     return (record is not None and record.sha256 == sha256 and record.size == size
-            and st.st_size == size and record.mtime_ns == st.st_mtime_ns
-            and record.inode == st.st_ino)
+            and st.st_size == size and record.mtime_ns == st.st_mtime_ns)
 
 
 def seen_before(record: Record | None, sha256: str, size: int) -> bool:
