@@ -28,8 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import requests
-
 from comfy_worker.config import Settings
 from comfy_worker.errors import DiskFull, GatedModel, ModelNotFound, SyncError
 from comfy_worker.lockfile import HfSource, Source, UrlSource
@@ -175,6 +173,8 @@ def hf_metadata(repo: str, file: str, revision: str, repo_type: str, settings: S
 
 def url_metadata(url: str, settings: Settings, *, path: str, source: Source) -> Remote:
     """HEAD a plain URL, following redirects: final URL, size, range support."""
+    import requests  # here, not at the top: a warm start never needs it
+
     headers = headers_for(url, hub_headers(settings), settings.hf_endpoint)
     try:
         r = requests.head(url, headers=headers, allow_redirects=True, timeout=_TIMEOUT)
@@ -344,6 +344,7 @@ def _hf_transfer(remote: Remote, dest: Path, settings: Settings, *, path: str,
 def _stream(remote: Remote, dest: Path, settings: Settings, *, path: str, source: Source,
             on_bytes: Callable[[int], None], children: Children) -> str:
     """One streamed GET, hashed on the way (for servers without range support)."""
+    import requests
     h = hashlib.sha256()
     got = 0
     try:
