@@ -27,9 +27,26 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+def _tune_malloc() -> None:
+    """glibc: keep hf_transfer's large network buffers in the heap instead of a fresh
+    mmap per buffer. Measured: about half the system time per GiB (fewer page faults),
+    which on a busy machine leaves that CPU to hashing."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        mib = 1024 * 1024
+        libc.mallopt(-3, 64 * mib)   # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 256 * mib)  # M_TRIM_THRESHOLD
+        libc.mallopt(-2, 64 * mib)   # M_TOP_PAD
+    except (OSError, AttributeError):
+        pass
+
+
 def main() -> int:
     spec = json.loads(sys.stdin.read())
     _die_with_parent(int(spec.get("parent", os.getppid())))
+    _tune_malloc()
     import hf_transfer
 
     out = sys.stdout
