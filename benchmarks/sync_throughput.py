@@ -13,6 +13,12 @@ volume (in-process, and as a whole ``comfy-worker sync`` process).
 
 Targets (issue 2): our sync >= 0.85 x the aggregate cap; warm start of 20 files < 0.3 s.
 
+Default caps are 12 MB/s per connection and 120 MB/s in total, not the issue's example
+of 25 / 250: on the 2-core development machine (shared, load 4-6) the loopback server
+plus a bare hf_transfer client reached only ~0.89 of 250 MB/s without any verification,
+so that cap measured the machine, not the sync. ``--per-conn-mbps 25 --total-mbps 250``
+runs the issue's example; the "bare hf_transfer" row shows what the machine can do.
+
     python benchmarks/sync_throughput.py                  # 1 GiB in 4 files
     python benchmarks/sync_throughput.py --size-mib 128   # quick
 """
@@ -108,8 +114,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size-mib", type=int, default=1024, help="total size of the big files")
     ap.add_argument("--files", type=int, default=4)
-    ap.add_argument("--per-conn-mbps", type=float, default=25.0, help="MB/s per connection")
-    ap.add_argument("--total-mbps", type=float, default=250.0, help="MB/s in total")
+    ap.add_argument("--per-conn-mbps", type=float, default=12.0,
+                    help="MB/s per connection (issue's example: 25; see the module doc)")
+    ap.add_argument("--total-mbps", type=float, default=120.0,
+                    help="MB/s in total (issue's example: 250; see the module doc)")
     ap.add_argument("--jobs", type=int, default=2, help="files at once (our sync; the "
                     "worker default is 4: 2 lets hashing overlap the next download)")
     ap.add_argument("--connections", type=int, default=8, help="ranges per file (our sync)")
@@ -250,6 +258,10 @@ def main() -> int:
     print(f"warm start, {args.warm_files} files verified on a volume: sync_models "
           f"{warm_s:.3f} s (target < 0.3 s); whole `comfy-worker sync` process "
           f"{warm_cli_s:.2f} s")
+    bare_ratio = rows[1][2] / cap
+    if bare_ratio < 0.95:
+        print(f"note: even bare hf_transfer reaches only {bare_ratio:.2f} of this cap here: "
+              "the machine limits the run; lower caps measure the sync instead")
     ratio = rows[0][2] / cap
     print(f"target: our sync >= 0.85 x cap: {'MET' if ratio >= 0.85 else 'NOT MET'} "
           f"({ratio:.3f}); warm < 0.3 s: {'MET' if warm_s < 0.3 else 'NOT MET'}")

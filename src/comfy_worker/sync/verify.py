@@ -17,7 +17,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-_BUFFER = 8 * 1024 * 1024
+_BUFFER = 1024 * 1024  # measured: as fast as 8 MiB or mmap, kinder to caches
 
 
 class _Counter:
