@@ -164,6 +164,7 @@ class FileSync:
             for root in self.roots:  # warm path: stat + record, nothing read
                 if self.trusted(entry, root / entry.path):
                     return done(root)
+            shadowing: list[Path] = []  # wrong files ComfyUI might still find first
             for root in self.roots:  # present but not vouched for: verify (once, locked)
                 target = root / entry.path
                 if self._stat(target) is None:
@@ -174,6 +175,12 @@ class FileSync:
                             return done(root)
                 elif self.verify_existing(entry, target):
                     return done(root)
+                else:
+                    shadowing.append(target)
+            for bad in shadowing:
+                log.warning("%s does not match the lock and cannot be replaced (read-only); "
+                            "ComfyUI searches it before %s: remove it there", bad,
+                            self.dest_root)
             target = self.dest_root / entry.path
             target.parent.mkdir(parents=True, exist_ok=True)
             with file_lock(target, on_wait=f"{target}: another sync is downloading it; "
