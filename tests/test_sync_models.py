@@ -210,3 +210,28 @@ def test_many_files_any_jobs(hf_server: HFServer, tmp_path: Path, jobs: int) -> 
     assert {f.action for f in report.files} == {"downloaded"}
     for path, served in files.items():
         assert (tmp_path / "models" / path).stat().st_size == served.size
+
+
+def test_files_download_at_once_each_in_several_byte_ranges(tmp_path: Path) -> None:
+    # A slow server makes the overlap visible in its request log.
+    with HFServer(per_connection_bps=2_000_000) as hub:
+        files = {f"loras/big{i}.safetensors": hub.add_file(
+            "acme/big", f"big{i}.safetensors", safetensors_bytes(1_000_000, seed=i))
+            for i in range(3)}  # 4 MB each
+        s = settings_for(hub, tmp_path, jobs=3, connections=4)
+        write_lock_file(s.lock_path, files)
+
+        sync_models(s, progress=False)
+
+        spans = {}
+        for path, served in files.items():
+            gets = [r for r in hub.requests(served, "GET") if r.body_bytes > 1]
+            assert len({r.range for r in gets}) >= 4, path  # several ranges per file
+            assert all(r.range and r.status == 206 for r in gets)
+            # ranges of one file were in flight together
+            first = min(gets, key=lambda r: r.started)
+            assert any(r is not first and r.started < first.ended for r in gets)
+            spans[path] = (min(r.started for r in gets), max(r.ended for r in gets))
+        # and the files themselves overlapped in time
+        (a0, a1), (b0, b1), (c0, c1) = spans.values()
+        assert max(a0, b0, c0) < min(a1, b1, c1)

@@ -114,6 +114,9 @@ class RequestRecord:
     range: str | None
     body_bytes: int
     authorization: bool
+    started: float = 0.0
+    """``time.monotonic()`` when the request arrived; ``ended`` when it was answered."""
+    ended: float = 0.0
 
 
 class RateLimiter:
@@ -373,6 +376,7 @@ class _Handler(BaseHTTPRequestHandler):
     # --- routing --------------------------------------------------------------------
 
     def _dispatch(self, *, head: bool) -> None:
+        self.started = time.monotonic()
         path = unquote(urlsplit(self.path).path)
         m = re.fullmatch(r"/(?:(?:datasets|spaces)/)?([^/]+/[^/]+|[^/]+)/resolve/([^/]+)/(.+)",
                          path)
@@ -439,7 +443,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.hub._record(RequestRecord(
             method=self.command, path=self.path, status=status,
             key=served.key if served else None, range=self.headers.get("Range"),
-            body_bytes=body, authorization="Authorization" in self.headers))
+            body_bytes=body, authorization="Authorization" in self.headers,
+            started=getattr(self, "started", 0.0), ended=time.monotonic()))
 
     def _send_headers(self, status: int, headers: dict[str, str]) -> None:
         self.send_response(status)
