@@ -121,7 +121,8 @@ def test_read_only_volume_is_read_in_place_and_downloads_go_local(
 
 def test_two_concurrent_syncs_on_one_volume_download_each_file_once(tmp_path: Path) -> None:
     # A slow server, so the two processes overlap for the whole download.
-    with HFServer(per_connection_bps=1_000_000) as hub:
+    # ~2 s per file: longer than any start-up skew between the two processes.
+    with HFServer(per_connection_bps=500_000) as hub:
         files = serve(hub, 3, floats=500_000)  # 3 x 2 MB
         (tmp_path / "vol").mkdir()
         write_lock_file(tmp_path / "models.lock.json", files)
