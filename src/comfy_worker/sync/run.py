@@ -122,14 +122,14 @@ class FileSync:
         rec = read_record(target, self.state_dir) if st is not None else None
         check = check_for(st, rec, sha256=entry.sha256, size=entry.size, path=entry.path,
                           fast=self.settings.fast_verify)
-        if check in (Check.MISSING,):
+        if check is Check.MISSING:
             return False
         if check is Check.TRUSTED:
             return True
         if check is Check.WRONG_SIZE:
             assert st is not None
-            log.warning("%s: %d bytes, the lock says %d: replacing it", target, st.st_size,
-                        entry.size)
+            log.warning("%s: %d bytes, the lock says %d: not the locked file", target,
+                        st.st_size, entry.size)
             return False
         if check is Check.HEADER:
             ok, reason = verify.safetensors_header_ok(target, entry.size)
@@ -142,7 +142,8 @@ class FileSync:
             assert st is not None
             write_record(target, Record.of(os.stat(target), sha), self.state_dir)
             return True
-        log.warning("%s: sha256 %s, the lock says %s: replacing it", target, sha, entry.sha256)
+        log.warning("%s: sha256 %s, the lock says %s: not the locked file", target, sha,
+                    entry.sha256)
         remove_record(target)
         return False
 
