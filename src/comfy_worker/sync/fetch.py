@@ -225,9 +225,10 @@ def check_landed(path: Path, size: int, *, entry_path: str) -> None:
     """Raise DiskFull when a downloaded file's bytes cannot all be on disk.
 
     hf_transfer writes through a buffered async file and can drop a failed write
-    (ENOSPC) without an error; the file then has holes. Holes larger than the free
-    space left mean the disk filled up (a compressing filesystem may show fewer
-    blocks, but then has the free space).
+    (ENOSPC) without an error; the file then has holes and a wrong sha256. Called only
+    after a hash mismatch: holes larger than the free space left mean the disk filled
+    up (a compressing filesystem, or one that reports no blocks, may show fewer blocks,
+    but then a matching hash never gets here).
     """
     st = os.stat(path)
     allocated = st.st_blocks * 512

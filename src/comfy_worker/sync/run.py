@@ -245,13 +245,14 @@ class FileSync:
                 try:
                     if sha is None:
                         t_hash = time.monotonic()
-                        fetch.check_landed(tmp, entry.size, entry_path=entry.path)
                         sha = verify.sha256_file(tmp)
                         log.debug('"%s": sha256 in %.2f s', entry.path,
                                   time.monotonic() - t_hash)
                 finally:
                     syncer.wait()
                 if sha != entry.sha256:
+                    # Holes the free space could not fill: a write hit ENOSPC unreported.
+                    fetch.check_landed(tmp, entry.size, entry_path=entry.path)
                     actual = sha
                     last = ModelHashMismatch(f"sha256 {sha}, expected {entry.sha256}")
                     continue
