@@ -305,3 +305,19 @@ def test_killed_sync_leaves_no_final_file_and_no_orphan_download(tmp_path: Path)
         assert r.returncode == 0, r.stderr
         assert hashlib.sha256(final.read_bytes()).hexdigest() == served.sha256
         assert_nothing_partial(tmp_path, final.with_name("none"))
+
+
+def test_stalled_connection_is_restarted_after_the_stall_timeout(hf_server: HFServer,
+                                                                 tmp_path: Path) -> None:
+    served, final = one_file(hf_server, tmp_path, size_floats=500_000)  # 2 MB, one range
+    served.faults.stall_times = 1
+    served.faults.stall_after = 50_000
+    served.faults.stall_seconds = 60  # longer than the test: only a restart gets out
+
+    r = run_sync(hf_server, tmp_path, env={"COMFY_WORKER_STALL_TIMEOUT": "2",
+                                            "COMFY_WORKER_CONNECTIONS": "1"})
+
+    assert r.returncode == 0, r.stderr
+    assert "no data for 2 s" in r.stderr
+    assert hashlib.sha256(final.read_bytes()).hexdigest() == served.sha256
+    assert_nothing_partial(tmp_path, final.with_name("none"))

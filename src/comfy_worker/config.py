@@ -106,6 +106,9 @@ class Settings:
     """COMFY_WORKER_CONNECTIONS: parallel byte ranges per file."""
     retries: int = 3
     """COMFY_WORKER_RETRIES: attempts per file after the first (hash mismatch, 5xx, cut)."""
+    stall_timeout: float = 60.0
+    """COMFY_WORKER_STALL_TIMEOUT: seconds a download may receive nothing before it is
+    restarted (hf_transfer itself waits forever on a stalled connection)."""
     fast_verify: bool = False
     """COMFY_WORKER_FAST_VERIFY: on the warm path, trust size + safetensors header
     instead of a full sha256 for files seen before (never for new downloads)."""
@@ -211,6 +214,8 @@ def load_settings(
         values["connections"] = _as_int(ENV_PREFIX + "CONNECTIONS", raw, minimum=1)
     if (raw := get(ENV_PREFIX + "RETRIES")) is not None:
         values["retries"] = _as_int(ENV_PREFIX + "RETRIES", raw, minimum=0)
+    if (raw := get(ENV_PREFIX + "STALL_TIMEOUT")) is not None:
+        values["stall_timeout"] = _as_float(ENV_PREFIX + "STALL_TIMEOUT", raw, minimum=1.0)
     if (raw := get(ENV_PREFIX + "FAST_VERIFY")) is not None:
         values["fast_verify"] = _is_true(ENV_PREFIX + "FAST_VERIFY", raw)
     if (raw := get("HF_ENDPOINT")) is not None:

@@ -16,9 +16,10 @@ use to download a file:
 Fault injection per file (:class:`Faults`): answer a status N times (``fail_times``,
 ``fail_status``), always answer a status (``status_always``), flip a byte in N
 responses (``corrupt_times``), cut the connection after some bytes N times
-(``cut_times``, ``cut_after``). Repos can be gated (:meth:`HFServer.gate`): no token →
-401, a token without access → 403. Bandwidth caps per connection and in total
-(``per_connection_bps``, ``total_bps``) make it usable for throughput benchmarks.
+(``cut_times``, ``cut_after``), go silent mid-body (``stall_times``). Repos can be
+gated (:meth:`HFServer.gate`): no token → 401, a token without access → 403.
+Bandwidth caps per connection and in total (``per_connection_bps``, ``total_bps``)
+make it usable for throughput benchmarks.
 Every request is counted (:meth:`HFServer.bytes_served`, :meth:`HFServer.requests`) so
 tests can assert that nothing was downloaded.
 
@@ -73,6 +74,11 @@ class Faults:
     cut_times: int = 0
     """Close the connection after ``cut_after`` body bytes in this many GET responses."""
     cut_after: int = 4096
+    stall_times: int = 0
+    """Send ``stall_after`` body bytes, then nothing for ``stall_seconds`` (or until the
+    server stops), in this many GET responses, then close the connection."""
+    stall_after: int = 4096
+    stall_seconds: float = 30.0
 
 
 @dataclass
@@ -197,6 +203,7 @@ class HFServer:
         self._gates: dict[str, tuple[str, ...]] = {}
         self._log: list[RequestRecord] = []
         self._counter = 0
+        self._stopping = threading.Event()
         server = self
 
         class Handler(_Handler):
@@ -221,6 +228,7 @@ class HFServer:
         return self
 
     def stop(self) -> None:
+        self._stopping.set()
         if self._httpd is not None:
             if self._started:
                 self._httpd.shutdown()
@@ -521,7 +529,10 @@ class _Handler(BaseHTTPRequestHandler):
             cut = f.cut_times > 0 and length > f.cut_after
             if cut:
                 f.cut_times -= 1
-        limit = f.cut_after if cut else length
+            stall = not cut and f.stall_times > 0 and length > f.stall_after
+            if stall:
+                f.stall_times -= 1
+        limit = f.cut_after if cut else f.stall_after if stall else length
         sent = 0
         chunk = _CHUNK
         rates = [r.bps for r in (self.conn_limiter, self.hub.total_limiter) if r]
@@ -556,7 +567,9 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             if fh is not None:
                 fh.close()
-        if cut:
+        if stall:
+            self.hub._stopping.wait(f.stall_seconds)
+        if cut or stall:
             self.close_connection = True
             with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)

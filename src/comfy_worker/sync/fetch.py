@@ -18,14 +18,17 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import re
 import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 from urllib.parse import urlsplit
 
 from comfy_worker.config import Settings
@@ -291,6 +294,31 @@ def transfer(remote: Remote, dest: Path, settings: Settings, *, path: str, sourc
                    children=children)
 
 
+class StallWatch:
+    """Notices a download that has received nothing for ``timeout`` seconds: no chunk
+    finished and the file's allocated blocks did not grow (hf_transfer preallocates a
+    sparse file, so blocks track bytes written)."""
+
+    def __init__(self, path: Path, timeout: float) -> None:
+        self.path = path
+        self.timeout = timeout
+        self.blocks = -1
+        self.last = time.monotonic()
+
+    def progressed(self) -> None:
+        self.last = time.monotonic()
+
+    def stalled(self) -> bool:
+        try:
+            blocks = os.stat(self.path).st_blocks
+        except OSError:
+            blocks = self.blocks
+        if blocks != self.blocks:
+            self.blocks = blocks
+            self.progressed()
+        return time.monotonic() - self.last > self.timeout
+
+
 def _hf_transfer(remote: Remote, dest: Path, settings: Settings, *, path: str,
                  source: Source, on_bytes: Callable[[int], None], children: Children) -> None:
     assert remote.size
@@ -305,27 +333,53 @@ def _hf_transfer(remote: Remote, dest: Path, settings: Settings, *, path: str,
     proc = subprocess.Popen([sys.executable, str(_CHILD)], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     children.add(proc)
+    lines: queue.Queue[str | None] = queue.Queue()
+    stderr_lines: list[str] = []
+
+    def pump(stream: IO[str], sink: Callable[[str], None]) -> None:
+        for line in stream:
+            sink(line.strip())
+        lines.put(None)
+
     message = ""
+    done = stalled = False
     try:
-        assert proc.stdin is not None and proc.stdout is not None
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
         proc.stdin.write(json.dumps(spec))
         proc.stdin.close()
-        done = False
-        for line in proc.stdout:
-            line = line.strip()
-            if line.isdigit():
+        threading.Thread(target=pump, args=(proc.stdout, lines.put), daemon=True).start()
+        threading.Thread(target=pump, args=(proc.stderr, stderr_lines.append),
+                         daemon=True).start()
+        watch = StallWatch(dest, settings.stall_timeout)
+        open_streams = 2
+        while open_streams:
+            try:
+                line = lines.get(timeout=min(1.0, settings.stall_timeout))
+            except queue.Empty:
+                if watch.stalled():
+                    stalled = True
+                    proc.kill()  # hf_transfer waits forever on a silent connection
+                    break
+                continue
+            if line is None:
+                open_streams -= 1
+            elif line.isdigit():
+                watch.progressed()
                 on_bytes(int(line))
             elif line == "done":
                 done = True
             elif line.startswith("error "):
                 message = json.loads(line[len("error "):])
-        stderr = proc.stderr.read() if proc.stderr is not None else ""
         rc = proc.wait()
     finally:
         children.discard(proc)
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    stderr = "\n".join(stderr_lines)
+    if stalled and not children.cancelled.is_set():
+        raise Transient(f"{source.describe()}: no data for {settings.stall_timeout:g} s "
+                        "(stalled connection)")
     if children.cancelled.is_set():
         raise Cancelled()
     if done and rc == 0:
@@ -350,7 +404,7 @@ def _stream(remote: Remote, dest: Path, settings: Settings, *, path: str, source
     got = 0
     try:
         with requests.get(remote.url, headers=remote.headers, stream=True,
-                          timeout=_TIMEOUT) as r:
+                          timeout=(_TIMEOUT[0], settings.stall_timeout)) as r:
             if r.status_code >= 400:
                 raise http_error(r.status_code, path=path, source=source, settings=settings)
             with open(dest, "wb") as fh:
