@@ -185,3 +185,22 @@ def test_image_runs_as_documented(docker_client: Any, worker_image: str) -> None
         network_mode="host", remove=True,
     ).decode()
     assert "layout-ok" in out
+
+
+def test_vast_pyworker_and_worker_live_in_separate_venvs(
+    docker_client: Any, worker_image: str
+) -> None:
+    """vastai pins cryptography 49, runpod needs >= 50: two venvs, one image."""
+    script = (
+        "set -e; "
+        "/opt/vast-pyworker/bin/python -c 'import vastai, cryptography; "
+        "print(\"vast\", cryptography.__version__)'; "
+        "/opt/worker/bin/python -c 'import runpod, cryptography; "
+        "print(\"worker\", cryptography.__version__)'; "
+        "! /opt/worker/bin/python -c 'import vastai' 2>/dev/null"
+    )
+    out = docker_client.containers.run(worker_image, entrypoint=["/bin/bash", "-c"],
+                                       command=[script], network_mode="host",
+                                       remove=True).decode()
+    versions = dict(line.split() for line in out.strip().splitlines())
+    assert int(versions["vast"].split(".")[0]) < 50 <= int(versions["worker"].split(".")[0])
