@@ -20,14 +20,13 @@ naming the entry, the field, the value and the fix.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
+from comfy_worker.atomic_write import write_text_atomic
 from comfy_worker.errors import LockfileError
 
 LOCK_VERSION = 1
@@ -316,15 +315,4 @@ def dump_lock(lock: Lockfile) -> str:
 
 def write_lock(lock: Lockfile, path: Path) -> None:
     """Write atomically: a crash leaves the old file or the new one, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(dump_lock(lock))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, dump_lock(lock))

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import secrets
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import yaml
 
+from comfy_worker.atomic_write import write_text_atomic
 from comfy_worker.config import Settings
 from comfy_worker.lockfile import KNOWN_FOLDERS
 
@@ -70,17 +70,5 @@ def write_extra_model_paths(roots: Sequence[Path], folders: Iterable[str], dest:
 
     Atomic: a reader sees the old file or the new one.
     """
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     text = yaml.safe_dump(yaml_document(roots, folders), sort_keys=False)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return dest
+    return write_text_atomic(Path(dest), text)

@@ -17,6 +17,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from comfy_worker.atomic_write import write_text_atomic
 from comfy_worker.sync.paths import record_path
 
 log = logging.getLogger(__name__)
@@ -79,13 +80,7 @@ def read_record(target: Path, state_dir: Path | None = None) -> Record | None:
 
 
 def _write_json(path: Path, data: dict[str, object]) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(data), encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    write_text_atomic(path, json.dumps(data), fsync=False)
 
 
 def write_record(target: Path, record: Record, state_dir: Path | None = None) -> None:
