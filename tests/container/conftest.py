@@ -20,11 +20,13 @@ rerun costs seconds. Override with env:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -66,14 +68,12 @@ def _pip_config(key: str) -> str | None:
 def _cpu_torch_wheel_dir() -> Path | None:
     candidates = [_env("COMFY_WORKER_TEST_WHEELS"), _env("PIP_FIND_LINKS"),
                   _pip_config("global.find-links")]
-    tag = f"cp{sys.version_info.major}{sys.version_info.minor}"
     for raw in candidates:
         for part in (raw or "").split():
             d = Path(part.removeprefix("file://"))
             # The test base is Debian bookworm: Python 3.11 → cp311 wheels.
             if d.is_dir() and any(d.glob("torch-*+cpu-cp311-*.whl")):
                 return d
-    del tag
     return None
 
 
@@ -127,7 +127,24 @@ def worker_image(docker_client: Any) -> str:
     proc = subprocess.run(_build_command(), cwd=REPO, capture_output=True, text=True)
     if proc.returncode != 0:
         pytest.fail(f"build.sh failed ({proc.returncode}):\n{proc.stderr[-6000:]}")
-    return proc.stdout.strip().splitlines()[-1]
+    image = proc.stdout.strip().splitlines()[-1]
+    _remove_older_test_images(docker_client, image)
+    return image
+
+
+def _remove_older_test_images(client: Any, keep: str) -> None:
+    """Earlier test builds (one tag per commit) would pile up: on the vfs storage driver
+    each is gigabytes. Images used by a container, or younger than two hours (another
+    test session may be using them), stay."""
+    keep_id = client.images.get(keep).id
+    cutoff = datetime.now(UTC) - timedelta(hours=2)
+    for image in client.images.list(name=TEST_IMAGE_NAME):
+        created = datetime.fromisoformat(image.attrs["Created"][:19]).replace(tzinfo=UTC)
+        if image.id == keep_id or created > cutoff:
+            continue
+        for tag in image.tags:
+            with contextlib.suppress(Exception):
+                client.images.remove(tag, noprune=False)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
