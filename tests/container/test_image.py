@@ -165,6 +165,39 @@ def test_runpod_mode_runs_test_input_with_runpod_volume(
     assert (png.width, png.height) == (64, 64)
 
 
+def test_run_command_writes_the_image_to_out_as_quickstart_does(
+    run_container: Any, tmp_path: Path
+) -> None:
+    """scripts/quickstart.sh's `docker run ... IMAGE run WORKFLOW --out /out`, on the tiny
+    locked model instead of the default set (Hugging Face is not reachable here)."""
+    volume = tmp_path / "models-volume"
+    model = write_volume_with_locked_model(volume)
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    workflow = upscale_workflow(Path(model.lock_entry_path).name, width=40, height=24)
+    (jobs / "upscale.json").write_text(json.dumps(workflow))
+    out = tmp_path / "out"
+    out.mkdir()
+    container = run_container(
+        command=["run", "/jobs/upscale.json", "--out", "/out"],
+        environment={
+            "COMFY_WORKER_VOLUME": "/workspace",
+            "COMFY_WORKER_LOCK": "/workspace/models.lock.json",
+            "COMFYUI_CPU": "1",
+        },
+        volumes={str(volume): {"bind": "/workspace", "mode": "rw"},
+                 str(jobs): {"bind": "/jobs", "mode": "ro"},
+                 str(out): {"bind": "/out", "mode": "rw"}},
+    )
+    result = container.wait(timeout=READY_TIMEOUT + JOB_TIMEOUT)
+    logs = _logs(container)
+    assert result["StatusCode"] == 0, logs[-4000:]
+    pngs = sorted(out.rglob("*.png"))
+    assert len(pngs) == 1, (list(out.rglob("*")), logs[-2000:])
+    png = decode_png(pngs[0].read_bytes())
+    assert (png.width, png.height) == (80, 48)
+
+
 def test_image_runs_as_documented(docker_client: Any, worker_image: str) -> None:
     """Entrypoint, env and layout the docs promise (docs/deploy.md "Image layout")."""
     image = docker_client.images.get(worker_image)
