@@ -1,6 +1,6 @@
 """Model sync: lock → plan → fetch → verify → place.
 
-See ``docs/ARCHITECTURE.md`` for the interface and ``docs/models.md`` for users.
+See ``docs/ARCHITECTURE.md`` for the interface and README.md ("Models") for users.
 """
 
 from comfy_worker.sync.paths import (
