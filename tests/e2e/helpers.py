@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import struct
 import zlib
 from typing import Any
@@ -79,14 +80,29 @@ def empty_image_workflow(width: int = 64, height: int = 64, batch: int = 1,
 
 
 def upscale_workflow(model_name: str, width: int, height: int, batch: int = 1,
-                     prefix: str = "up") -> dict[str, Any]:
+                     prefix: str = "up", color: int = 0x808080) -> dict[str, Any]:
     return {
         "1": {"class_type": "EmptyImage",
               "inputs": {"width": width, "height": height, "batch_size": batch,
-                         "color": 0x808080}},
+                         "color": color}},
         "2": {"class_type": "UpscaleModelLoader", "inputs": {"model_name": model_name}},
         "3": {"class_type": "ImageUpscaleWithModel",
               "inputs": {"upscale_model": ["2", 0], "image": ["1", 0]}},
         "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0],
                                                    "filename_prefix": prefix}},
     }
+
+
+_slow_colors = itertools.count(0x101010, 0x010101)
+
+
+def slow_upscale_workflow(model_name: str, prefix: str) -> dict[str, Any]:
+    """A job that runs long enough to be timed out, cancelled or killed mid-way.
+
+    Four 2048² images through the x2 upscaler in 512-pixel tiles (one progress step per
+    tile): ~9 s on an idle 2-core machine, longer under load. Each call fills the images
+    with a new colour: ComfyUI caches node outputs across prompts, and a repeat of an
+    upscale that once completed would finish at once, with no progress to cancel.
+    """
+    return upscale_workflow(model_name, 2048, 2048, batch=4, prefix=prefix,
+                            color=next(_slow_colors))

@@ -24,7 +24,7 @@ import pytest
 import requests
 
 from e2e.conftest import ComfyInstall, ModelEnv, e2e_env
-from e2e.helpers import empty_image_workflow, png_size, upscale_workflow
+from e2e.helpers import empty_image_workflow, png_size, slow_upscale_workflow, upscale_workflow
 
 pytestmark = pytest.mark.comfyui
 
@@ -166,8 +166,7 @@ def _wait_log(served: Served, pattern: str, *, after: int, timeout: float = 120)
 
 def test_sync_client_hanging_up_interrupts_its_running_comfyui_job(
         served: Served, model_env: ModelEnv) -> None:
-    # ~10 s on these CPUs: a 2048x2048 image through the x2 upscaler.
-    wf = upscale_workflow(model_env.model_name, 2048, 2048, prefix="hangup")
+    wf = slow_upscale_workflow(model_env.model_name, "hangup")
     body = json.dumps({"workflow": wf}).encode()
     start = len(served.log_path.read_text())
     port = int(served.url.rsplit(":", 1)[1])

@@ -17,13 +17,17 @@ import requests
 from comfy_worker.comfy.client import ComfyClient
 from comfy_worker.comfy.process import State
 from comfy_worker.worker import Worker
-from e2e.helpers import b64, empty_image_workflow, png_bytes, png_size, upscale_workflow
+from e2e.helpers import (
+    b64,
+    empty_image_workflow,
+    png_bytes,
+    png_size,
+    slow_upscale_workflow,
+    upscale_workflow,
+)
 
 pytestmark = pytest.mark.comfyui
 
-# Slow enough on CPU to be interrupted: a 2048² image through the x2 upscaler in
-# 512-pixel tiles (one progress step per tile) takes ~10 s here.
-SLOW = {"width": 2048, "height": 2048}
 
 
 def _images(result: dict[str, Any]) -> list[bytes]:
@@ -170,7 +174,7 @@ def test_outputs_over_the_size_limit_fail_with_the_size(worker: Worker) -> None:
 
 def test_timeout_interrupts_comfyui_and_the_next_job_runs(worker: Worker,
                                                           model_env: Any) -> None:
-    wf = upscale_workflow(model_env.model_name, **SLOW, prefix="slow")
+    wf = slow_upscale_workflow(model_env.model_name, "slow")
     started = time.monotonic()
     result = worker.run_job({"workflow": wf, "timeout": 2})
     elapsed = time.monotonic() - started
@@ -190,7 +194,7 @@ def test_cancel_event_interrupts_the_running_prompt(worker: Worker, model_env: A
         if payload.get("class_type") == "ImageUpscaleWithModel" and payload.get("step"):
             cancel.set()
 
-    wf = upscale_workflow(model_env.model_name, **SLOW, prefix="cancel")
+    wf = slow_upscale_workflow(model_env.model_name, "cancel")
     result = worker.run_job({"workflow": wf}, progress=progress, cancel=cancel)
     assert result["reference"] == "job-cancelled", result
     steps = [p for p in seen if p["step"] is not None]
@@ -206,12 +210,13 @@ def test_runpod_handler_cancelled_by_the_sdk_interrupts_comfyui(worker: Worker,
     sent: list[dict[str, Any]] = []
     handler = make_handler(worker, lambda job, payload: sent.append(payload))
     job = {"id": "rp-cancel",
-           "input": {"workflow": upscale_workflow(model_env.model_name, **SLOW)}}
+           "input": {"workflow": slow_upscale_workflow(model_env.model_name, "rp")}}
 
     async def scenario() -> None:
         task = asyncio.ensure_future(handler(job))
         deadline = time.monotonic() + 30
         while not any(p.get("step") for p in sent):
+            assert not task.done(), f"the job ended before any progress: {task.result()}"
             assert time.monotonic() < deadline, "no progress"
             await asyncio.sleep(0.05)
         task.cancel()  # what the SDK's JobScaler does when RunPod stops the job
@@ -288,7 +293,7 @@ def test_comfyui_killed_mid_job_fails_the_job_then_restarts(worker: Worker,
             killed.set()
             comfy.kill()
 
-    wf = upscale_workflow(model_env.model_name, **SLOW, prefix="killed")
+    wf = slow_upscale_workflow(model_env.model_name, "killed")
     result = worker.run_job({"workflow": wf}, progress=progress)
     assert killed.is_set()
     assert result["reference"] == "comfyui-died", result
