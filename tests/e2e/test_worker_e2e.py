@@ -71,6 +71,23 @@ def test_batch_of_two_returns_both_images_with_their_node(worker: Worker) -> Non
     assert result["timings"]["total_ms"] > 0
 
 
+def test_animated_output_is_returned_under_videos_beside_the_images(worker: Worker) -> None:
+    wf = empty_image_workflow(24, 16, batch=3, prefix="frames")
+    wf["3"] = {"class_type": "SaveAnimatedWEBP",
+               "inputs": {"images": ["1", 0], "filename_prefix": "anim", "fps": 6.0,
+                          "lossless": True, "quality": 80, "method": "fastest"}}
+    result = worker.run_job({"workflow": wf})
+    assert "error" not in result, result
+    assert [item["node_id"] for item in result["images"]] == ["2", "2", "2"]
+    assert len(result["videos"]) == 1, result["videos"]
+    video = result["videos"][0]
+    assert video["node_id"] == "3"
+    assert video["type"] == "base64"
+    assert video["filename"].endswith(".webp")
+    data = base64.b64decode(video["data"])
+    assert data[:4] == b"RIFF" and data[8:12] == b"WEBP"
+
+
 def test_same_workflow_twice_returns_fresh_files_both_times(worker: Worker) -> None:
     wf = empty_image_workflow(16, 16)
     first, second = worker.run_job({"workflow": wf}), worker.run_job({"workflow": wf})
