@@ -28,7 +28,7 @@ ENTRYPOINT ["/app/scripts/start.sh"]
 COPY pyproject.toml scripts/install_vast_pyworker.sh* /app/deps/
 RUN python3 -m venv /opt/worker \
     && python3 -c "import tomllib; deps = tomllib.load(open('/app/deps/pyproject.toml', 'rb'))['project']['dependencies']; open('/app/deps/requirements.txt', 'w').write(chr(10).join(deps) + chr(10))" \
-    && /opt/worker/bin/pip install --quiet "setuptools>=68" wheel -r /app/deps/requirements.txt \
+    && /opt/worker/bin/pip install --quiet "setuptools>=77" wheel -r /app/deps/requirements.txt \
     && if [ "$VAST_PYWORKER" = "1" ]; then \
         if [ ! -f /app/deps/install_vast_pyworker.sh ]; then \
             echo "scripts/install_vast_pyworker.sh missing (or build with VAST_PYWORKER=0)" >&2; \
