@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -114,6 +115,11 @@ class Lockfile:
     def total_size(self) -> int:
         return sum(m.size for m in self.models)
 
+    @property
+    def folders(self) -> frozenset[str]:
+        """The models folders this lock uses or declares (``extra_folders``)."""
+        return frozenset(m.folder for m in self.models) | frozenset(self.extra_folders)
+
     def entry(self, path: str) -> LockEntry | None:
         for m in self.models:
             if m.path == path:
@@ -144,6 +150,11 @@ class Lockfile:
 
 
 # --- validation (pure) ----------------------------------------------------------------
+
+
+def allowed_folders(extra_folders: Iterable[str]) -> frozenset[str]:
+    """Folders a lock entry's path may start with: ComfyUI's and the lock's extras."""
+    return KNOWN_FOLDERS | frozenset(extra_folders)
 
 
 def validate_model_path(path: object, *, where: str, folders: frozenset[str]) -> str:
@@ -248,7 +259,7 @@ def parse_lock(data: object, *, origin: str = "models.lock.json") -> Lockfile:
     ):
         raise LockfileError(f'{origin}: field "extra_folders" is {extra!r}',
                             hint="a list of plain folder names, e.g. [\"ipadapter\"]")
-    folders = KNOWN_FOLDERS | frozenset(extra)
+    folders = allowed_folders(extra)
     models = data.get("models")
     if not isinstance(models, list):
         raise LockfileError(f'{origin}: field "models" is {models!r}, expected a list',

@@ -23,7 +23,7 @@ from comfy_worker.comfy.process import ComfyProcess, LaunchConfig, State, gpu_pr
 from comfy_worker.config import Settings
 from comfy_worker.errors import ComfyDied, ComfyStartError, JobError, WorkerError
 from comfy_worker.job import JobRunner, error_response, parse_job_input
-from comfy_worker.lockfile import KNOWN_FOLDERS, Lockfile, load_lock
+from comfy_worker.lockfile import Lockfile, load_lock
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +77,9 @@ class Worker:
         try:
             lock = self._load_lock()
             roots = model_sync.model_roots(self.settings)
-            folders = sorted(KNOWN_FOLDERS | set(lock.extra_folders)
-                             | {m.folder for m in lock.models})
             self.work_dir.mkdir(parents=True, exist_ok=True)
             yaml_path = model_sync.write_extra_model_paths(
-                roots, folders, self.work_dir / "extra_model_paths.yaml")
+                roots, lock.folders, self.work_dir / "extra_model_paths.yaml")
             self.comfy = ComfyProcess(self._launch_config(Path(yaml_path)))
             self.runner = JobRunner(self.settings, self.comfy, [m.path for m in lock.models])
         except WorkerError as exc:

@@ -12,8 +12,8 @@ from typing import Any
 from comfy_worker.config import Settings
 from comfy_worker.errors import LockfileError
 from comfy_worker.lockfile import (
-    KNOWN_FOLDERS,
     Lockfile,
+    allowed_folders,
     load_lock,
     validate_model_path,
     write_lock,
@@ -32,7 +32,7 @@ def lock_add(args: argparse.Namespace, settings: Settings) -> int:
     lock_file = Path(args.lock) if args.lock else settings.lock_path
     lock = load_lock(lock_file) if lock_file.exists() else Lockfile()
     path = validate_model_path(args.path, where="--path",
-                               folders=KNOWN_FOLDERS | frozenset(lock.extra_folders))
+                               folders=allowed_folders(lock.extra_folders))
     if lock.entry(path) is not None and not args.replace:  # fail before any network I/O
         raise LockfileError(f'path "{path}" is already locked in {lock_file}',
                             hint="pass --replace to re-pin it, or choose another --path")

@@ -310,7 +310,7 @@ def sync_models(settings: Settings, *, lock: Lockfile | None = None,
     roots = model_roots(settings)
     try:
         yaml_path = write_extra_model_paths(
-            roots, {m.folder for m in lock.models} | set(lock.extra_folders),
+            roots, lock.folders,
             extra_model_paths_location(settings))
     except OSError as exc:
         raise SyncError(
