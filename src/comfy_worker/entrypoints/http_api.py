@@ -276,13 +276,17 @@ def create_app(service: ApiService, *, max_request_bytes: int) -> FastAPI:
             return JSONResponse(error_body(f"queue full: {exc}"), status_code=429,
                                 headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
-    @app.post("/generate/sync", openapi_extra=_JOB_BODY, responses=_ERRORS,
-              summary="Run a job and answer with its output")
-    async def generate_sync(request: Request) -> JSONResponse:
+    async def accept(request: Request, *, keep: bool) -> Job | JSONResponse:
+        """The request's job, queued; or the response that says why it was not."""
         job_input = await read_job_input(request)
         if isinstance(job_input, JSONResponse):
             return job_input
-        job = submit(job_input, keep=False)
+        return submit(job_input, keep=keep)
+
+    @app.post("/generate/sync", openapi_extra=_JOB_BODY, responses=_ERRORS,
+              summary="Run a job and answer with its output")
+    async def generate_sync(request: Request) -> JSONResponse:
+        job = await accept(request, keep=False)
         if isinstance(job, JSONResponse):
             return job
         output = await _output_unless_disconnected(request, job)
@@ -296,10 +300,7 @@ def create_app(service: ApiService, *, max_request_bytes: int) -> FastAPI:
     @app.post("/generate", status_code=202, response_model=Accepted, openapi_extra=_JOB_BODY,
               responses=_ERRORS, summary="Queue a job; poll GET /status/{id}")
     async def generate(request: Request) -> Any:
-        job_input = await read_job_input(request)
-        if isinstance(job_input, JSONResponse):
-            return job_input
-        job = submit(job_input, keep=True)
+        job = await accept(request, keep=True)
         if isinstance(job, JSONResponse):
             return job
         return JSONResponse({"id": job.id, "status": "queued"}, status_code=202)
