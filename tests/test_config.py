@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import logging
+import re
 from pathlib import Path
 
 import pytest
 
 from comfy_worker.cli import build_parser, settings_from_args
-from comfy_worker.config import Secret, load_settings
+from comfy_worker.config import SETTINGS, Secret, Settings, load_settings
 from comfy_worker.errors import ConfigError
 
 
@@ -15,7 +19,7 @@ def test_defaults_without_env() -> None:
     s = load_settings({})
     assert s.lock_path == Path("models.lock.json")
     assert s.models_dir == Path("models")
-    assert s.volume is None and s.volume_models_dir is None
+    assert s.volume is None
     assert s.hf_endpoint == "https://huggingface.co"
     assert s.hf_token is None
     assert s.comfyui_cpu is None
@@ -36,7 +40,7 @@ def test_env_values_are_parsed() -> None:
     )
     assert s.comfyui_dir == Path("/opt/ComfyUI")
     assert s.models_dir == Path("/opt/ComfyUI/models"), "models default follows COMFYUI_DIR"
-    assert s.volume_models_dir == Path("/runpod-volume/models")
+    assert s.volume == Path("/runpod-volume")
     assert s.jobs == 8
     assert s.fast_verify is True
     assert s.comfyui_cpu is False, "the string 'false' must not read as True"
@@ -95,5 +99,64 @@ def test_comfyui_dir_flag_moves_default_models_dir(monkeypatch: pytest.MonkeyPat
 
 def test_jobs_flag_below_one_is_a_config_error() -> None:
     args = build_parser().parse_args(["sync", "--jobs", "0"])
-    with pytest.raises(ConfigError, match="--jobs 0"):
+    with pytest.raises(ConfigError, match="--jobs=0 is below 1"):
         settings_from_args(args)
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["sync", "--jobs", "many"], "--jobs='many' is not an integer"),
+    (["serve", "--port", "-1"], "--port=-1 is below 0"),
+    (["serve", "--port", "http"], "--port='http' is not an integer"),
+])
+def test_flags_are_read_by_the_same_parsers_as_the_environment(
+        argv: list[str], expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        settings_from_args(build_parser().parse_args(argv))
+    assert expected in str(info.value)
+    assert info.value.hint
+
+
+def test_every_setting_row_fills_a_field_and_every_field_has_a_row() -> None:
+    fields = {f.name for f in dataclasses.fields(Settings)}
+    rows = [s.field for s in SETTINGS]
+    assert len(rows) == len(set(rows)), "a field is filled by two rows"
+    assert set(rows) == fields
+
+
+def test_every_flag_of_every_command_maps_to_a_setting_row() -> None:
+    parser = build_parser()
+    flags = {s.flag for s in SETTINGS if s.flag}
+    seen: set[str] = set()
+    for sub in _subcommands(parser):
+        for action in sub._actions:
+            if action.dest.startswith("setting:"):
+                seen.update(action.option_strings)
+    assert seen == flags
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found.append(sub)
+                found.extend(_subcommands(sub))
+    return found
+
+
+def test_readme_settings_table_lists_every_variable() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Settings", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"`([A-Z][A-Z0-9_]+)`", section))
+    missing = sorted(s.env for s in SETTINGS if s.env not in listed)
+    assert not missing, f"README.md's settings table misses {missing}"
+
+
+def test_verbose_flag_turns_on_debug_logging(monkeypatch: pytest.MonkeyPatch) -> None:
+    from comfy_worker import cli
+
+    levels: list[int] = []
+    monkeypatch.setattr(cli.logging, "basicConfig", lambda **kw: levels.append(kw["level"]))
+    cli._setup_logging(0)
+    cli._setup_logging(1)
+    assert levels == [logging.INFO, logging.DEBUG]

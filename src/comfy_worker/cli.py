@@ -15,30 +15,39 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from comfy_worker.config import Settings, load_settings
+from comfy_worker.config import SETTINGS, Settings, load_settings
 from comfy_worker.errors import ConfigError, WorkerError
 
 log = logging.getLogger(__name__)
 
 
+def _setting_flag(group: argparse._ArgumentGroup, flag: str, help_text: str, *,
+                  metavar: str | None = None) -> None:
+    """A flag of the settings table (config.SETTINGS): kept as text here and read by the
+    same parser as its environment variable, so both reject a bad value alike."""
+    env = next(s.env for s in SETTINGS if s.flag == flag)
+    dest = "setting:" + flag
+    help_text = f"{help_text} (env {env})"
+    if flag == "--cpu":
+        group.add_argument(flag, dest=dest, action="store_const", const="1", help=help_text)
+    else:
+        group.add_argument(flag, dest=dest, metavar=metavar, help=help_text)
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("models")
-    g.add_argument("--lock", type=Path, help="lock file (env COMFY_WORKER_LOCK; "
-                   "default ./models.lock.json)")
-    g.add_argument("--models-dir", type=Path, help="local models root (env "
-                   "COMFY_WORKER_MODELS_DIR; default $COMFYUI_DIR/models or ./models)")
-    g.add_argument("--volume", type=Path, help="network volume root; models are read from "
-                   "and fetched into VOLUME/models (env COMFY_WORKER_VOLUME)")
-    g.add_argument("--jobs", type=int, help="files downloaded at once (env COMFY_WORKER_JOBS, "
-                   "default 4)")
+    _setting_flag(g, "--lock", "lock file (default ./models.lock.json)", metavar="FILE")
+    _setting_flag(g, "--models-dir", "local models root (default $COMFYUI_DIR/models or "
+                  "./models)", metavar="DIR")
+    _setting_flag(g, "--volume", "network volume root; models are read from and fetched "
+                  "into VOLUME/models", metavar="DIR")
+    _setting_flag(g, "--jobs", "files downloaded at once (default 4)", metavar="N")
 
 
 def _add_comfy_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("ComfyUI")
-    g.add_argument("--comfyui-dir", type=Path, help="ComfyUI checkout with main.py "
-                   "(env COMFYUI_DIR)")
-    g.add_argument("--cpu", action="store_true", default=None,
-                   help="run ComfyUI with --cpu (env COMFYUI_CPU; default: when no GPU)")
+    _setting_flag(g, "--comfyui-dir", "ComfyUI checkout with main.py", metavar="DIR")
+    _setting_flag(g, "--cpu", "run ComfyUI with --cpu (default: when no GPU is seen)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve ComfyUI workflows with locked, verified models.",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0,
-                        help="more logging (-vv for debug)")
+                        help="debug logging (default: info)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     lock = sub.add_parser("lock", help="edit and check models.lock.json")
@@ -90,8 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_comfy_options(runpod)
 
     serve = sub.add_parser("serve", help="serve the local HTTP API")
-    serve.add_argument("--host", help="bind address (env COMFY_WORKER_HOST, default 0.0.0.0)")
-    serve.add_argument("--port", type=int, help="port (env COMFY_WORKER_PORT, default 8000)")
+    g = serve.add_argument_group("HTTP API")
+    _setting_flag(g, "--host", "bind address (default 0.0.0.0)", metavar="ADDR")
+    _setting_flag(g, "--port", "port (default 8000)", metavar="PORT")
     _add_model_options(serve)
     _add_comfy_options(serve)
 
@@ -102,24 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    """Environment first, then whichever flags were given."""
-    flag_to_setting = {
-        "lock": "lock_path", "models_dir": "models_dir", "volume": "volume", "jobs": "jobs",
-        "comfyui_dir": "comfyui_dir", "cpu": "comfyui_cpu", "host": "host", "port": "port",
-    }
-    overrides = {
-        setting: getattr(args, flag)
-        for flag, setting in flag_to_setting.items()
-        if getattr(args, flag, None) is not None
-    }
-    if overrides.get("jobs") is not None and overrides["jobs"] < 1:
-        raise ConfigError(f"--jobs {overrides['jobs']} is below 1", hint="use --jobs 1 or more")
-    return load_settings(**overrides)
+    """Environment first, then whichever setting flags were given (same parsers)."""
+    flags = {dest.removeprefix("setting:"): value for dest, value in vars(args).items()
+             if dest.startswith("setting:") and value is not None}
+    return load_settings(flags=flags)
 
 
 def _setup_logging(verbosity: int) -> None:
-    level = logging.WARNING if verbosity < 0 else (logging.INFO if verbosity < 2 else
-                                                   logging.DEBUG)
+    level = logging.DEBUG if verbosity > 0 else logging.INFO
     logging.basicConfig(level=level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
