@@ -95,11 +95,9 @@ def main() -> int:
                     n = direct(client, stream, client_id, wf)
                     direct_ms.append((time.perf_counter() - t0) * 1000)
                 else:
-                    result = worker.run_job({"workflow": wf})
+                    result = worker.run_job({"workflow": wf})  # raises on failure
                     ours_ms.append((time.perf_counter() - t0) * 1000)
-                    n = len(result.get("images", []))
-                    if "error" in result:
-                        raise SystemExit(f"job failed: {result}")
+                    n = len(result.images)
                 assert n == 1, which
         stream.close()
     shutil.rmtree(work, ignore_errors=True)

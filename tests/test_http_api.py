@@ -18,14 +18,16 @@ import pytest
 import requests
 from test_http_api_helpers import ScriptedWorker, running_api, wait_for, wait_status
 
+from comfy_worker import errors
 from comfy_worker.entrypoints.http_api import (
     DISCONNECT_POLL_SECONDS,
     content_length,
-    http_status_for,
+    response_for,
     unwrap_job_input,
 )
-from comfy_worker.entrypoints.job_queue import Job, JobQueue, QueueClosed
-from comfy_worker.errors import ComfyStartError, JobInputInvalid
+from comfy_worker.entrypoints.job_queue import Job, JobQueue
+from comfy_worker.errors import ComfyStartError, JobInputInvalid, ShuttingDown
+from comfy_worker.job import JobResult
 
 # --- pure parts -------------------------------------------------------------------------
 
@@ -41,18 +43,32 @@ def test_unwrap_rejects_non_objects_naming_the_type(body: object) -> None:
         unwrap_job_input(body)
 
 
-@pytest.mark.parametrize(("output", "status"), [
-    ({"images": []}, 200),
-    ({"error": "x", "reference": "job-input-invalid"}, 422),
-    ({"error": "x", "reference": "workflow-invalid"}, 422),
-    ({"error": "x", "reference": "workflow-execution-error"}, 500),
-    ({"error": "x", "reference": "job-timeout"}, 504),
-    ({"error": "x", "reference": "comfyui-died"}, 503),
-    ({"error": "x"}, 500),
-    ({"error": "x", "reference": "something-new"}, 500),
+@pytest.mark.parametrize(("error", "status"), [
+    (errors.JobInputInvalid, 422),
+    (errors.WorkflowInvalid, 422),
+    (errors.WorkflowExecutionError, 500),
+    (errors.JobTimeout, 504),
+    (errors.JobCancelled, 503),
+    (errors.ComfyDied, 503),
+    (errors.ComfyError, 503),
+    (errors.WorkerStarting, 503),
+    (errors.ModelNotFound, 502),
+    (errors.DiskFull, 507),
+    (errors.OutputTooLarge, 500),
+    (errors.InternalError, 500),
 ])
-def test_http_status_for_job_outputs(output: dict, status: int) -> None:
-    assert http_status_for(output) == status
+def test_each_error_carries_its_http_status_and_serialises_itself(
+        error: type[errors.WorkerError], status: int) -> None:
+    err = error("it broke", hint="fix it", details=[{"node_id": "3"}])
+    assert response_for(err) == (status, {"error": "it broke", "details": [{"node_id": "3"}],
+                                          "reference": error.reference, "hint": "fix it"})
+
+
+def test_a_result_is_200_with_its_own_json() -> None:
+    from comfy_worker.job import JobResult
+
+    assert response_for(JobResult(timings={"total_ms": 1.25})) == (
+        200, {"images": [], "videos": [], "timings": {"total_ms": 1.2}})
 
 
 def test_content_length_header_parsing() -> None:
@@ -71,9 +87,11 @@ def test_health_is_503_with_the_phase_while_starting_then_200() -> None:
         r = requests.get(f"{api.url}/health", timeout=5)
         assert r.status_code == 503
         assert r.json()["reason"] == "syncing models"
+        assert r.json()["phase"] == "starting"
         job = requests.post(f"{api.url}/generate/sync", json={"label": 1}, timeout=5)
         assert job.status_code == 503
         assert job.json()["error"] == "not ready: syncing models"
+        assert job.json()["reference"] == "worker-starting"
         assert job.headers["Retry-After"] == "10"
         worker.start_gate.set()
         wait_for(lambda: requests.get(f"{api.url}/health", timeout=5).status_code == 200)
@@ -87,7 +105,7 @@ def test_fatal_start_up_failure_keeps_503_with_reason_and_exits_1() -> None:
                             hint="check COMFYUI_DIR")
     worker = ScriptedWorker(start_error=error)
     with running_api(worker) as api:
-        api.service.wait_started(10)
+        wait_for(lambda: api.service.failed)
         r = requests.get(f"{api.url}/health", timeout=5)
         assert r.status_code == 503
         reason = r.json()["reason"]
@@ -96,6 +114,8 @@ def test_fatal_start_up_failure_keeps_503_with_reason_and_exits_1() -> None:
         job = requests.post(f"{api.url}/generate", json={"label": 1}, timeout=5)
         assert job.status_code == 503
         assert job.json()["error"] == f"not ready: {reason}"
+        assert job.json()["reference"] == "worker-start-failed"
+        assert r.json()["phase"] == "failed"
     assert api.result == [1]
 
 
@@ -104,7 +124,7 @@ def test_fatal_start_up_failure_keeps_503_with_reason_and_exits_1() -> None:
 
 def test_sync_accepts_wrapped_and_bare_input_and_returns_the_output() -> None:
     with running_api(ScriptedWorker()) as api:
-        wait_for(lambda: api.service.health()[0])
+        wait_for(lambda: api.service.health().ready)
         wrapped = requests.post(f"{api.url}/generate/sync",
                                 json={"input": {"label": "w", "workflow": {}}}, timeout=10)
         bare = requests.post(f"{api.url}/generate/sync", json={"label": "b"}, timeout=10)
@@ -115,39 +135,44 @@ def test_sync_accepts_wrapped_and_bare_input_and_returns_the_output() -> None:
     assert bare.json()["echo"] == {"label": "b"}
 
 
-@pytest.mark.parametrize(("reference", "status"), [
-    ("workflow-invalid", 422), ("workflow-execution-error", 500), ("job-timeout", 504),
+@pytest.mark.parametrize(("error", "status"), [
+    ("WorkflowInvalid", 422), ("WorkflowExecutionError", 500), ("JobTimeout", 504),
+    ("GatedModel", 502),
 ])
-def test_sync_job_errors_map_to_status_with_error_and_details(reference: str,
+def test_sync_job_errors_map_to_status_with_error_and_details(error: str,
                                                                status: int) -> None:
     with running_api(ScriptedWorker()) as api:
-        wait_for(lambda: api.service.health()[0])
-        r = requests.post(f"{api.url}/generate/sync", json={"fail": reference}, timeout=10)
+        wait_for(lambda: api.service.health().ready)
+        r = requests.post(f"{api.url}/generate/sync", json={"fail": error}, timeout=10)
     assert r.status_code == status
-    assert r.json()["error"] == f"scripted failure {reference}"
+    assert r.json()["error"] == f"scripted failure {error}"
     assert r.json()["details"] == [{"node": "3"}]
+    assert r.json()["reference"] == getattr(errors, error).reference
 
 
 def test_a_job_that_raises_is_a_500_and_the_queue_keeps_going() -> None:
     with running_api(ScriptedWorker()) as api:
-        wait_for(lambda: api.service.health()[0])
+        wait_for(lambda: api.service.health().ready)
         r = requests.post(f"{api.url}/generate/sync", json={"raise": "boom"}, timeout=10)
         after = requests.post(f"{api.url}/generate/sync", json={"label": 2}, timeout=10)
     assert r.status_code == 500
-    assert r.json() == {"error": "internal error: RuntimeError: boom", "details": []}
+    assert r.json()["error"] == "internal error: RuntimeError: boom"
+    assert r.json()["reference"] == "internal-error"
+    assert r.json()["details"] == []
     assert after.status_code == 200
 
 
 @pytest.mark.parametrize(("data", "status", "message"), [
     (b"{not json", 400, "request body is not valid JSON"),
-    (b"[1, 2]", 422, "request body is a JSON list, not an object"),
-    (b'{"input": 3}', 422, "'input' is a JSON int, not an object"),
+    (b"[1, 2]", 422, "request body is a JSON array, not an object"),
+    (b'{"input": 3}', 422, "'input' is a JSON number, not an object"),
+    (b'{"input": null}', 422, "'input' is a JSON null, not an object"),
 ])
 def test_malformed_bodies_are_refused_with_error_and_details(data: bytes, status: int,
                                                              message: str) -> None:
     worker = ScriptedWorker()
     with running_api(worker) as api:
-        wait_for(lambda: api.service.health()[0])
+        wait_for(lambda: api.service.health().ready)
         r = requests.post(f"{api.url}/generate/sync", data=data,
                           headers={"Content-Type": "application/json"}, timeout=10)
     assert r.status_code == status
@@ -156,6 +181,8 @@ def test_malformed_bodies_are_refused_with_error_and_details(data: bytes, status
     if status == 422:
         assert r.json()["reference"] == "job-input-invalid"
         assert r.json()["hint"].startswith("send {")
+    else:
+        assert r.json()["reference"] == "request-invalid"
     assert worker.calls == []
 
 
@@ -166,7 +193,7 @@ def test_async_job_goes_queued_running_completed_with_output() -> None:
     worker = ScriptedWorker()
     worker.job_gate.clear()
     with running_api(worker) as api:
-        wait_for(lambda: api.service.health()[0])
+        wait_for(lambda: api.service.health().ready)
         first = requests.post(f"{api.url}/generate", json={"label": 1, "wait_gate": True},
                               timeout=5).json()
         second = requests.post(f"{api.url}/generate", json={"input": {"label": 2}},
@@ -188,12 +215,13 @@ def test_async_job_goes_queued_running_completed_with_output() -> None:
 
 def test_async_failed_job_reports_failed_with_the_error_output() -> None:
     with running_api(ScriptedWorker()) as api:
-        wait_for(lambda: api.service.health()[0])
-        job_id = requests.post(f"{api.url}/generate", json={"fail": "workflow-invalid"},
+        wait_for(lambda: api.service.health().ready)
+        job_id = requests.post(f"{api.url}/generate", json={"fail": "WorkflowInvalid"},
                                timeout=5).json()["id"]
         body = wait_status(api.url, job_id, {"completed", "failed"})
     assert body["status"] == "failed"
-    assert body["output"]["error"] == "scripted failure workflow-invalid"
+    assert body["output"]["error"] == "scripted failure WorkflowInvalid"
+    assert body["output"]["reference"] == "workflow-invalid"
 
 
 def test_unknown_job_id_is_404() -> None:
@@ -201,11 +229,12 @@ def test_unknown_job_id_is_404() -> None:
         r = requests.get(f"{api.url}/status/nope", timeout=5)
     assert r.status_code == 404
     assert r.json()["error"] == "unknown job id 'nope'"
+    assert r.json()["reference"] == "job-not-found"
 
 
 def test_finished_results_are_evicted_oldest_first_by_count() -> None:
     with running_api(ScriptedWorker(), max_finished=3) as api:
-        wait_for(lambda: api.service.health()[0])
+        wait_for(lambda: api.service.health().ready)
         ids = [requests.post(f"{api.url}/generate", json={"label": i}, timeout=5).json()["id"]
                for i in range(6)]
         wait_status(api.url, ids[-1], {"completed"})
@@ -215,7 +244,7 @@ def test_finished_results_are_evicted_oldest_first_by_count() -> None:
 
 def test_finished_results_are_evicted_by_total_size_keeping_the_newest() -> None:
     with running_api(ScriptedWorker(), max_finished_bytes=50_000) as api:
-        wait_for(lambda: api.service.health()[0])
+        wait_for(lambda: api.service.health().ready)
         ids = [requests.post(f"{api.url}/generate", json={"label": i, "blob": 20_000},
                              timeout=5).json()["id"] for i in range(5)]
         wait_status(api.url, ids[-1], {"completed"})
@@ -225,7 +254,7 @@ def test_finished_results_are_evicted_by_total_size_keeping_the_newest() -> None
 
 def test_sync_results_are_not_kept_after_they_are_returned() -> None:
     with running_api(ScriptedWorker()) as api:
-        wait_for(lambda: api.service.health()[0])
+        wait_for(lambda: api.service.health().ready)
         r = requests.post(f"{api.url}/generate/sync", json={"label": 1}, timeout=10)
         assert requests.get(f"{api.url}/status/{r.headers['X-Job-Id']}",
                             timeout=5).status_code == 404
@@ -235,12 +264,26 @@ def test_queue_full_is_429() -> None:
     worker = ScriptedWorker()
     worker.job_gate.clear()
     with running_api(worker, max_queued=2) as api:
-        wait_for(lambda: api.service.health()[0])
+        wait_for(lambda: api.service.health().ready)
         requests.post(f"{api.url}/generate", json={"label": 0, "wait_gate": True}, timeout=5)
         wait_for(lambda: worker.running == 1)
         codes = [requests.post(f"{api.url}/generate", json={"label": i}, timeout=5).status_code
                  for i in (1, 2, 3)]
     assert codes == [202, 202, 429]
+
+
+def test_queue_full_answer_names_the_error_and_says_when_to_retry() -> None:
+    worker = ScriptedWorker()
+    worker.job_gate.clear()
+    with running_api(worker, max_queued=1) as api:
+        wait_for(lambda: api.service.health().ready)
+        requests.post(f"{api.url}/generate", json={"label": 0, "wait_gate": True}, timeout=5)
+        wait_for(lambda: worker.running == 1)
+        requests.post(f"{api.url}/generate", json={"label": 1}, timeout=5)
+        full = requests.post(f"{api.url}/generate", json={"label": 2}, timeout=5)
+    assert full.status_code == 429
+    assert full.json()["reference"] == "queue-full"
+    assert full.headers["Retry-After"] == "10"
 
 
 # --- ordering and concurrency ------------------------------------------------------------
@@ -250,7 +293,7 @@ def test_jobs_run_one_at_a_time_in_arrival_order() -> None:
     worker = ScriptedWorker()
     worker.job_gate.clear()
     with running_api(worker) as api:
-        wait_for(lambda: api.service.health()[0])
+        wait_for(lambda: api.service.health().ready)
         ids = [requests.post(f"{api.url}/generate",
                              json={"label": i, "wait_gate": i == 0}, timeout=5).json()["id"]
                for i in range(20)]
@@ -274,7 +317,7 @@ def test_many_concurrent_clients_lose_no_job_and_never_overlap() -> None:
         return i, wait_status(api.url, job_id, {"completed", "failed"}, timeout=60)["output"]
 
     with running_api(worker) as api:
-        wait_for(lambda: api.service.health()[0])
+        wait_for(lambda: api.service.health().ready)
         with ThreadPoolExecutor(clients) as pool:
             results = list(pool.map(client, range(clients)))
     assert all(output["echo"]["label"] == i for i, output in results)
@@ -299,7 +342,7 @@ def test_sync_client_hanging_up_while_its_job_runs_cancels_the_job() -> None:
     worker = ScriptedWorker()
     worker.job_gate.clear()
     with running_api(worker) as api:
-        wait_for(lambda: api.service.health()[0])
+        wait_for(lambda: api.service.health().ready)
         _post_then_hang_up(api.port, {"label": "gone", "wait_gate": True},
                            until=lambda: worker.running == 1)
         wait_for(lambda: worker.cancelled == ["gone"])
@@ -312,7 +355,7 @@ def test_sync_client_hanging_up_while_queued_means_its_job_never_runs() -> None:
     worker = ScriptedWorker()
     worker.job_gate.clear()
     with running_api(worker) as api:
-        wait_for(lambda: api.service.health()[0])
+        wait_for(lambda: api.service.health().ready)
         first = requests.post(f"{api.url}/generate", json={"label": 0, "wait_gate": True},
                               timeout=5).json()["id"]
         wait_for(lambda: worker.running == 1)
@@ -380,7 +423,7 @@ def test_streamed_chunked_body_over_the_limit_is_413() -> None:
 def test_body_just_under_the_limit_is_accepted() -> None:
     worker = ScriptedWorker()
     with running_api(worker, max_request_bytes=1000) as api:
-        wait_for(lambda: api.service.health()[0])
+        wait_for(lambda: api.service.health().ready)
         payload = json.dumps({"label": "p" * 900}).encode()
         assert len(payload) <= 1000
         r = requests.post(f"{api.url}/generate/sync", data=payload, timeout=10)
@@ -406,10 +449,10 @@ def test_stopping_the_queue_fails_waiting_jobs_instead_of_dropping_them() -> Non
     gate = threading.Event()
     ran: list[str] = []
 
-    def run(job: Job) -> dict:
+    def run(job: Job) -> JobResult:
         ran.append(job.id)
         gate.wait(10)
-        return {"images": []}
+        return JobResult()
 
     q = JobQueue(run)
     q.start()
@@ -421,14 +464,16 @@ def test_stopping_the_queue_fails_waiting_jobs_instead_of_dropping_them() -> Non
     def refuses_new_jobs() -> bool:
         try:
             q.submit({})
-        except QueueClosed:
+        except ShuttingDown:
             return True
         return False
 
     wait_for(refuses_new_jobs)
     gate.set()
     stopper.join(10)
-    assert first.future.result(5) == {"images": []}
-    assert waiting.future.result(5) == {"error": "the server is shutting down", "details": []}
+    assert first.future.result(5) == JobResult()
+    shut = waiting.future.result(5)
+    assert isinstance(shut, ShuttingDown)
+    assert shut.to_json()["error"] == "the server is shutting down"
     assert waiting.status == "failed"
     assert ran == [first.id]

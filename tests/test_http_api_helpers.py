@@ -18,8 +18,28 @@ from typing import Any
 
 import requests
 
+from comfy_worker import errors
 from comfy_worker.entrypoints.http_api import bind_socket, run_server
 from comfy_worker.entrypoints.job_queue import ApiService
+from comfy_worker.readiness import Phase, Readiness
+
+
+@dataclass(frozen=True)
+class Echo:
+    """The scripted worker's job result: what it was asked, serialised as JSON."""
+
+    body: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.body)
+
+
+@dataclass(frozen=True)
+class StepProgress:
+    body: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.body)
 
 
 class ScriptedWorker:
@@ -48,34 +68,39 @@ class ScriptedWorker:
             raise self.start_error
         self.phase = "ready"
 
-    def readiness(self) -> tuple[bool, str]:
-        return self.phase == "ready", self.phase
+    def readiness(self) -> Readiness:
+        if self.phase == "ready":
+            return Readiness(Phase.READY, "ready")
+        if self.phase.startswith("start-up failed"):
+            return Readiness(Phase.FAILED, self.phase)
+        return Readiness(Phase.STARTING, self.phase)
 
     def run_job(self, job_input: Mapping[str, Any], *, job_id: str | None = None,
-                progress: Callable[[dict[str, Any]], None] | None = None,
-                cancel: threading.Event | None = None) -> dict[str, Any]:
+                progress: Callable[[Any], None] | None = None,
+                cancel: threading.Event | None = None) -> Echo:
+        """``fail``: raise the errors.py class of that name; ``raise``: a bug."""
         with self._lock:
             self.running += 1
             self.max_running = max(self.max_running, self.running)
             self.calls.append(job_input.get("label"))
         try:
             if progress is not None:
-                progress({"node": "1", "value": 1, "max": 2})
+                progress(StepProgress({"node": "1", "value": 1, "max": 2}))
             if job_input.get("wait_gate"):
                 deadline = time.monotonic() + 30
                 while not self.job_gate.wait(0.02) and time.monotonic() < deadline:
                     if cancel is not None and cancel.is_set():
                         self.cancelled.append(job_input.get("label"))
-                        return {"error": "job cancelled", "details": [],
-                                "reference": "job-cancelled"}
+                        raise errors.JobCancelled("job cancelled")
             time.sleep(float(job_input.get("sleep", 0)))
             if "raise" in job_input:
                 raise RuntimeError(job_input["raise"])
             if "fail" in job_input:
-                return {"error": f"scripted failure {job_input['fail']}",
-                        "details": [{"node": "3"}], "reference": job_input["fail"]}
-            return {"images": [], "echo": dict(job_input), "job_id": job_id,
-                    "blob": "x" * int(job_input.get("blob", 0))}
+                error_class = getattr(errors, job_input["fail"])
+                raise error_class(f"scripted failure {job_input['fail']}",
+                                  details=[{"node": "3"}])
+            return Echo({"images": [], "echo": dict(job_input), "job_id": job_id,
+                         "blob": "x" * int(job_input.get("blob", 0))})
         finally:
             with self._lock:
                 self.running -= 1

@@ -44,7 +44,7 @@ def test_ui_format_workflow_is_refused_with_the_export_hint() -> None:
     ({"workflow": []}, "expected an object"),
     ({"workflow": {}}, "is empty"),
     ({"workflow": {"1": {"inputs": {}}}}, 'node "1" has no "class_type"'),
-    ({"workflow": {"1": {"class_type": "X", "inputs": [1]}}}, '"inputs" is list'),
+    ({"workflow": {"1": {"class_type": "X", "inputs": [1]}}}, '"inputs" is array'),
 ])
 def test_malformed_workflow_is_named(raw: dict, fragment: str) -> None:
     with pytest.raises(JobInputInvalid, match=fragment.replace("(", r"\(")):
@@ -52,7 +52,7 @@ def test_malformed_workflow_is_named(raw: dict, fragment: str) -> None:
 
 
 def test_input_that_is_not_an_object_is_refused() -> None:
-    with pytest.raises(JobInputInvalid, match='job "input" is list'):
+    with pytest.raises(JobInputInvalid, match='job "input" is array'):
         parse([WF])
 
 
@@ -86,9 +86,9 @@ def test_duplicate_image_names_are_refused() -> None:
 
 
 def test_images_must_be_a_list_of_objects() -> None:
-    with pytest.raises(JobInputInvalid, match='"images" is dict'):
+    with pytest.raises(JobInputInvalid, match='"images" is object'):
         parse({"workflow": WF, "images": {"name": "a.png"}})
-    with pytest.raises(JobInputInvalid, match=r"images\[0\] is str"):
+    with pytest.raises(JobInputInvalid, match=r"images\[0\] is string"):
         parse({"workflow": WF, "images": ["a.png"]})
 
 

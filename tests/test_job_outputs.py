@@ -7,17 +7,15 @@ import pytest
 from comfy_worker.comfy.client import PromptResponse
 from comfy_worker.comfy.events import ExecutionError
 from comfy_worker.errors import OutputTooLarge, WorkflowInvalid
-from comfy_worker.job import (
+from comfy_worker.job.answers import execution_error, validation_error
+from comfy_worker.job.outputs import (
     OutputFile,
     base64_size,
     check_inline_size,
     collect_output_files,
-    error_response,
-    execution_error,
-    progress_payload,
-    s3_region,
-    validation_error,
 )
+from comfy_worker.job.s3 import s3_region
+from comfy_worker.job.tracker import node_progress
 
 
 def test_every_file_of_every_output_node_is_collected_and_videos_are_told_apart() -> None:
@@ -102,19 +100,21 @@ def test_execution_error_names_node_class_and_exception() -> None:
     assert detail["traceback"] == [f"line {i}" for i in range(4, 10)]
 
 
-def test_error_response_shape() -> None:
+def test_error_json_shape() -> None:
     err = WorkflowInvalid("bad", hint="fix it", details=[{"node_id": "1"}])
-    assert error_response(err) == {"error": "bad", "details": [{"node_id": "1"}],
-                                   "reference": "workflow-invalid", "hint": "fix it"}
+    assert err.to_json() == {"error": "bad", "details": [{"node_id": "1"}],
+                             "reference": "workflow-invalid", "hint": "fix it"}
+    assert "hint" not in WorkflowInvalid("bad").to_json()
 
 
 def test_progress_percent_counts_finished_nodes_and_the_current_step() -> None:
-    p = progress_payload(node="3", class_type="KSampler", step=5, max_steps=20,
-                         nodes_done=2, nodes_total=4)
-    assert p == {"node": "3", "class_type": "KSampler", "step": 5, "max": 20,
-                 "percent": 56.2, "nodes_done": 2, "nodes_total": 4}
-    assert progress_payload(node=None, class_type=None, step=None, max_steps=None,
-                            nodes_done=9, nodes_total=4)["percent"] == 100.0
+    p = node_progress(node="3", class_type="KSampler", step=5, max_steps=20,
+                      nodes_done=2, nodes_total=4)
+    assert p.to_json() == {"stage": "running", "node": "3", "class_type": "KSampler",
+                           "step": 5, "max": 20, "percent": 56.2, "nodes_done": 2,
+                           "nodes_total": 4}
+    assert node_progress(node=None, class_type=None, step=None, max_steps=None,
+                         nodes_done=9, nodes_total=4).percent == 100.0
 
 
 def test_s3_region_from_aws_style_endpoints() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from comfy_worker.job import (
+from comfy_worker.job.preflight import (
     JOB_MARKER_INPUT,
     combo_options,
     find_preflight_problems,
@@ -66,7 +66,7 @@ def test_all_missing_models_and_nodes_are_reported_together() -> None:
           "4": node("LoraLoaderV3", lora_name="nope.safetensors", strength=1.0),
           "5": node("SaveImage", images=["1", 0])}
     problems = find_preflight_problems(wf, OBJECT_INFO, frozenset())
-    assert [(p["node_id"], p["type"], p.get("value")) for p in problems] == [
+    assert [(p.node_id, p.kind, p.value) for p in problems] == [
         ("1", "missing_model", "gone.safetensors"),
         ("2", "missing_model", "4x.pth"),
         ("3", "missing_node", None),
@@ -77,7 +77,13 @@ def test_all_missing_models_and_nodes_are_reported_together() -> None:
                            "gone.safetensors, nope.safetensors; 1 unknown node type(s): "
                            "IPAdapterAdvanced")
     assert "lock add" in (err.hint or "") and "custom nodes" in (err.hint or "")
-    assert err.details == problems
+    assert err.details == [p.to_json() for p in problems]
+    assert err.details[0] == {"node_id": "1", "class_type": "CheckpointLoaderSimple",
+                              "type": "missing_model", "input_name": "ckpt_name",
+                              "value": "gone.safetensors",
+                              "message": 'model "gone.safetensors" (input "ckpt_name") is '
+                              "not in the lock and not present"}
+    assert "input_name" not in err.details[2]
 
 
 def test_non_model_combos_links_and_non_combo_inputs_are_not_models() -> None:

@@ -10,6 +10,7 @@ import pytest
 from comfy_worker.commands.run import build_job_input, write_outputs
 from comfy_worker.entrypoints.runpod import Throttle
 from comfy_worker.errors import JobInputInvalid
+from comfy_worker.job import JobResult, OutputItem
 
 
 def test_throttle_lets_the_first_call_through_then_one_per_interval() -> None:
@@ -45,10 +46,9 @@ def test_run_adds_image_files_by_their_file_name(tmp_path: Path) -> None:
 
 
 def test_outputs_are_written_under_out_by_base_name_and_urls_listed(tmp_path: Path) -> None:
-    result = {"images": [{"filename": "a_00001_.png", "type": "base64",
-                          "data": base64.b64encode(b"A").decode(), "node_id": "9"}],
-              "videos": [{"filename": "v.mp4", "type": "s3_url", "data": "https://x/v.mp4",
-                          "node_id": "3"}]}
+    result = JobResult(
+        images=(OutputItem("a_00001_.png", "base64", base64.b64encode(b"A").decode(), "9"),),
+        videos=(OutputItem("v.mp4", "s3_url", "https://x/v.mp4", "3"),))
     lines = write_outputs(result, tmp_path / "out")
     assert (tmp_path / "out" / "a_00001_.png").read_bytes() == b"A"
     assert lines == [str(tmp_path / "out" / "a_00001_.png"), "v.mp4: https://x/v.mp4"]

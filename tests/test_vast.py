@@ -18,21 +18,25 @@ from comfy_worker.entrypoints.vast import (
     model_log_line,
     pyworker_command,
 )
-from comfy_worker.errors import ConfigError
+from comfy_worker.errors import ConfigError, ModelHashMismatch, SyncError
+from comfy_worker.readiness import Phase, Readiness
 
 
 def test_ready_and_fatal_lines_carry_the_markers_the_pyworker_matches() -> None:
-    assert model_log_line("ready") == READY_LINE
-    line = model_log_line("failed", "start-up failed: sha256 mismatch\nfor x.safetensors")
-    assert line == f"{FATAL_LINE}: sha256 mismatch for x.safetensors"
-    assert model_log_line("starting", "syncing models") == "comfy-worker: starting: syncing models"
+    assert model_log_line(Readiness(Phase.READY, "ready")) == READY_LINE
+    failed = Readiness.failed(ModelHashMismatch("sha256 mismatch\nfor x.safetensors",
+                                                hint="re-pin it"))
+    assert model_log_line(failed) == (f"{FATAL_LINE}: sha256 mismatch for x.safetensors "
+                                      "hint: re-pin it")
+    assert model_log_line(Readiness(Phase.STARTING, "syncing models")) == \
+        "comfy-worker: starting: syncing models"
 
 
 def test_a_failure_message_cannot_fake_the_ready_marker() -> None:
-    line = model_log_line("failed", f"file named '{READY_LINE}' is missing")
+    line = model_log_line(Readiness.failed(SyncError(f"file named '{READY_LINE}' is missing")))
     assert READY_LINE not in line
     assert line.startswith(FATAL_LINE)
-    assert FATAL_LINE not in model_log_line("starting", f"weird {FATAL_LINE}")
+    assert FATAL_LINE not in model_log_line(Readiness(Phase.STARTING, f"weird {FATAL_LINE}"))
 
 
 def test_pyworker_command_runs_the_module_from_the_vast_python(tmp_path: Path) -> None:

@@ -235,10 +235,10 @@ def test_pyworker_waits_for_health_then_refuses_unsigned_and_forwards_signed(
                     reqnum=3, url=signed_url)
     assert forged.status_code == 401
     # A job's own failure is forwarded with its status and never marks the worker errored.
-    bad = s.post({"fail": "workflow-invalid"}, signature=s.autoscaler.sign(signed_url),
+    bad = s.post({"fail": "WorkflowInvalid"}, signature=s.autoscaler.sign(signed_url),
                  reqnum=4, url=signed_url)
     assert bad.status_code == 422
-    assert bad.json()["error"] == "scripted failure workflow-invalid"
+    assert bad.json()["error"] == "scripted failure WorkflowInvalid"
     assert worker.calls == [None, None, None, "signed", None]
     time.sleep(1.5)
     assert all(not st["error_msg"] for st in s.autoscaler.statuses)

@@ -15,7 +15,15 @@ import pytest
 from support import HFServer, safetensors_bytes
 
 from comfy_worker.config import Settings, load_settings
-from comfy_worker.errors import ComfyStartError, SyncError
+from comfy_worker.errors import (
+    ComfyStartError,
+    JobInputInvalid,
+    ModelHashMismatch,
+    SyncError,
+    WorkerStartFailed,
+    WorkerStarting,
+)
+from comfy_worker.readiness import Phase, Readiness
 from comfy_worker.worker import Worker
 
 STAND_IN_MAIN = '''
@@ -74,7 +82,7 @@ def test_comfyui_boots_while_the_models_are_still_syncing(tmp_path: Path) -> Non
 
         def watch() -> None:
             while not stop.is_set():
-                reasons.append(worker.readiness()[1])
+                reasons.append(worker.readiness().reason)
                 time.sleep(0.02)
 
         watcher = threading.Thread(target=watch)
@@ -84,7 +92,7 @@ def test_comfyui_boots_while_the_models_are_still_syncing(tmp_path: Path) -> Non
             worker.start()
             sync_end = t0 + worker.timings["sync_s"]
             comfy_started = float((tmp_path / "ComfyUI" / "main.py.started").read_text())
-            assert worker.readiness() == (True, "ready")
+            assert worker.readiness() == Readiness(Phase.READY, "ready")
             assert (tmp_path / "models" / "checkpoints" / "m.safetensors").read_bytes() == data
         finally:
             stop.set()
@@ -94,7 +102,7 @@ def test_comfyui_boots_while_the_models_are_still_syncing(tmp_path: Path) -> Non
     assert "syncing models" in reasons  # ComfyUI was up, the sync still running
     yaml_text = (tmp_path / "work" / "extra_model_paths.yaml").read_text()
     assert str(tmp_path / "models") in yaml_text and "checkpoints" in yaml_text
-    assert worker.readiness() == (False, "stopped")
+    assert worker.readiness() == Readiness(Phase.STOPPED, "stopped")
 
 
 def test_a_failed_sync_fails_start_and_stops_comfyui(tmp_path: Path) -> None:
@@ -104,11 +112,13 @@ def test_a_failed_sync_fails_start_and_stops_comfyui(tmp_path: Path) -> None:
         worker = Worker(settings(tmp_path, hub, stand_in_comfyui(tmp_path)))
         with pytest.raises(SyncError):
             worker.start()
-    ok, reason = worker.readiness()
-    assert not ok and reason.startswith("start-up failed: ")
+    state = worker.readiness()
+    assert state.phase is Phase.FAILED and state.reason.startswith("start-up failed: ")
+    assert isinstance(state.error, ModelHashMismatch)
     assert worker.comfy is not None and not worker.comfy.alive()
-    result = worker.run_job({"workflow": {"1": {"class_type": "SaveImage", "inputs": {}}}})
-    assert result["reference"] == "comfyui-died" and "failed to start" in result["error"]
+    with pytest.raises(WorkerStartFailed, match="failed to start") as info:
+        worker.run_job({"workflow": {"1": {"class_type": "SaveImage", "inputs": {}}}})
+    assert info.value.status == 503
     worker.stop()
 
 
@@ -117,11 +127,26 @@ def test_no_comfyui_dir_fails_start_with_the_setting_named(tmp_path: Path) -> No
         worker = Worker(settings(tmp_path, hub, None))
         with pytest.raises(ComfyStartError, match="COMFYUI_DIR is not set"):
             worker.start()
-    assert worker.readiness() == (False, "start-up failed: COMFYUI_DIR is not set")
+    state = worker.readiness()
+    assert state.phase is Phase.FAILED
+    assert state.reason.startswith("start-up failed: COMFYUI_DIR is not set hint: set "
+                                   "COMFYUI_DIR")
 
 
 def test_bad_job_input_is_answered_before_start_up_finishes(tmp_path: Path) -> None:
     with HFServer() as hub:
         worker = Worker(settings(tmp_path, hub, stand_in_comfyui(tmp_path)))
-        result = worker.run_job({"workflow": "not json"})
-    assert result["reference"] == "job-input-invalid"
+        with pytest.raises(JobInputInvalid, match='"workflow" is a string but not valid JSON'):
+            worker.run_job({"workflow": "not json"})
+
+
+def test_a_job_that_arrives_while_start_up_is_still_running_gets_worker_starting(
+        tmp_path: Path) -> None:
+    with HFServer() as hub:
+        worker = Worker(settings(tmp_path, hub, stand_in_comfyui(tmp_path)).replace(
+            boot_timeout=0.2))
+        with pytest.raises(WorkerStarting) as info:
+            worker.run_job({"workflow": {"1": {"class_type": "SaveImage", "inputs": {}}}})
+    assert info.value.status == 503
+    assert info.value.reference == "worker-starting"
+    assert "not started" in info.value.message

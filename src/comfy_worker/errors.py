@@ -2,7 +2,12 @@
 
 A leaf module: it imports nothing from the package. Each class also inherits the
 built-in it resembles, so ``except OSError`` / ``except ValueError`` keep working.
-``str(err)`` is the message followed by ``hint: ...`` when there is a fix to name.
+
+Each class carries its own HTTP ``status`` (as click puts ``exit_code`` on its
+exceptions) and serialises itself (:meth:`WorkerError.to_json`), so the edges (RunPod,
+HTTP, Vast, CLI) turn any failure into a response in one place and never look the
+status up. ``str(err)`` is the message followed by ``hint: ...`` when there is a fix to
+name.
 """
 
 from __future__ import annotations
@@ -13,11 +18,13 @@ from typing import Any
 class WorkerError(Exception):
     """Base of all errors the worker reports to a user.
 
-    ``reference`` is a stable, greppable code; ``hint`` says how to fix it;
-    ``details`` carries structured data (e.g. per-node errors) for job responses.
+    ``reference`` is a stable, greppable code; ``status`` the HTTP status an API answers
+    with; ``hint`` says how to fix it; ``details`` carries structured data (e.g.
+    per-node errors) for job responses.
     """
 
     reference = "worker-error"
+    status = 500
 
     def __init__(
         self,
@@ -35,6 +42,30 @@ class WorkerError(Exception):
         if self.hint:
             return f"{self.message}\nhint: {self.hint}"
         return self.message
+
+    def to_json(self) -> dict[str, Any]:
+        """The job/API error shape: ``{"error", "details", "reference"[, "hint"]}``."""
+        out: dict[str, Any] = {"error": self.message, "details": list(self.details),
+                               "reference": self.reference}
+        if self.hint:
+            out["hint"] = self.hint
+        return out
+
+
+class InternalError(WorkerError):
+    """A bug: an exception no other class describes. The worker stays up."""
+
+    reference = "internal-error"
+
+
+def as_worker_error(exc: BaseException) -> WorkerError:
+    """``exc`` itself when it is a :class:`WorkerError`, else an :class:`InternalError`
+    naming it (the one place an unexpected exception becomes a user-facing error)."""
+    if isinstance(exc, WorkerError):
+        return exc
+    return InternalError(f"internal error: {type(exc).__name__}: {exc}",
+                         hint="this is a bug in comfy-worker; the worker's log has the "
+                         "traceback")
 
 
 # --- configuration and lock file ---------------------------------------------------
@@ -60,9 +91,10 @@ class SourceError(WorkerError, ValueError):
 
 
 class SyncError(WorkerError, OSError):
-    """Base for failures while making locked models present."""
+    """Base for failures while making locked models present (the source failed: 502)."""
 
     reference = "sync-failed"
+    status = 502
 
 
 class ModelHashMismatch(SyncError):
@@ -91,6 +123,7 @@ class DownloadFailed(SyncError):
 
 class DiskFull(SyncError):
     reference = "disk-full"
+    status = 507
 
 
 # --- ComfyUI process ---------------------------------------------------------------
@@ -98,6 +131,7 @@ class DiskFull(SyncError):
 
 class ComfyError(WorkerError, RuntimeError):
     reference = "comfyui-error"
+    status = 503
 
 
 class ComfyStartError(ComfyError):
@@ -110,6 +144,23 @@ class ComfyDied(ComfyError):
     """ComfyUI's process exited while the worker needed it."""
 
     reference = "comfyui-died"
+
+
+# --- the worker's own state ---------------------------------------------------------
+
+
+class WorkerStarting(WorkerError):
+    """A job arrived before the worker was ready and readiness did not come in time."""
+
+    reference = "worker-starting"
+    status = 503
+
+
+class WorkerStartFailed(WorkerError):
+    """Start-up failed; the worker reports why to every job until it is restarted."""
+
+    reference = "worker-start-failed"
+    status = 503
 
 
 # --- jobs ------------------------------------------------------------------------------
@@ -125,12 +176,14 @@ class JobInputInvalid(JobError, ValueError):
     """The job's ``input`` is malformed (names the field, the value and the fix)."""
 
     reference = "job-input-invalid"
+    status = 422
 
 
 class WorkflowInvalid(JobError, ValueError):
     """ComfyUI rejected the workflow, or preflight found missing models/nodes."""
 
     reference = "workflow-invalid"
+    status = 422
 
 
 class WorkflowExecutionError(JobError):
@@ -141,11 +194,54 @@ class WorkflowExecutionError(JobError):
 
 class JobTimeout(JobError, TimeoutError):
     reference = "job-timeout"
+    status = 504
 
 
 class JobCancelled(JobError):
     reference = "job-cancelled"
+    status = 503
 
 
 class OutputTooLarge(JobError):
     reference = "output-too-large"
+
+
+class OutputUploadFailed(JobError):
+    """Outputs could not be stored in the configured S3 bucket."""
+
+    reference = "output-upload-failed"
+    status = 502
+
+
+# --- the HTTP API ----------------------------------------------------------------------
+
+
+class RequestInvalid(WorkerError, ValueError):
+    """The request body is not JSON."""
+
+    reference = "request-invalid"
+    status = 400
+
+
+class RequestTooLarge(WorkerError, ValueError):
+    reference = "request-too-large"
+    status = 413
+
+
+class JobNotFound(WorkerError, LookupError):
+    reference = "job-not-found"
+    status = 404
+
+
+class QueueFull(WorkerError):
+    """More jobs are waiting than the queue holds."""
+
+    reference = "queue-full"
+    status = 429
+
+
+class ShuttingDown(WorkerError):
+    """The server is stopping and takes no more jobs."""
+
+    reference = "shutting-down"
+    status = 503

@@ -3,7 +3,8 @@
 ComfyUI is launched with an ``extra_model_paths.yaml`` computed from the settings alone
 (:func:`comfy_worker.sync.model_roots`), so it can boot while the models are still
 being synced; ComfyUI sees files that appear later without a restart. The worker is
-ready when both are done.
+ready when both are done. Its state is one :class:`~comfy_worker.readiness.Readiness`
+value that every entrypoint reads.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import shutil
 import tempfile
 import threading
 import time
-import traceback
+import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,23 @@ from typing import Any
 from comfy_worker import sync as model_sync
 from comfy_worker.comfy.process import ComfyProcess, LaunchConfig, State, gpu_present
 from comfy_worker.config import Settings
-from comfy_worker.errors import ComfyDied, ComfyStartError, JobError, WorkerError
-from comfy_worker.job import JobRunner, error_response, parse_job_input
+from comfy_worker.errors import (
+    ComfyStartError,
+    WorkerError,
+    WorkerStartFailed,
+    WorkerStarting,
+    as_worker_error,
+)
+from comfy_worker.job import JobResult, JobRunner, NodeProgress, parse_job_input
+from comfy_worker.job.connection import comfy_connections
+from comfy_worker.job.delivery import LazyDelivery
+from comfy_worker.job.preflight import locked_names
 from comfy_worker.lockfile import Lockfile, load_lock
+from comfy_worker.readiness import Phase, Readiness
 
 log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[NodeProgress], None]
 
 
 class Worker:
@@ -36,12 +49,10 @@ class Worker:
             Path(tempfile.mkdtemp(prefix="comfy-worker-"))
         self.comfy: ComfyProcess | None = None
         self.runner: JobRunner | None = None
-        self.sync_report: Any = None
         self.timings: dict[str, float] = {}
         """``sync_s``, ``boot_s`` and ``ready_s`` (both done) of :meth:`start`."""
         self._lock = threading.Lock()
-        self._phase = "not started"
-        self._error: str | None = None
+        self._state = Readiness(Phase.STARTING, "not started")
         self._started = threading.Event()
 
     # --- start-up ---------------------------------------------------------------------------
@@ -67,6 +78,19 @@ class Worker:
             cpu=cpu, extra_args=tuple(s.comfyui_extra_args), boot_timeout=s.boot_timeout,
         )
 
+    def _prepare(self) -> Lockfile:
+        lock = self._load_lock()
+        roots = model_sync.model_roots(self.settings)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        yaml_path = model_sync.write_extra_model_paths(
+            roots, lock.folders, self.work_dir / "extra_model_paths.yaml")
+        self.comfy = ComfyProcess(self._launch_config(Path(yaml_path)))
+        connect = comfy_connections(self.comfy, uuid.uuid4().hex,
+                                    ready_timeout=self.settings.boot_timeout)
+        self.runner = JobRunner(connect, LazyDelivery(self.settings),
+                                available_models=locked_names(m.path for m in lock.models))
+        return lock
+
     def start(self) -> None:
         """Sync models and boot ComfyUI concurrently; return when both are done.
 
@@ -75,20 +99,36 @@ class Worker:
         """
         t0 = time.perf_counter()
         try:
-            lock = self._load_lock()
-            roots = model_sync.model_roots(self.settings)
-            self.work_dir.mkdir(parents=True, exist_ok=True)
-            yaml_path = model_sync.write_extra_model_paths(
-                roots, lock.folders, self.work_dir / "extra_model_paths.yaml")
-            self.comfy = ComfyProcess(self._launch_config(Path(yaml_path)))
-            self.runner = JobRunner(self.settings, self.comfy, [m.path for m in lock.models])
-        except WorkerError as exc:
-            self._fail(exc)
+            lock = self._prepare()
+            self._run_concurrently(t0, {"sync": lambda: self._sync(lock),
+                                        "boot": self._boot})
+        except BaseException as exc:
+            if self.comfy is not None:
+                self.comfy.stop()
+            self._set(Readiness.failed(as_worker_error(exc)))
+            self._started.set()
             raise
+        self.timings["ready_s"] = time.perf_counter() - t0
+        log.info("worker ready in %.1f s (sync %.1f s, ComfyUI %.1f s)",
+                 self.timings["ready_s"], self.timings.get("sync_s", 0.0),
+                 self.timings.get("boot_s", 0.0))
+        self._set(Readiness(Phase.READY, "ready"))
+        self._started.set()
 
+    def _sync(self, lock: Lockfile) -> None:
+        model_sync.sync_models(self.settings, lock=lock)
+
+    def _boot(self) -> None:
+        assert self.comfy is not None and self.runner is not None
+        self.comfy.start()
+        self.runner.warm_up()
+
+    def _run_concurrently(self, t0: float, steps: Mapping[str, Callable[[], None]]) -> None:
+        """Run each step in its own thread; return when all are done, or raise the first
+        failure as soon as it happens (the others are left to the caller's cleanup)."""
         errors: list[BaseException] = []
-        done = threading.Condition()
         finished: set[str] = set()
+        done = threading.Condition()
 
         def run(name: str, fn: Callable[[], None]) -> None:
             try:
@@ -101,102 +141,76 @@ class Worker:
                     finished.add(name)
                     done.notify_all()
 
-        def boot() -> None:
-            assert self.comfy is not None and self.runner is not None
-            self.comfy.start()
-            self.runner.warm_up()
-
-        def sync() -> None:
-            self.sync_report = model_sync.sync_models(self.settings, lock=lock)
-
-        self._set_phase("syncing models and starting ComfyUI")
-        threads = [threading.Thread(target=run, args=(name, fn), name=f"worker-{name}",
-                                    daemon=True)
-                   for name, fn in (("sync", sync), ("boot", boot))]
-        for t in threads:
-            t.start()
+        self._set(Readiness(Phase.STARTING, "syncing models and starting ComfyUI"))
+        for name, fn in steps.items():
+            threading.Thread(target=run, args=(name, fn), name=f"worker-{name}",
+                             daemon=True).start()
         with done:
-            while len(finished) < 2 and not errors:
+            while len(finished) < len(steps) and not errors:
                 done.wait()
-                if "sync" in finished and "boot" not in finished and not errors:
-                    self._set_phase("starting ComfyUI")
-                elif "boot" in finished and "sync" not in finished and not errors:
-                    self._set_phase("syncing models")
+                if not errors:
+                    self._set(Readiness(Phase.STARTING, _waiting_for(set(steps) - finished)))
         if errors:
-            exc = errors[0]
-            if self.comfy is not None:
-                self.comfy.stop()
-            self._fail(exc)
-            raise exc
-        self.timings["ready_s"] = time.perf_counter() - t0
-        log.info("worker ready in %.1f s (sync %.1f s, ComfyUI %.1f s)",
-                 self.timings["ready_s"], self.timings.get("sync_s", 0.0),
-                 self.timings.get("boot_s", 0.0))
-        self._set_phase("ready")
-        self._started.set()
+            raise errors[0]
 
-    def _set_phase(self, phase: str) -> None:
+    def _set(self, state: Readiness) -> None:
         with self._lock:
-            self._phase = phase
-
-    def _fail(self, exc: BaseException) -> None:
-        message = exc.message if isinstance(exc, WorkerError) else f"{type(exc).__name__}: {exc}"
-        with self._lock:
-            self._error = message
-            self._phase = "failed"
-        self._started.set()
+            self._state = state
 
     # --- state ------------------------------------------------------------------------------
 
-    def readiness(self) -> tuple[bool, str]:
+    def readiness(self) -> Readiness:
+        """The worker's state now; after start-up, it follows ComfyUI's supervisor."""
         with self._lock:
-            phase, error = self._phase, self._error
-        if error is not None:
-            return False, f"start-up failed: {error}"
-        if phase != "ready":
-            return False, phase
+            state = self._state
         comfy = self.comfy
-        if comfy is None:
-            return False, "not started"
-        state = comfy.state
-        if state is State.READY and comfy.alive():
-            return True, "ready"
-        if state is State.STOPPED:
-            return False, "stopped"
-        if state is State.STARTING:
-            return False, "restarting ComfyUI"
-        return False, f"ComfyUI is down: {comfy.last_error or 'exited'}"
+        if not state.ready or comfy is None:
+            return state
+        if comfy.state is State.READY and comfy.alive():
+            return state
+        if comfy.state is State.STOPPED:
+            return Readiness(Phase.STOPPED, "stopped")
+        if comfy.state is State.STARTING:
+            return Readiness(Phase.RECOVERING, "restarting ComfyUI")
+        return Readiness(Phase.RECOVERING, f"ComfyUI is down: {comfy.last_error or 'exited'}")
 
     # --- jobs --------------------------------------------------------------------------------
 
     def run_job(self, job_input: Mapping[str, Any], *, job_id: str | None = None,
-                progress: Callable[[dict[str, Any]], None] | None = None,
-                cancel: threading.Event | None = None) -> dict[str, Any]:
-        """One job; never raises for the job's own failure (returns ``{"error", ...}``)."""
+                progress: ProgressFn | None = None,
+                cancel: threading.Event | None = None) -> JobResult:
+        """One job. Raises a :class:`WorkerError` for any failure (a bug becomes an
+        ``InternalError``, logged with its traceback); the worker stays up."""
+        request = parse_job_input(job_input, default_timeout=self.settings.job_timeout)
+        runner = self._wait_started()
         try:
-            request = parse_job_input(job_input, default_timeout=self.settings.job_timeout)
-        except JobError as exc:
-            return error_response(exc)
-        if not self._started.wait(self.settings.boot_timeout):
-            return error_response(ComfyDied("worker is still starting",
-                                            hint="wait for readiness before sending jobs"))
-        with self._lock:
-            error = self._error
-        if error is not None or self.runner is None:
-            return error_response(ComfyDied(f"worker failed to start: {error}"))
-        try:
-            return self.runner.run(request, job_id=job_id, progress=progress, cancel=cancel)
+            return runner.run(request, job_id=job_id, progress=progress, cancel=cancel)
+        except WorkerError:
+            raise
         except Exception as exc:  # a bug must not take the worker down with the job
-            log.error("job %s: internal error\n%s", job_id, traceback.format_exc())
-            return {"error": f"internal error: {type(exc).__name__}: {exc}", "details": [],
-                    "reference": "internal-error"}
+            log.exception("job %s: internal error", job_id)
+            raise as_worker_error(exc) from exc
+
+    def _wait_started(self) -> JobRunner:
+        if not self._started.wait(self.settings.boot_timeout):
+            raise WorkerStarting(
+                f"worker is still starting after {self.settings.boot_timeout:g} s "
+                f"({self.readiness().reason})",
+                hint="wait until the worker reports ready (/health), then send the job")
+        state = self.readiness()
+        if state.phase is Phase.FAILED or self.runner is None:
+            raise WorkerStartFailed(f"worker failed to start: {state.reason}",
+                                    hint="see the worker's log; fix the cause and restart it")
+        return self.runner
 
     def stop(self) -> None:
+        if self.runner is not None:
+            self.runner.close()
         if self.comfy is not None:
             self.comfy.stop()
         with self._lock:
-            if self._phase == "ready":
-                self._phase = "stopped"
+            if self._state.ready:
+                self._state = Readiness(Phase.STOPPED, "stopped")
         if self._own_work_dir:
             shutil.rmtree(self.work_dir, ignore_errors=True)
 
@@ -206,3 +220,11 @@ class Worker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _waiting_for(steps: set[str]) -> str:
+    if steps == {"boot"}:
+        return "starting ComfyUI"
+    if steps == {"sync"}:
+        return "syncing models"
+    return "syncing models and starting ComfyUI"

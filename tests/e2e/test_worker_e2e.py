@@ -16,6 +16,8 @@ import requests
 
 from comfy_worker.comfy.client import ComfyClient
 from comfy_worker.comfy.process import State
+from comfy_worker.errors import WorkerError
+from comfy_worker.job.delivery import InlineDelivery, delivery_for
 from comfy_worker.worker import Worker
 from e2e.helpers import (
     b64,
@@ -28,6 +30,17 @@ from e2e.helpers import (
 
 pytestmark = pytest.mark.comfyui
 
+
+
+def run(worker: Worker, job_input: Any, **kwargs: Any) -> dict[str, Any]:
+    """The job's JSON as every edge sends it: the result, or the error's own JSON."""
+    progress = kwargs.pop("progress", None)
+    if progress is not None:
+        kwargs["progress"] = lambda update: progress(update.to_json())
+    try:
+        return worker.run_job(job_input, **kwargs).to_json()
+    except WorkerError as err:
+        return err.to_json()
 
 
 def _images(result: dict[str, Any]) -> list[bytes]:
@@ -55,13 +68,13 @@ def _wait_for(predicate: Any, timeout: float, what: str) -> None:
 
 def test_worker_is_ready_after_start_with_the_locked_model_synced(worker: Worker,
                                                                   model_env: Any) -> None:
-    assert worker.readiness() == (True, "ready")
+    assert worker.readiness().ready and worker.readiness().reason == "ready"
     assert (model_env.models_dir / "upscale_models" / model_env.model_name).is_file()
     assert {"sync_s", "boot_s", "ready_s"} <= set(worker.timings)
 
 
 def test_batch_of_two_returns_both_images_with_their_node(worker: Worker) -> None:
-    result = worker.run_job({"workflow": empty_image_workflow(40, 24, batch=2)})
+    result = run(worker, {"workflow": empty_image_workflow(40, 24, batch=2)})
     images = _images(result)
     assert len(images) == 2
     assert [png_size(i) for i in images] == [(40, 24), (40, 24)]
@@ -76,7 +89,7 @@ def test_animated_output_is_returned_under_videos_beside_the_images(worker: Work
     wf["3"] = {"class_type": "SaveAnimatedWEBP",
                "inputs": {"images": ["1", 0], "filename_prefix": "anim", "fps": 6.0,
                           "lossless": True, "quality": 80, "method": "fastest"}}
-    result = worker.run_job({"workflow": wf})
+    result = run(worker, {"workflow": wf})
     assert "error" not in result, result
     assert [item["node_id"] for item in result["images"]] == ["2", "2", "2"]
     assert len(result["videos"]) == 1, result["videos"]
@@ -90,7 +103,7 @@ def test_animated_output_is_returned_under_videos_beside_the_images(worker: Work
 
 def test_same_workflow_twice_returns_fresh_files_both_times(worker: Worker) -> None:
     wf = empty_image_workflow(16, 16)
-    first, second = worker.run_job({"workflow": wf}), worker.run_job({"workflow": wf})
+    first, second = run(worker, {"workflow": wf}), run(worker, {"workflow": wf})
     assert len(_images(first)) == 1 and len(_images(second)) == 1
 
 
@@ -106,7 +119,7 @@ def test_img2img_uses_the_uploaded_image_and_removes_it_afterwards(worker: Worke
     }
     job = {"workflow": wf,
            "images": [{"name": "source.png", "image": "data:image/png;base64," + b64(source)}]}
-    result = worker.run_job(job)
+    result = run(worker, job)
     (out,) = _images(result)
     assert png_size(out) == (60, 40)
     cfg = worker.comfy.cfg
@@ -117,12 +130,12 @@ def test_img2img_uses_the_uploaded_image_and_removes_it_afterwards(worker: Worke
 def test_workflow_as_json_string_is_accepted(worker: Worker) -> None:
     import json
 
-    result = worker.run_job({"workflow": json.dumps(empty_image_workflow(8, 8))})
+    result = run(worker, {"workflow": json.dumps(empty_image_workflow(8, 8))})
     assert len(_images(result)) == 1
 
 
 def test_locked_model_runs_through_upscale_model_loader(worker: Worker, model_env: Any) -> None:
-    result = worker.run_job({"workflow": upscale_workflow(model_env.model_name, 32, 16)})
+    result = run(worker, {"workflow": upscale_workflow(model_env.model_name, 32, 16)})
     (out,) = _images(result)
     assert png_size(out) == (64, 32)
 
@@ -130,13 +143,13 @@ def test_locked_model_runs_through_upscale_model_loader(worker: Worker, model_en
 def test_validation_error_names_node_class_and_comfyui_message(worker: Worker) -> None:
     wf = empty_image_workflow()
     del wf["2"]["inputs"]["images"]
-    result = worker.run_job({"workflow": wf})
+    result = run(worker, {"workflow": wf})
     assert result["reference"] == "workflow-invalid"
     assert "Required input is missing" in result["error"]
     (detail,) = result["details"]
     assert detail["node_id"] == "2" and detail["class_type"] == "SaveImage"
     assert detail["type"] == "required_input_missing"
-    assert worker.run_job({"workflow": empty_image_workflow(8, 8)}).get("images")
+    assert run(worker, {"workflow": empty_image_workflow(8, 8)}).get("images")
 
 
 def test_execution_error_names_the_failing_node_and_worker_stays_up(worker: Worker) -> None:
@@ -146,13 +159,13 @@ def test_execution_error_names_the_failing_node_and_worker_stays_up(worker: Work
                                                    "filename_prefix": "x"}},
     }
     job = {"workflow": wf, "images": [{"name": "broken.png", "image": b64(b"not a png")}]}
-    result = worker.run_job(job)
+    result = run(worker, job)
     assert result["reference"] == "workflow-execution-error", result
     (detail,) = result["details"]
     assert detail["node_id"] == "1" and detail["class_type"] == "LoadImage"
     assert detail["message"]
     assert not (worker.comfy.cfg.input_dir / "broken.png").exists()
-    assert len(_images(worker.run_job({"workflow": empty_image_workflow(8, 8)}))) == 1
+    assert len(_images(run(worker, {"workflow": empty_image_workflow(8, 8)}))) == 1
 
 
 def test_preflight_lists_every_missing_model_and_node_before_queueing(worker: Worker) -> None:
@@ -160,7 +173,7 @@ def test_preflight_lists_every_missing_model_and_node_before_queueing(worker: Wo
     wf["5"] = {"class_type": "UpscaleModelLoader",
                "inputs": {"model_name": "not_locked_b.pth"}}
     wf["6"] = {"class_type": "NodeFromAMissingPack", "inputs": {}}
-    result = worker.run_job({"workflow": wf})
+    result = run(worker, {"workflow": wf})
     assert result["reference"] == "workflow-invalid"
     assert "not_locked_a.safetensors" in result["error"]
     assert "not_locked_b.pth" in result["error"]
@@ -170,7 +183,7 @@ def test_preflight_lists_every_missing_model_and_node_before_queueing(worker: Wo
 
 
 def test_invalid_input_is_rejected_without_touching_comfyui(worker: Worker) -> None:
-    result = worker.run_job({"workflow": empty_image_workflow(),
+    result = run(worker, {"workflow": empty_image_workflow(),
                              "images": [{"name": "../x.png", "image": b64(b"x")}]})
     assert result["reference"] == "job-input-invalid"
     assert "../x.png" in result["error"]
@@ -178,12 +191,12 @@ def test_invalid_input_is_rejected_without_touching_comfyui(worker: Worker) -> N
 
 def test_outputs_over_the_size_limit_fail_with_the_size(worker: Worker) -> None:
     runner = worker.runner
-    original = runner.settings
-    runner.settings = original.replace(max_output_bytes=1000)
+    original = runner.delivery
+    runner.delivery = InlineDelivery(max_bytes=1000)
     try:
-        result = worker.run_job({"workflow": empty_image_workflow(64, 64, batch=4)})
+        result = run(worker, {"workflow": empty_image_workflow(64, 64, batch=4)})
     finally:
-        runner.settings = original
+        runner.delivery = original
     assert result["reference"] == "output-too-large"
     assert "bytes as base64" in result["error"] and result["details"][0]["files"] == 4
     assert _files(worker.comfy.cfg.output_dir) == []
@@ -193,13 +206,13 @@ def test_timeout_interrupts_comfyui_and_the_next_job_runs(worker: Worker,
                                                           model_env: Any) -> None:
     wf = slow_upscale_workflow(model_env.model_name, "slow")
     started = time.monotonic()
-    result = worker.run_job({"workflow": wf, "timeout": 2})
+    result = run(worker, {"workflow": wf, "timeout": 2})
     elapsed = time.monotonic() - started
     assert result["reference"] == "job-timeout", result
     assert "2 s" in result["error"]
     assert elapsed < 15, f"interrupt took {elapsed:.1f} s"
     _assert_idle(worker)
-    assert len(_images(worker.run_job({"workflow": empty_image_workflow(8, 8)}))) == 1
+    assert len(_images(run(worker, {"workflow": empty_image_workflow(8, 8)}))) == 1
 
 
 def test_cancel_event_interrupts_the_running_prompt(worker: Worker, model_env: Any) -> None:
@@ -212,12 +225,12 @@ def test_cancel_event_interrupts_the_running_prompt(worker: Worker, model_env: A
             cancel.set()
 
     wf = slow_upscale_workflow(model_env.model_name, "cancel")
-    result = worker.run_job({"workflow": wf}, progress=progress, cancel=cancel)
+    result = run(worker, {"workflow": wf}, progress=progress, cancel=cancel)
     assert result["reference"] == "job-cancelled", result
     steps = [p for p in seen if p["step"] is not None]
     assert steps and steps[0]["max"] > 1 and 0 < steps[0]["percent"] < 100
     _assert_idle(worker)
-    assert len(_images(worker.run_job({"workflow": empty_image_workflow(8, 8)}))) == 1
+    assert len(_images(run(worker, {"workflow": empty_image_workflow(8, 8)}))) == 1
 
 
 def test_runpod_handler_cancelled_by_the_sdk_interrupts_comfyui(worker: Worker,
@@ -268,17 +281,15 @@ def test_outputs_go_to_s3_when_a_bucket_is_configured(worker: Worker,
                           aws_secret_access_key="s", region_name="us-east-1")
         s3.create_bucket(Bucket="outputs")
         runner = worker.runner
-        original = runner.settings
-        runner.settings = original.replace(
+        original = runner.delivery
+        runner.delivery = delivery_for(worker.settings.replace(
             bucket_endpoint_url=endpoint, bucket_access_key_id=Secret("k"),
-            bucket_secret_access_key=Secret("s"), bucket_name="outputs")
-        runner._s3 = None
+            bucket_secret_access_key=Secret("s"), bucket_name="outputs"))
         try:
-            result = worker.run_job({"workflow": empty_image_workflow(24, 24, batch=2)},
-                                    job_id="s3job")
+            result = run(worker, {"workflow": empty_image_workflow(24, 24, batch=2)},
+                         job_id="s3job")
         finally:
-            runner.settings = original
-            runner._s3 = None
+            runner.delivery = original
         assert "error" not in result, result
         assert [i["type"] for i in result["images"]] == ["s3_url", "s3_url"]
         for item in result["images"]:
@@ -311,21 +322,21 @@ def test_comfyui_killed_mid_job_fails_the_job_then_restarts(worker: Worker,
             comfy.kill()
 
     wf = slow_upscale_workflow(model_env.model_name, "killed")
-    result = worker.run_job({"workflow": wf}, progress=progress)
+    result = run(worker, {"workflow": wf}, progress=progress)
     assert killed.is_set()
     assert result["reference"] == "comfyui-died", result
     assert "SIGKILL" in result["error"]
-    _wait_for(lambda: worker.readiness()[0], 90, "ComfyUI restart")
+    _wait_for(lambda: worker.readiness().ready, 90, "ComfyUI restart")
     assert comfy.state is State.READY and comfy.pid != old_pid
     assert comfy.restarts == restarts + 1
-    assert len(_images(worker.run_job({"workflow": empty_image_workflow(8, 8)}))) == 1
+    assert len(_images(run(worker, {"workflow": empty_image_workflow(8, 8)}))) == 1
 
 
 def test_comfyui_killed_between_jobs_next_job_waits_for_the_restart(worker: Worker) -> None:
     comfy = worker.comfy
-    _wait_for(lambda: worker.readiness()[0], 90, "ComfyUI ready")
+    _wait_for(lambda: worker.readiness().ready, 90, "ComfyUI ready")
     old_pid = comfy.pid
     comfy.kill()
-    result = worker.run_job({"workflow": empty_image_workflow(8, 8)})
+    result = run(worker, {"workflow": empty_image_workflow(8, 8)})
     assert len(_images(result)) == 1
     assert comfy.pid != old_pid

@@ -72,9 +72,6 @@ class ComfyClient:
 
     # --- reads ------------------------------------------------------------------------
 
-    def system_stats(self, *, timeout: float | None = None) -> dict[str, Any]:
-        return self._json("GET", "/system_stats", timeout=timeout or self.timeout)
-
     def object_info(self, node_class: str | None = None) -> dict[str, Any]:
         path = "/object_info" if node_class is None else f"/object_info/{node_class}"
         return self._json("GET", path)
@@ -110,11 +107,8 @@ class ComfyClient:
         sub = body.get("subfolder") or ""
         return f"{sub}/{body['name']}" if sub else str(body["name"])
 
-    def queue_prompt(self, workflow: dict[str, Any], client_id: str,
-                     extra_data: dict[str, Any] | None = None) -> PromptResponse:
+    def queue_prompt(self, workflow: dict[str, Any], client_id: str) -> PromptResponse:
         payload: dict[str, Any] = {"prompt": workflow, "client_id": client_id}
-        if extra_data:
-            payload["extra_data"] = extra_data
         resp = self._request("POST", "/prompt", data=json.dumps(payload),
                              headers={"Content-Type": "application/json"})
         try:

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from comfy_worker.config import Settings
-from comfy_worker.errors import JobInputInvalid
+from comfy_worker.errors import JobInputInvalid, WorkerError
+from comfy_worker.job import JobResult, NodeProgress
 
 log = logging.getLogger(__name__)
 
@@ -46,24 +47,32 @@ def build_job_input(document: Any, images: list[Path], timeout: float | None) ->
     return job_input
 
 
-def _log_progress(payload: dict[str, Any]) -> None:
-    step = f" {payload['step']:g}/{payload['max']:g}" if payload.get("max") else ""
-    log.info("progress %5.1f%%  node %s (%s)%s", payload["percent"], payload["node"],
-             payload["class_type"], step)
+def _log_progress(update: NodeProgress) -> None:
+    step = f" {update.step:g}/{update.max:g}" if update.max and update.step is not None else ""
+    log.info("progress %5.1f%%  node %s (%s)%s", update.percent, update.node,
+             update.class_type, step)
 
 
-def write_outputs(result: dict[str, Any], out: Path) -> list[str]:
+def write_outputs(result: JobResult, out: Path) -> list[str]:
     """Write base64 outputs into ``out``; return what to print, one line per output."""
     out.mkdir(parents=True, exist_ok=True)
     lines = []
-    for item in [*result.get("images", []), *result.get("videos", [])]:
-        if item.get("type") == "base64":
-            path = out / Path(item["filename"]).name
-            path.write_bytes(base64.b64decode(item["data"]))
+    for item in (*result.images, *result.videos):
+        if item.type == "base64":
+            path = out / Path(item.filename).name
+            path.write_bytes(base64.b64decode(item.data))
             lines.append(str(path))
         else:
-            lines.append(f"{item['filename']}: {item['data']}")
+            lines.append(f"{item.filename}: {item.data}")
     return lines
+
+
+def report_failure(err: WorkerError) -> None:
+    print(f"comfy-worker: job failed [{err.reference}]: {err.message}", file=sys.stderr)
+    if err.hint:
+        print(f"hint: {err.hint}", file=sys.stderr)
+    for detail in err.details:
+        print(f"  {json.dumps(detail)}", file=sys.stderr)
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
@@ -80,18 +89,13 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
     job_input = build_job_input(document, list(args.images or []), args.timeout)
 
     with Worker(settings) as worker:
-        result = worker.run_job(job_input, job_id="local", progress=_log_progress)
-    if "error" in result:
-        print(f"comfy-worker: job failed: {result['error']}", file=sys.stderr)
-        if result.get("hint"):
-            print(f"hint: {result['hint']}", file=sys.stderr)
-        for detail in result.get("details") or []:
-            print(f"  {json.dumps(detail)}", file=sys.stderr)
-        return 1
+        try:
+            result = worker.run_job(job_input, job_id="local", progress=_log_progress)
+        except WorkerError as err:
+            report_failure(err)
+            return 1
     for line in write_outputs(result, Path(args.out)):
         print(line)
-    timings = result.get("timings") or {}
-    print(f"done in {timings.get('total_ms', 0) / 1000:.2f} s "
-          f"({len(result.get('images', []))} image(s), {len(result.get('videos', []))} "
-          "video(s))", file=sys.stderr)
+    print(f"done in {result.timings.get('total_ms', 0) / 1000:.2f} s "
+          f"({len(result.images)} image(s), {len(result.videos)} video(s))", file=sys.stderr)
     return 0

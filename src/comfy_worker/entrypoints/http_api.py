@@ -33,34 +33,27 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
 
-from comfy_worker.entrypoints.job_queue import (
-    CANCELLED,
-    ApiService,
-    Job,
-    QueueClosed,
-    QueueFull,
-    error_body,
+from comfy_worker.entrypoints.job_queue import CANCELLED, ApiService, Job, Outcome
+from comfy_worker.errors import (
+    JobCancelled,
+    JobInputInvalid,
+    JobNotFound,
+    RequestInvalid,
+    RequestTooLarge,
+    WorkerError,
+    WorkerStartFailed,
+    WorkerStarting,
 )
-from comfy_worker.errors import JobInputInvalid
+from comfy_worker.jsontypes import json_type_name
+from comfy_worker.readiness import Phase, Readiness
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = 10
 DISCONNECT_POLL_SECONDS = 0.25
-
-# errors.py reference -> HTTP status. Anything else that carries "error" is a 500.
-_STATUS_BY_REFERENCE: Mapping[str, int] = {
-    "job-input-invalid": 422,
-    "workflow-invalid": 422,
-    "workflow-execution-error": 500,
-    "job-timeout": 504,
-    "job-cancelled": 503,
-    "output-too-large": 500,
-    "comfyui-died": 503,
-    "comfyui-error": 503,
-}
+CLIENT_CLOSED_REQUEST = 499
+"""nginx's status for a client that hung up before the answer (the job is cancelled)."""
 
 # --- small pure decisions ------------------------------------------------------------
 
@@ -69,28 +62,36 @@ def unwrap_job_input(body: Any) -> dict[str, Any]:
     """The job input from a request body: ``{"input": {...}}`` or the bare ``{...}``."""
     if not isinstance(body, dict):
         raise JobInputInvalid(
-            f"request body is a JSON {type(body).__name__}, not an object",
+            f"request body is a JSON {json_type_name(body)}, not an object",
             hint='send {"input": {"workflow": {...}}} or {"workflow": {...}}',
         )
     if "input" in body:
         inner = body["input"]
         if not isinstance(inner, dict):
             raise JobInputInvalid(
-                f"'input' is a JSON {type(inner).__name__}, not an object",
+                f"'input' is a JSON {json_type_name(inner)}, not an object",
                 hint='send {"input": {"workflow": {...}}}',
             )
         return inner
     return body
 
 
-def http_status_for(output: Mapping[str, Any]) -> int:
-    """HTTP status for a finished job's output dict (200 unless it carries ``error``)."""
-    if "error" not in output:
-        return 200
-    reference = output.get("reference")
-    if isinstance(reference, str) and reference in _STATUS_BY_REFERENCE:
-        return _STATUS_BY_REFERENCE[reference]
-    return 500
+def response_for(outcome: Outcome) -> tuple[int, dict[str, Any]]:
+    """HTTP status and body for a finished job (the error carries its own status)."""
+    if isinstance(outcome, WorkerError):
+        return outcome.status, outcome.to_json()
+    return 200, outcome.to_json()
+
+
+def not_ready_error(state: Readiness) -> WorkerError:
+    """Why a job is refused before it is queued, from the worker's readiness."""
+    details = [{"health": state.reason, "phase": state.phase.value}]
+    if state.phase is Phase.FAILED:
+        return WorkerStartFailed(f"not ready: {state.reason}", details=details,
+                                 hint="the worker cannot run jobs; see its log and restart it")
+    return WorkerStarting(f"not ready: {state.reason}", details=details,
+                          hint=f"retry in {RETRY_AFTER_SECONDS} s, or wait until GET /health "
+                          "answers 200")
 
 
 def content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
@@ -102,6 +103,13 @@ def content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
             except ValueError:
                 return None
     return None
+
+
+def error_response(err: WorkerError, *, status: int | None = None,
+                   headers: Mapping[str, str] | None = None) -> JSONResponse:
+    retry = {"Retry-After": str(RETRY_AFTER_SECONDS)} if err.status in (429, 503) else {}
+    return JSONResponse(err.to_json(), status_code=status or err.status,
+                        headers={**retry, **(headers or {})})
 
 # --- request size limit (pure ASGI, before the body is read) ---------------------------
 
@@ -155,12 +163,13 @@ class BodySizeLimit:
     async def _reject(self, send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
                       declared: int | None) -> None:
         size = f"{declared} bytes" if declared is not None else "more bytes"
-        body = json.dumps(error_body(
+        body = json.dumps(RequestTooLarge(
             f"request body too large: {size} sent, the limit is {self.max_bytes} bytes",
-            [{"limit_bytes": self.max_bytes, "setting": "COMFY_WORKER_MAX_REQUEST_BYTES"}],
+            details=[{"limit_bytes": self.max_bytes,
+                      "setting": "COMFY_WORKER_MAX_REQUEST_BYTES"}],
             hint="send smaller input images (or a URL to them), or raise "
                  "COMFY_WORKER_MAX_REQUEST_BYTES",
-        )).encode()
+        ).to_json()).encode()
         await send({"type": "http.response.start", "status": 413, "headers": [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
@@ -171,34 +180,44 @@ class BodySizeLimit:
 
 # --- the FastAPI app -------------------------------------------------------------------
 
-
-class Accepted(BaseModel):
-    id: str
-    status: str = Field(description="queued")
-
-
-class JobStatus(BaseModel):
-    id: str
-    status: str = Field(description="queued | running | completed | failed")
-    output: dict[str, Any] | None = Field(
-        None, description="the job output (images, timings) or {error, details}")
-    progress: dict[str, Any] | None = None
-    created: float | None = None
-    started: float | None = None
-    finished: float | None = None
-
-
-class Health(BaseModel):
-    ready: bool
-    reason: str
-    queued: int
-
-
-class ErrorBody(BaseModel):
-    error: str
-    details: list[Any] = []
+_ERROR_SCHEMA = {"type": "object", "required": ["error", "details", "reference"],
+                 "properties": {
+                     "error": {"type": "string", "description": "what went wrong"},
+                     "details": {"type": "array", "description": "structured data, e.g. "
+                                 "one entry per failing node"},
+                     "reference": {"type": "string", "description": "stable error code, "
+                                   "e.g. workflow-invalid, job-timeout"},
+                     "hint": {"type": "string", "description": "how to fix it"}}}
+_READINESS_SCHEMA = {"type": "object", "properties": {
+    "ready": {"type": "boolean"},
+    "phase": {"type": "string", "enum": [p.value for p in Phase]},
+    "reason": {"type": "string"}, "queued": {"type": "integer"}}}
+_JOB_STATUS_SCHEMA = {"type": "object", "properties": {
+    "id": {"type": "string"},
+    "status": {"type": "string",
+               "enum": ["queued", "running", "completed", "failed", "cancelled"]},
+    "output": {"description": "the job result {images, videos, timings}, or an error "
+               "{error, details, reference, hint}"},
+    "progress": {"type": "object"}, "created": {"type": "number"},
+    "started": {"type": "number"}, "finished": {"type": "number"}}}
+_RESULT_SCHEMA = {"type": "object", "properties": {
+    "images": {"type": "array"}, "videos": {"type": "array"}, "timings": {"type": "object"}}}
 
 
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: _json(_ERROR_SCHEMA, text) for code, text in (
+        (400, "body is not JSON"), (413, "body over COMFY_WORKER_MAX_REQUEST_BYTES"),
+        (422, "invalid job input or workflow"), (429, "queue full"),
+        (499, "the client hung up; the job was cancelled"),
+        (500, "the workflow failed"), (502, "a model source failed"),
+        (503, "not ready (see /health)"), (504, "job timed out"),
+        (507, "no disk space for a model"),
+    )
+}
 _JOB_BODY = {
     "requestBody": {
         "required": True,
@@ -214,31 +233,19 @@ _JOB_BODY = {
         }},
     }
 }
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody, "description": text} for code, text in (
-        (400, "body is not JSON"), (413, "body over COMFY_WORKER_MAX_REQUEST_BYTES"),
-        (422, "invalid job input or workflow"), (429, "queue full"),
-        (500, "the workflow failed"), (503, "not ready (see /health)"), (504, "job timed out"),
-    )
-}
 
 
-async def _output_unless_disconnected(request: Request, job: Job) -> dict[str, Any] | None:
-    """The job's output; None (and the job cancelled) if the client disconnects first."""
-    output = asyncio.wrap_future(job.future)
+async def _outcome_unless_disconnected(request: Request, job: Job) -> Outcome | None:
+    """The job's outcome; None (and the job cancelled) if the client disconnects first."""
+    outcome = asyncio.wrap_future(job.future)
     while True:
-        done, _ = await asyncio.wait({output}, timeout=DISCONNECT_POLL_SECONDS)
+        done, _ = await asyncio.wait({outcome}, timeout=DISCONNECT_POLL_SECONDS)
         if done:
-            return output.result()
+            return outcome.result()
         if await request.is_disconnected():
             log.info("job %s: the client disconnected; cancelling the job", job.id)
             job.cancel.set()
             return None
-
-
-def _not_ready(reason: str) -> JSONResponse:
-    return JSONResponse(error_body(f"not ready: {reason}", [{"health": reason}]),
-                        status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
 def create_app(service: ApiService, *, max_request_bytes: int) -> FastAPI:
@@ -250,78 +257,70 @@ def create_app(service: ApiService, *, max_request_bytes: int) -> FastAPI:
     )
     app.add_middleware(BodySizeLimit, max_bytes=max_request_bytes)
 
-    async def read_job_input(request: Request) -> dict[str, Any] | JSONResponse:
+    async def read_job_input(request: Request) -> dict[str, Any]:
         raw = await request.body()
         try:
             body = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            return JSONResponse(error_body("request body is not valid JSON", [str(exc)]),
-                                status_code=400)
-        try:
-            return unwrap_job_input(body)
-        except JobInputInvalid as exc:
-            extra = {"hint": exc.hint} if exc.hint else {}
-            return JSONResponse(error_body(exc.message, exc.details, reference=exc.reference,
-                                           **extra), status_code=422)
-
-    def submit(job_input: dict[str, Any], *, keep: bool) -> Job | JSONResponse:
-        ready, reason = service.health()
-        if not ready:
-            return _not_ready(reason)
-        try:
-            return service.queue.submit(job_input, keep=keep)
-        except QueueClosed as exc:
-            return _not_ready(str(exc))
-        except QueueFull as exc:
-            return JSONResponse(error_body(f"queue full: {exc}"), status_code=429,
-                                headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+            raise RequestInvalid("request body is not valid JSON", details=[str(exc)],
+                                 hint="send a JSON object, e.g. {\"input\": {...}}") from None
+        return unwrap_job_input(body)
 
     async def accept(request: Request, *, keep: bool) -> Job | JSONResponse:
         """The request's job, queued; or the response that says why it was not."""
-        job_input = await read_job_input(request)
-        if isinstance(job_input, JSONResponse):
-            return job_input
-        return submit(job_input, keep=keep)
+        try:
+            job_input = await read_job_input(request)
+            state = service.health()
+            if not state.ready:
+                raise not_ready_error(state)
+            return service.queue.submit(job_input, keep=keep)
+        except WorkerError as exc:
+            return error_response(exc)
 
-    @app.post("/generate/sync", openapi_extra=_JOB_BODY, responses=_ERRORS,
+    @app.post("/generate/sync", openapi_extra=_JOB_BODY,
+              responses={200: _json(_RESULT_SCHEMA, "the job's result"), **_ERRORS},
               summary="Run a job and answer with its output")
     async def generate_sync(request: Request) -> JSONResponse:
         job = await accept(request, keep=False)
         if isinstance(job, JSONResponse):
             return job
-        output = await _output_unless_disconnected(request, job)
-        if output is None:
-            return JSONResponse(error_body(CANCELLED), status_code=499)
-        status = http_status_for(output)
-        if status != 200:
-            output = {"details": [], **output}
-        return JSONResponse(output, status_code=status, headers={"X-Job-Id": job.id})
+        outcome = await _outcome_unless_disconnected(request, job)
+        if outcome is None:
+            return error_response(JobCancelled(CANCELLED), status=CLIENT_CLOSED_REQUEST)
+        status, body = response_for(outcome)
+        return JSONResponse(body, status_code=status, headers={"X-Job-Id": job.id})
 
-    @app.post("/generate", status_code=202, response_model=Accepted, openapi_extra=_JOB_BODY,
-              responses=_ERRORS, summary="Queue a job; poll GET /status/{id}")
-    async def generate(request: Request) -> Any:
+    @app.post("/generate", status_code=202, openapi_extra=_JOB_BODY,
+              responses={202: _json({"type": "object", "properties": {
+                  "id": {"type": "string"}, "status": {"type": "string"}}}, "queued"),
+                  **_ERRORS},
+              summary="Queue a job; poll GET /status/{id}")
+    async def generate(request: Request) -> JSONResponse:
         job = await accept(request, keep=True)
         if isinstance(job, JSONResponse):
             return job
         return JSONResponse({"id": job.id, "status": "queued"}, status_code=202)
 
-    @app.get("/status/{job_id}", response_model=JobStatus,
-             responses={404: {"model": ErrorBody}}, summary="A queued job's state and output")
-    async def status(job_id: str) -> Any:
+    @app.get("/status/{job_id}",
+             responses={200: _json(_JOB_STATUS_SCHEMA, "the job"),
+                        404: _json(_ERROR_SCHEMA, "unknown job id")},
+             summary="A queued job's state and output")
+    async def status(job_id: str) -> JSONResponse:
         job = service.queue.get(job_id)
         if job is None:
-            return JSONResponse(error_body(
+            return error_response(JobNotFound(
                 f"unknown job id {job_id!r}",
-                ["finished jobs are kept for a limited number of results; "
-                 "sync jobs (/generate/sync) are not kept"]), status_code=404)
+                hint="finished jobs are kept for a limited number of results; sync jobs "
+                "(/generate/sync) are not kept"))
         return JSONResponse(job.to_json())
 
-    @app.get("/health", response_model=Health, responses={503: {"model": Health}},
+    @app.get("/health", responses={200: _json(_READINESS_SCHEMA, "ready"),
+                                   503: _json(_READINESS_SCHEMA, "not ready, and why")},
              summary="200 when models are synced and ComfyUI is ready")
     async def health() -> JSONResponse:
-        ready, reason = service.health()
-        body = {"ready": ready, "reason": reason, "queued": service.queue.waiting}
-        return JSONResponse(body, status_code=200 if ready else 503)
+        state = service.health()
+        body = {**state.to_json(), "queued": service.queue.waiting}
+        return JSONResponse(body, status_code=200 if state.ready else 503)
 
     return app
 

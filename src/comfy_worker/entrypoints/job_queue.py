@@ -20,6 +20,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from comfy_worker.errors import (
+    JobCancelled,
+    QueueFull,
+    ShuttingDown,
+    WorkerError,
+    as_worker_error,
+)
+from comfy_worker.readiness import Phase, Readiness
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_FINISHED = 100
@@ -29,39 +38,40 @@ SHUTTING_DOWN = "the server is shutting down"
 CANCELLED = "cancelled: the client went away before the job ran"
 
 
+class Result(Protocol):
+    """A job's success value (:class:`comfy_worker.job.JobResult`)."""
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
+Outcome = Result | WorkerError
+"""What a finished job holds: its result, or the error it failed with."""
+
+
+class Progress(Protocol):
+    def to_json(self) -> dict[str, Any]: ...
+
+
 class WorkerLike(Protocol):
     """What the API needs from :class:`comfy_worker.worker.Worker` (docs/ARCHITECTURE.md)."""
 
     def start(self) -> None: ...
 
-    def readiness(self) -> tuple[bool, str]: ...
+    def readiness(self) -> Readiness: ...
 
     def run_job(
         self,
         job_input: Mapping[str, Any],
         *,
         job_id: str | None = None,
-        progress: Callable[[dict[str, Any]], None] | None = None,
+        progress: Callable[[Any], None] | None = None,
         cancel: threading.Event | None = None,
-    ) -> dict[str, Any]: ...
+    ) -> Result: ...
 
     def stop(self) -> None: ...
 
 
-def error_body(message: str, details: list[Any] | None = None, **extra: Any) -> dict[str, Any]:
-    return {"error": message, "details": list(details or []), **extra}
-
-
-
 # --- the job queue -------------------------------------------------------------------
-
-
-class QueueFull(Exception):
-    """More jobs are waiting than the queue holds."""
-
-
-class QueueClosed(QueueFull):
-    """The queue is stopping and takes no more jobs."""
 
 
 @dataclass
@@ -74,31 +84,29 @@ class Job:
     created: float = field(default_factory=time.time)
     started: float | None = None
     finished: float | None = None
-    output: dict[str, Any] | None = None
-    progress: dict[str, Any] | None = None
+    outcome: Outcome | None = None
+    progress: Progress | None = None
     size: int = 0
     cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     """Set when nobody waits for the result any more: skipped if queued, interrupted if
     running (the Worker gets it as ``cancel``)."""
-    future: concurrent.futures.Future[dict[str, Any]] = field(
+    future: concurrent.futures.Future[Outcome] = field(
         default_factory=concurrent.futures.Future, repr=False
     )
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {"id": self.id, "status": self.status}
         if self.progress is not None and self.status == "running":
-            body["progress"] = self.progress
-        if self.output is not None:
-            body["output"] = self.output
+            body["progress"] = self.progress.to_json()
+        if self.outcome is not None:
+            body["output"] = self.outcome.to_json()
         for name in ("created", "started", "finished"):
             if (value := getattr(self, name)) is not None:
                 body[name] = round(value, 3)
         return body
 
 
-RunJob = Callable[[Job], dict[str, Any]]
-
-
+RunJob = Callable[[Job], Result]
 class JobQueue:
     """One worker thread runs jobs from a FIFO queue, in the order they were submitted.
 
@@ -148,9 +156,10 @@ class JobQueue:
         job = Job(id=uuid.uuid4().hex, input=job_input, keep=keep)
         with self._lock:
             if self._stopping.is_set():
-                raise QueueClosed(SHUTTING_DOWN)
+                raise ShuttingDown(SHUTTING_DOWN, hint="send the job to another worker")
             if self._waiting >= self._max_queued:
-                raise QueueFull(f"{self._waiting} jobs are already waiting")
+                raise QueueFull(f"queue full: {self._waiting} jobs are already waiting",
+                                hint="retry later, or send the job to another worker")
             self._waiting += 1
             self._jobs[job.id] = job
             self._queue.put(job)
@@ -172,7 +181,7 @@ class JobQueue:
                 if job is not None:
                     with self._lock:
                         self._waiting -= 1
-                    self._finish(job, error_body(SHUTTING_DOWN))
+                    self._finish(job, ShuttingDown(SHUTTING_DOWN))
                 self._fail_waiting(SHUTTING_DOWN)
                 return
             with self._lock:
@@ -184,30 +193,33 @@ class JobQueue:
                     job.started = time.time()
                     self._running = job
             if job.status == "cancelled":
-                self._finish(job, error_body(CANCELLED, reference="job-cancelled"))
+                self._finish(job, JobCancelled(CANCELLED))
                 continue
+            outcome: Outcome
             try:
-                output = self._run(job)
-            except Exception as exc:  # run_job should not raise; never lose the job
+                outcome = self._run(job)
+            except WorkerError as exc:
+                outcome = exc
+            except Exception as exc:  # never lose the job, whatever the worker does
                 log.exception("job %s raised", job.id)
-                output = error_body(f"internal error: {type(exc).__name__}: {exc}")
+                outcome = as_worker_error(exc)
             with self._lock:
                 self._running = None
-            self._finish(job, output)
+            self._finish(job, outcome)
 
-    def _finish(self, job: Job, output: dict[str, Any]) -> None:
+    def _finish(self, job: Job, outcome: Outcome) -> None:
         with self._lock:
-            job.output = output
-            job.status = "failed" if "error" in output else "completed"
+            job.outcome = outcome
+            job.status = "failed" if isinstance(outcome, WorkerError) else "completed"
             job.finished = time.time()
             if job.keep:
-                job.size = len(json.dumps(output, default=str))
+                job.size = len(json.dumps(outcome.to_json(), default=str))
                 self._finished[job.id] = job.size
                 self._finished_bytes += job.size
                 self._evict()
             else:
                 self._jobs.pop(job.id, None)
-        job.future.set_result(output)
+        job.future.set_result(outcome)
 
     def _evict(self) -> None:
         while len(self._finished) > 1 and (
@@ -227,13 +239,14 @@ class JobQueue:
             if job is not None:
                 with self._lock:
                     self._waiting -= 1
-                self._finish(job, error_body(reason))
+                self._finish(job, ShuttingDown(reason))
 
 
 # --- the service: start-up in the background, jobs through the queue -------------------
 
-Listener = Callable[[str, str], None]
-"""Called as ``listener(event, detail)`` with ``("ready", "")`` or ``("failed", reason)``."""
+Listener = Callable[[Readiness], None]
+"""Called once start-up is over: with the READY readiness (once it would answer 200) or
+with the FAILED one."""
 
 
 class ApiService:
@@ -257,8 +270,7 @@ class ApiService:
             max_finished_bytes=max_finished_bytes,
             max_queued=max_queued,
         )
-        self._failure: str | None = None
-        self._started = threading.Event()
+        self._failure: Readiness | None = None
         self._thread: threading.Thread | None = None
 
     def start_background(self) -> None:
@@ -270,46 +282,34 @@ class ApiService:
         try:
             self.worker.start()
         except Exception as exc:
-            reason = "start-up failed: " + " ".join(str(exc).split())
-            log.error("%s", reason)
-            self._failure = reason
-            self._started.set()
-            self._notify("failed", reason)
-        else:
-            self._started.set()
-            # The listener hears "ready" only once /health would answer 200.
-            while not self.health()[0]:
-                if self._closing.wait(0.1):
-                    return
-            log.info("worker ready")
-            self._notify("ready", "")
+            self._failure = Readiness.failed(as_worker_error(exc))
+            log.error("%s", self._failure.reason)
+            self._notify(self._failure)
+            return
+        while not (state := self.health()).ready:  # tell the listener once /health is 200
+            if self._closing.wait(0.1) or state.phase in (Phase.FAILED, Phase.STOPPED):
+                return
+        log.info("worker ready")
+        self._notify(state)
 
-    def _notify(self, event: str, detail: str) -> None:
+    def _notify(self, state: Readiness) -> None:
         if self._listener is not None:
             try:
-                self._listener(event, detail)
+                self._listener(state)
             except Exception:
-                log.exception("start-up listener failed on %r", event)
-
-    def wait_started(self, timeout: float | None = None) -> bool:
-        return self._started.wait(timeout)
+                log.exception("start-up listener failed on %s", state.phase.value)
 
     @property
-    def failed(self) -> str | None:
-        """The start-up failure, or None."""
-        return self._failure
+    def failed(self) -> bool:
+        """Start-up failed."""
+        return self._failure is not None
 
-    def health(self) -> tuple[bool, str]:
-        if self._failure is not None:
-            return False, self._failure
-        ready, reason = self.worker.readiness()
-        if ready and not self._started.is_set():
-            return False, "starting"
-        return ready, reason
+    def health(self) -> Readiness:
+        return self._failure or self.worker.readiness()
 
-    def _run_job(self, job: Job) -> dict[str, Any]:
-        def progress(update: dict[str, Any]) -> None:
-            job.progress = dict(update)
+    def _run_job(self, job: Job) -> Result:
+        def progress(update: Progress) -> None:
+            job.progress = update
 
         return self.worker.run_job(job.input, job_id=job.id, progress=progress,
                                    cancel=job.cancel)

@@ -20,6 +20,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from comfy_worker.errors import WorkerError
+from comfy_worker.job import NodeProgress
 from comfy_worker.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -61,12 +63,18 @@ def make_handler(worker: Worker, send_progress: ProgressSender | None) -> Handle
         if send_progress is not None:
             throttle = Throttle(PROGRESS_INTERVAL_S)
 
-            def progress(payload: dict[str, Any]) -> None:
+            def progress(update: NodeProgress) -> None:
                 if throttle.ready():
-                    send_progress(job, payload)
+                    send_progress(job, update.to_json())
 
-        task = asyncio.ensure_future(asyncio.to_thread(
-            worker.run_job, job.get("input"), job_id=job_id, progress=progress, cancel=cancel))
+        def run() -> dict[str, Any]:
+            try:
+                return worker.run_job(job.get("input"), job_id=job_id, progress=progress,
+                                      cancel=cancel).to_json()
+            except WorkerError as err:  # RunPod marks a result with "error" as failed
+                return err.to_json()
+
+        task = asyncio.ensure_future(asyncio.to_thread(run))
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:

@@ -35,6 +35,7 @@ from comfy_worker.config import Settings
 from comfy_worker.entrypoints.http_api import bind_socket, run_server
 from comfy_worker.entrypoints.job_queue import ApiService
 from comfy_worker.errors import ConfigError
+from comfy_worker.readiness import Phase, Readiness
 
 log = logging.getLogger(__name__)
 
@@ -60,16 +61,21 @@ DEFAULT_BENCHMARK: dict[str, Any] = {
 # --- small pure decisions ------------------------------------------------------------
 
 
-def model_log_line(event: str, detail: str = "") -> str:
-    """The model-log line for a start-up event; a detail can never fake a marker."""
+def model_log_line(state: Readiness) -> str:
+    """The model-log line for a start-up state; a detail can never fake a marker."""
+    if state.ready:
+        return READY_LINE
+    if state.phase is Phase.FAILED:
+        detail = str(state.error) if state.error is not None else state.reason
+        return f"{FATAL_LINE}: {_scrub(detail)}"
+    return f"{LINE_PREFIX}{state.phase.value}: {_scrub(state.reason)}"
+
+
+def _scrub(detail: str) -> str:
     detail = " ".join(detail.split())
     for marker in (READY_LINE, FATAL_LINE):
         detail = detail.replace(marker, "[marker removed]")
-    if event == "ready":
-        return READY_LINE
-    if event == "failed":
-        return f"{FATAL_LINE}: {detail.removeprefix('start-up failed: ')}"
-    return f"{LINE_PREFIX}{event}" + (f": {detail}" if detail else "")
+    return detail
 
 
 def pyworker_command(settings: Settings, *, model_port: int, benchmark: Path) -> list[str]:
@@ -149,8 +155,8 @@ def run_vast(service_worker: Any, settings: Settings,
     benchmark = state_dir / "benchmark.json"
     benchmark.write_text(json.dumps(benchmark_input(settings)), encoding="utf-8")
 
-    def listener(event: str, detail: str) -> None:
-        model_log.write(model_log_line(event, detail))
+    def listener(state: Readiness) -> None:
+        model_log.write(model_log_line(state))
 
     service = ApiService(service_worker, listener=listener)
     sock = bind_socket(MODEL_HOST, settings.port)
@@ -162,7 +168,8 @@ def run_vast(service_worker: Any, settings: Settings,
     def start_pyworker(server: Any) -> None:
         if on_server is not None:
             on_server(server)
-        model_log.write(model_log_line("starting", "syncing models and starting ComfyUI"))
+        model_log.write(model_log_line(Readiness(Phase.STARTING,
+                                                 "syncing models and starting ComfyUI")))
         try:
             child = subprocess.Popen(command, cwd=state_dir)
         except OSError as exc:

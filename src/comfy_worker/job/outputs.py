@@ -1,0 +1,104 @@
+"""What a finished prompt produced, and the job's result value (pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from comfy_worker.errors import OutputTooLarge
+
+VIDEO_EXTENSIONS = (".gif", ".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v")
+VIDEO_OUTPUT_KEYS = ("gifs", "videos", "video")
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    """A file an output node wrote, as ``/history`` names it."""
+
+    node_id: str
+    filename: str
+    subfolder: str
+    kind: str
+    """ComfyUI's folder type: "output" or "temp"."""
+    video: bool
+
+
+@dataclass(frozen=True)
+class OutputItem:
+    """One delivered output: inline base64 or an S3 URL."""
+
+    filename: str
+    type: str
+    """``base64`` or ``s3_url``."""
+    data: str
+    node_id: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"filename": self.filename, "type": self.type, "data": self.data,
+                "node_id": self.node_id}
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """A job that ran: its images, videos and timings (milliseconds)."""
+
+    images: tuple[OutputItem, ...] = ()
+    videos: tuple[OutputItem, ...] = ()
+    timings: Mapping[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"images": [i.to_json() for i in self.images],
+                "videos": [v.to_json() for v in self.videos],
+                "timings": {k: round(v, 1) for k, v in self.timings.items()}}
+
+
+def collect_output_files(outputs: Mapping[str, Any]) -> list[OutputFile]:
+    """Every file of every output node in ``/history``'s ``outputs`` (batches included).
+
+    Videos: VideoHelperSuite's ``gifs``, native ``videos``/``video`` lists, ``images``
+    flagged ``animated`` (SaveAnimatedWEBP/PNG, SaveVideo) and video file extensions.
+    """
+    files: list[OutputFile] = []
+    for node_id, node_output in outputs.items():
+        if not isinstance(node_output, dict):
+            continue
+        animated = node_output.get("animated")
+        is_animated = isinstance(animated, list | tuple) and any(animated)
+        for key, items in node_output.items():
+            if not isinstance(items, list):
+                continue
+            for item in items:
+                if not isinstance(item, dict) or not isinstance(item.get("filename"), str):
+                    continue
+                name = item["filename"]
+                video = (key in VIDEO_OUTPUT_KEYS or is_animated
+                         or name.lower().endswith(VIDEO_EXTENSIONS))
+                files.append(OutputFile(str(node_id), name, str(item.get("subfolder") or ""),
+                                        str(item.get("type") or "output"), video))
+    return files
+
+
+def base64_size(n: int) -> int:
+    return 4 * ((n + 2) // 3)
+
+
+def _size_text(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1_000_000 else f"{n} bytes"
+
+
+def check_inline_size(sizes: Iterable[int], limit: int) -> int:
+    """Total base64 size of inline outputs; :class:`OutputTooLarge` above ``limit``."""
+    sizes = list(sizes)
+    total = sum(base64_size(s) for s in sizes)
+    if total > limit:
+        raise OutputTooLarge(
+            f"outputs are {_size_text(total)} as base64 ({len(sizes)} file(s)), over the "
+            f"{_size_text(limit)} limit for inline results",
+            hint="configure S3 upload (BUCKET_ENDPOINT_URL, BUCKET_ACCESS_KEY_ID, "
+            "BUCKET_SECRET_ACCESS_KEY), raise COMFY_WORKER_MAX_OUTPUT_BYTES, or return "
+            "fewer/smaller images",
+            details=[{"total_base64_bytes": total, "limit_bytes": limit,
+                      "files": len(sizes)}],
+        )
+    return total

@@ -1,0 +1,150 @@
+"""A job's ``input`` → a validated :class:`JobRequest` (pure).
+
+The job input is the one of runpod-workers/worker-comfyui, so its users switch without
+changes::
+
+    {"workflow": {...API format...} | "<the same as a JSON string>",
+     "images": [{"name": "in.png", "image": "<base64, data: URI prefix allowed>"}],
+     "timeout": 120}                                    # optional, seconds
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from comfy_worker.errors import JobInputInvalid
+from comfy_worker.jsontypes import json_type_name
+
+
+@dataclass(frozen=True)
+class InputImage:
+    name: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    workflow: dict[str, Any]
+    images: tuple[InputImage, ...] = ()
+    timeout: float = 600.0
+
+
+_DATA_URI = re.compile(r"^data:[\w.+/-]*(;[\w=.+-]+)*;base64,", re.I)
+
+
+def validate_image_name(name: object, *, where: str) -> str:
+    """A plain file name: no folders, no ``..``, not hidden."""
+    if not isinstance(name, str) or not name.strip():
+        shown = json.dumps(name) if isinstance(name, str) else json_type_name(name)
+        raise JobInputInvalid(f'{where}: field "name" is {shown}',
+                              hint='give each image a file name, e.g. "input.png"')
+    if "/" in name or "\\" in name or name in (".", "..") or name.startswith(".") \
+            or "\x00" in name:
+        raise JobInputInvalid(
+            f'{where}: field "name" {name!r} is not a plain file name',
+            hint='use a name without "/", "\\" or a leading "." (e.g. "input.png") and '
+            "reference it by that name in the workflow's LoadImage node",
+        )
+    return name
+
+
+def decode_base64_image(value: object, *, where: str) -> bytes:
+    if not isinstance(value, str) or not value.strip():
+        shown = "an empty string" if isinstance(value, str) else json_type_name(value)
+        raise JobInputInvalid(f'{where}: field "image" is {shown}, expected a base64 '
+                              "string", hint="send the file's bytes as base64")
+    text = _DATA_URI.sub("", value.strip(), count=1)
+    text = re.sub(r"\s+", "", text)
+    try:
+        data = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise JobInputInvalid(
+            f'{where}: field "image" is not valid base64 (starts {value[:40]!r})',
+            hint='send plain base64, optionally prefixed "data:image/png;base64,"',
+        ) from None
+    if not data:
+        raise JobInputInvalid(f'{where}: field "image" decodes to 0 bytes',
+                              hint="send the image's bytes")
+    return data
+
+
+def parse_workflow(raw: object) -> dict[str, Any]:
+    """An API-format workflow (or the same as a JSON string), validated for shape."""
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError as exc:
+            raise JobInputInvalid(f'field "workflow" is a string but not valid JSON: {exc}',
+                                  hint="send the workflow as a JSON object") from None
+    if raw is None:
+        raise JobInputInvalid('field "workflow" is missing',
+                              hint='send {"input": {"workflow": {...API format...}}}')
+    if not isinstance(raw, dict):
+        raise JobInputInvalid(f'field "workflow" is {json_type_name(raw)}, expected an '
+                              "object", hint="send the workflow in ComfyUI's API format")
+    if "nodes" in raw and "links" in raw:
+        raise JobInputInvalid(
+            'field "workflow" is in ComfyUI\'s UI format (it has "nodes" and "links")',
+            hint='export it with "Export (API)" in ComfyUI (Workflow menu) and send that',
+        )
+    if not raw:
+        raise JobInputInvalid('field "workflow" is empty', hint="send at least one node")
+    for node_id, node in raw.items():
+        if not isinstance(node, dict) or not isinstance(node.get("class_type"), str):
+            raise JobInputInvalid(
+                f'workflow node "{node_id}" has no "class_type"',
+                hint='each node is {"class_type": "...", "inputs": {...}} (API format)',
+            )
+        if "inputs" in node and not isinstance(node["inputs"], dict):
+            raise JobInputInvalid(f'workflow node "{node_id}": field "inputs" is '
+                                  f'{json_type_name(node["inputs"])}, expected an object',
+                                  hint='"inputs" maps input names to values or links')
+    return raw
+
+
+def parse_images(raw: object) -> tuple[InputImage, ...]:
+    if not raw:  # null, [], or left out
+        return ()
+    if not isinstance(raw, list):
+        raise JobInputInvalid(f'field "images" is {json_type_name(raw)}, expected an array',
+                              hint='send [{"name": "in.png", "image": "<base64>"}]')
+    images: list[InputImage] = []
+    seen: set[str] = set()
+    for i, item in enumerate(raw):
+        where = f"images[{i}]"
+        if not isinstance(item, Mapping):
+            raise JobInputInvalid(f"{where} is {json_type_name(item)}, expected an object",
+                                  hint='each image is {"name": "in.png", "image": "<base64>"}')
+        name = validate_image_name(item.get("name"), where=where)
+        if name in seen:
+            raise JobInputInvalid(f'{where}: image name "{name}" is used twice',
+                                  hint="give each image its own name")
+        seen.add(name)
+        images.append(InputImage(name, decode_base64_image(item.get("image"), where=where)))
+    return tuple(images)
+
+
+def parse_timeout(raw: object, default: float) -> float:
+    if raw is None:
+        return default
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not raw > 0:
+        shown = json.dumps(raw, default=str)
+        raise JobInputInvalid(f'field "timeout" is {shown}',
+                              hint="a positive number of seconds, or leave it out")
+    return float(raw)
+
+
+def parse_job_input(raw: object, *, default_timeout: float) -> JobRequest:
+    """Validate a job's ``input``. Raises :class:`JobInputInvalid`."""
+    if not isinstance(raw, Mapping):
+        raise JobInputInvalid(f'job "input" is {json_type_name(raw)}, expected an object',
+                              hint='send {"input": {"workflow": {...}}}')
+    return JobRequest(workflow=parse_workflow(raw.get("workflow")),
+                      images=parse_images(raw.get("images")),
+                      timeout=parse_timeout(raw.get("timeout"), default_timeout))

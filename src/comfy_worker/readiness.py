@@ -1,0 +1,47 @@
+"""One readiness model that every entrypoint reads.
+
+The :class:`~comfy_worker.worker.Worker` owns the state and answers
+:meth:`~comfy_worker.worker.Worker.readiness` with a :class:`Readiness`; the HTTP API's
+``/health``, the RunPod adapter and the Vast model log all read that value (nobody parses
+a composed string).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+from comfy_worker.errors import WorkerError
+
+
+class Phase(enum.Enum):
+    STARTING = "starting"
+    """Start-up is under way (models and/or ComfyUI)."""
+    READY = "ready"
+    """Jobs run now."""
+    RECOVERING = "recovering"
+    """Was ready; ComfyUI died and is being restarted (jobs wait for it)."""
+    FAILED = "failed"
+    """Start-up failed, or ComfyUI cannot be restarted: no job will run."""
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class Readiness:
+    phase: Phase
+    reason: str
+    """What a person reads: ``ready``, ``syncing models``, ``start-up failed: ...``."""
+    error: WorkerError | None = None
+    """For FAILED: the error that stopped the worker."""
+
+    @property
+    def ready(self) -> bool:
+        return self.phase is Phase.READY
+
+    @classmethod
+    def failed(cls, error: WorkerError) -> Readiness:
+        return cls(Phase.FAILED, "start-up failed: " + " ".join(str(error).split()), error)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ready": self.ready, "phase": self.phase.value, "reason": self.reason}
