@@ -16,7 +16,8 @@ fi
 # Debian's fuse unless fuse3's fusermount3 is there (the two packages conflict).
 if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
     fuse_pkgs=""
-    ldconfig -p 2>/dev/null | grep -q 'libfuse\.so\.2' || fuse_pkgs="libfuse2"
+    # (grep reads all of ldconfig's output: under pipefail, -q could SIGPIPE it)
+    ldconfig -p 2>/dev/null | grep 'libfuse\.so\.2' >/dev/null || fuse_pkgs="libfuse2"
     if ! command -v fusermount >/dev/null 2>&1 && ! command -v fusermount3 >/dev/null 2>&1; then
         fuse_pkgs="$fuse_pkgs fuse"
     fi
@@ -24,7 +25,7 @@ if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
         # shellcheck disable=SC2086  # word splitting of the package list is wanted
         { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
             apt-get install -y -qq --no-install-recommends $fuse_pkgs; } >/dev/null 2>&1 \
-            || echo "test.sh: could not install$fuse_pkgs; FUSE tests skip (fail under CI=true)" >&2
+            || echo "test.sh: could not install $fuse_pkgs; FUSE tests skip (fail under CI=true)" >&2
     fi
 fi
 

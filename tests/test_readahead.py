@@ -329,6 +329,18 @@ def test_read_ahead_reports_progress_up_to_the_planned_total(tmp_path: Path) -> 
     assert {t for _, t in seen} == {6 * MiB}
 
 
+def test_read_ahead_goes_on_when_the_progress_callback_raises(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    f = write_file(tmp_path / "m.bin", 4 * MiB)
+
+    def broken(done: int, total: int) -> None:
+        raise RuntimeError("callback bug")
+
+    report = read_ahead([f], budget_bytes=1 << 30, block_bytes=MiB, on_progress=broken)
+    assert report.files_read == (f,) and report.bytes_read == 4 * MiB
+    assert "progress callback failed" in caplog.text
+
+
 def test_read_ahead_of_a_file_that_shrinks_while_read_stops_at_its_new_end(
         tmp_path: Path) -> None:
     f = write_file(tmp_path / "m.bin", 16 * MiB)

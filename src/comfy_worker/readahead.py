@@ -42,6 +42,7 @@ import ctypes.util
 import logging
 import mmap
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -396,7 +397,7 @@ def survey(files: Sequence[Path], block_bytes: int = DEFAULT_BLOCK_BYTES
     for path in files:
         try:
             st = os.stat(path)
-            if not _is_regular(st.st_mode):
+            if not stat.S_ISREG(st.st_mode):
                 log.warning("read-ahead: %s is not a regular file; not read", path)
                 failed.append(path)
                 continue
@@ -411,23 +412,19 @@ def survey(files: Sequence[Path], block_bytes: int = DEFAULT_BLOCK_BYTES
     return states, failed
 
 
-def _is_regular(mode: int) -> bool:
-    import stat
-
-    return stat.S_ISREG(mode)
-
-
 def read_ahead(files: Sequence[Path], *, budget_bytes: int,
                parallel: int = DEFAULT_PARALLEL, block_bytes: int = DEFAULT_BLOCK_BYTES,
                on_progress: Callable[[int, int], None] | None = None,
                cancel: threading.Event | None = None) -> ReadaheadReport:
     """Read ``files`` (highest priority first) into the page cache, at most
-    ``budget_bytes`` of them, with ``parallel`` reads of ``block_bytes`` in flight.
+    ``budget_bytes`` of them: ``parallel`` threads each read one ``block_bytes`` block at
+    a time, in :data:`CHUNK_BYTES` preads, in plan order.
 
     Skips what is cached already; of a partly cached file reads only the uncached blocks.
     ``on_progress(bytes_done, bytes_total)`` is called from the reading threads (one at a
-    time, bytes_done increasing) after every chunk. ``cancel`` stops it within one
-    chunk's read. Never raises for a file it cannot read: see the report.
+    time, bytes_done increasing) after every chunk; if it raises, the error is logged and
+    it is not called again. ``cancel`` stops it within one chunk's read. Never raises for
+    a file it cannot read: see the report.
     """
     if parallel < 1:
         raise ValueError(f"parallel must be at least 1, got {parallel}")
@@ -448,8 +445,10 @@ def read_ahead(files: Sequence[Path], *, budget_bytes: int,
     log.info("read-ahead: reading %.0f MB of %d file(s) (%d already in the page cache), "
              "%d x %d MiB reads in flight", plan.bytes / 1e6, len(plan.to_read),
              len(plan.resident), parallel, block_bytes // MiB)
-    for path in plan.to_read:
-        log.debug("read-ahead: %s", path)
+    for f in states:
+        if f.path in plan.to_read:
+            log.info("read-ahead: %s: %.0f of %.0f MB to read", f.path, f.missing_bytes / 1e6,
+                     f.size / 1e6)
     run = _Run(plan, on_progress, cancel)
     run.execute(min(parallel, len(plan.reads)))
     seconds = time.monotonic() - t0
@@ -587,7 +586,12 @@ class _Run:
             self.done += n
             done = self.done
             if self.on_progress is not None:
-                self.on_progress(done, self.plan.bytes)
+                try:
+                    self.on_progress(done, self.plan.bytes)
+                except Exception:
+                    log.exception("read-ahead: the progress callback failed; not calling "
+                                  "it again")
+                    self.on_progress = None
             now = time.monotonic()
             if now - self.last_log < PROGRESS_LOG_INTERVAL_S:
                 return
