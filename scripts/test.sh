@@ -12,6 +12,23 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[test]"
 
+# FUSE for the slow-volume tests (tests/support/slowfs.py): libfuse2, and fusermount from
+# Debian's fuse unless fuse3's fusermount3 is there (the two packages conflict).
+if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    fuse_pkgs=""
+    # (grep reads all of ldconfig's output: under pipefail, -q could SIGPIPE it)
+    ldconfig -p 2>/dev/null | grep 'libfuse\.so\.2' >/dev/null || fuse_pkgs="libfuse2"
+    if ! command -v fusermount >/dev/null 2>&1 && ! command -v fusermount3 >/dev/null 2>&1; then
+        fuse_pkgs="$fuse_pkgs fuse"
+    fi
+    if [ -n "$fuse_pkgs" ]; then
+        # shellcheck disable=SC2086  # word splitting of the package list is wanted
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+            apt-get install -y -qq --no-install-recommends $fuse_pkgs; } >/dev/null 2>&1 \
+            || echo "test.sh: could not install $fuse_pkgs; FUSE tests skip (fail under CI=true)" >&2
+    fi
+fi
+
 # A real ComfyUI for the end-to-end tests (skipped when COMFYUI_DIR is already set).
 if [ -z "${COMFYUI_DIR:-}" ] && [ -x scripts/setup_comfyui.sh ]; then
     scripts/setup_comfyui.sh
