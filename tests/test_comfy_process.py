@@ -155,3 +155,39 @@ def test_missing_main_py_names_comfyui_dir(tmp_path: Path) -> None:
     with pytest.raises(ComfyStartError, match=r"has no main\.py") as err:
         proc.start()
     assert "setup_comfyui.sh" in (err.value.hint or "")
+
+
+def test_a_planned_restart_replaces_a_ready_comfyui_and_waiters_get_the_new_one(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    proc = ComfyProcess(config(fake_comfyui(tmp_path, SERVING_MAIN), tmp_path))
+    proc.start()
+    try:
+        first_pid, first_gen = proc.pid, proc.generation
+        caplog.set_level("INFO")
+        proc.restart("3 job(s) since it started")
+        assert proc.state is State.STARTING  # at once: the next job must wait
+        with pytest.raises(ComfyStartError, match="state is STARTING"):
+            proc.restart("again")  # only a READY ComfyUI is restarted
+        proc.wait_ready(30)
+        assert proc.pid != first_pid and proc.generation == first_gen + 1
+        assert proc.restarts == 1
+        assert requests.get(proc.base_url + "/system_stats", timeout=5).status_code == 200
+        assert "restarting ComfyUI between jobs: 3 job(s) since it started" in caplog.text
+        assert "unexpectedly" not in caplog.text  # a planned restart is not a death
+    finally:
+        proc.stop()
+
+
+def test_recycle_rules() -> None:
+    from comfy_worker.comfy.recycle import parse_vm_rss, restart_reason
+
+    assert restart_reason(jobs_done=5, rss_bytes=None, after_jobs=0, max_rss=0) is None
+    assert restart_reason(jobs_done=2, rss_bytes=None, after_jobs=3, max_rss=0) is None
+    reason = restart_reason(jobs_done=3, rss_bytes=None, after_jobs=3, max_rss=0)
+    assert reason is not None and "COMFY_WORKER_RESTART_AFTER_JOBS=3" in reason
+    assert restart_reason(jobs_done=1, rss_bytes=2 * 2**30, after_jobs=0,
+                          max_rss=2 * 2**30) is None
+    reason = restart_reason(jobs_done=1, rss_bytes=3 * 2**30, after_jobs=0, max_rss=2 * 2**30)
+    assert reason is not None and "3072 MiB" in reason and "MAX_COMFY_RSS" in reason
+    assert parse_vm_rss("Name:\tpython\nVmRSS:\t  524288 kB\nVmSwap: 0 kB\n") == 512 * 2**20
+    assert parse_vm_rss("Name: x\n") is None

@@ -160,3 +160,16 @@ def test_verbose_flag_turns_on_debug_logging(monkeypatch: pytest.MonkeyPatch) ->
     cli._setup_logging(0)
     cli._setup_logging(1)
     assert levels == [logging.INFO, logging.DEBUG]
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ("1234", 1234), ("500M", 500_000_000), ("20GiB", 20 * 2**30), ("1.5 T", 1_500_000_000_000),
+    ("64kib", 65536), ("0", 0)])
+def test_byte_sizes_accept_units(raw: str, expected: int) -> None:
+    assert load_settings({"COMFY_WORKER_MAX_COMFY_RSS": raw}).max_comfy_rss == expected
+
+
+@pytest.mark.parametrize("raw", ["lots", "-5G", "12X", "G"])
+def test_bad_byte_sizes_name_the_variable(raw: str) -> None:
+    with pytest.raises(ConfigError, match="COMFY_WORKER_MAX_COMFY_RSS=.* is not a size"):
+        load_settings({"COMFY_WORKER_MAX_COMFY_RSS": raw})

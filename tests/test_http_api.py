@@ -477,3 +477,73 @@ def test_stopping_the_queue_fails_waiting_jobs_instead_of_dropping_them() -> Non
     assert shut.to_json()["error"] == "the server is shutting down"
     assert waiting.status == "failed"
     assert ran == [first.id]
+
+
+# --- API token ------------------------------------------------------------------------
+
+TOKEN = "s3cret-token-value"
+ROUTES = [("POST", "/generate/sync"), ("POST", "/generate"), ("GET", "/status/x"),
+          ("GET", "/docs"), ("GET", "/openapi.json")]
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES)
+def test_with_a_token_set_every_route_but_health_refuses_a_missing_or_wrong_token(
+        method: str, path: str, caplog: pytest.LogCaptureFixture) -> None:
+    worker = ScriptedWorker()
+    with running_api(worker, api_token=TOKEN) as api:
+        missing = requests.request(method, api.url + path, json={"label": 1}, timeout=5)
+        wrong = requests.request(method, api.url + path, json={"label": 1}, timeout=5,
+                                 headers={"Authorization": "Bearer not-it"})
+        basic = requests.request(method, api.url + path, json={"label": 1}, timeout=5,
+                                 headers={"Authorization": f"Basic {TOKEN}"})
+    for r in (missing, wrong, basic):
+        assert r.status_code == 401
+        assert r.headers["WWW-Authenticate"].startswith('Bearer realm="comfy-worker"')
+        assert r.json()["reference"] == "unauthorized"
+        assert "Authorization: Bearer" in r.json()["hint"]
+        assert TOKEN not in r.text
+    assert 'error="invalid_token"' in wrong.headers["WWW-Authenticate"]
+    assert r.json()["error"] in ("missing API token", "wrong API token")
+    assert worker.calls == []
+    assert TOKEN not in caplog.text
+
+
+@pytest.mark.parametrize(("method", "path", "status"), [
+    ("POST", "/generate/sync", 200), ("POST", "/generate", 202), ("GET", "/status/x", 404),
+    ("GET", "/docs", 200), ("GET", "/openapi.json", 200)])
+def test_the_right_token_is_accepted_on_every_route(method: str, path: str,
+                                                   status: int) -> None:
+    with running_api(ScriptedWorker(), api_token=TOKEN) as api:
+        wait_for(lambda: api.service.health().ready)
+        r = requests.request(method, api.url + path, json={"label": 1}, timeout=10,
+                             headers={"Authorization": f"Bearer {TOKEN}"})
+        lower = requests.request(method, api.url + path, json={"label": 1}, timeout=10,
+                                 headers={"authorization": f"bearer {TOKEN}"})
+    assert r.status_code == status
+    assert lower.status_code == status
+
+
+def test_health_needs_no_token() -> None:
+    with running_api(ScriptedWorker(), api_token=TOKEN) as api:
+        wait_for(lambda: api.service.health().ready)
+        assert requests.get(f"{api.url}/health", timeout=5).status_code == 200
+
+
+def test_without_a_token_setting_no_route_asks_for_one() -> None:
+    with running_api(ScriptedWorker()) as api:
+        wait_for(lambda: api.service.health().ready)
+        r = requests.post(f"{api.url}/generate/sync", json={"label": 1}, timeout=10)
+    assert r.status_code == 200
+
+
+def test_token_comparison_is_exact() -> None:
+    from comfy_worker.entrypoints.http_api import bearer_token, token_matches
+
+    assert bearer_token([(b"Authorization", b"Bearer abc")]) == b"abc"
+    assert bearer_token([(b"authorization", b"bearer  abc ")]) == b"abc"
+    assert bearer_token([(b"Authorization", b"Basic abc")]) is None
+    assert bearer_token([(b"Authorization", b"Bearer ")]) is None
+    assert bearer_token([]) is None
+    assert token_matches(b"abc", b"abc")
+    assert not token_matches(b"abcd", b"abc") and not token_matches(b"ab", b"abc")
+    assert not token_matches(None, b"abc") and not token_matches(b"", b"")

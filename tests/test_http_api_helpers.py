@@ -19,6 +19,7 @@ from typing import Any
 import requests
 
 from comfy_worker import errors
+from comfy_worker.config import Secret
 from comfy_worker.entrypoints.http_api import bind_socket, run_server
 from comfy_worker.entrypoints.job_queue import ApiService
 from comfy_worker.readiness import Phase, Readiness
@@ -125,7 +126,7 @@ class RunningApi:
 
 @contextlib.contextmanager
 def running_api(worker: ScriptedWorker, *, max_request_bytes: int = 1 << 20,
-                **service_options: Any) -> Iterator[RunningApi]:
+                api_token: str | None = None, **service_options: Any) -> Iterator[RunningApi]:
     """run_server() on 127.0.0.1 in a thread; stopped (and joined) on exit."""
     service = ApiService(worker, **service_options)
     sock = bind_socket("127.0.0.1", 0)
@@ -136,6 +137,7 @@ def running_api(worker: ScriptedWorker, *, max_request_bytes: int = 1 << 20,
     def target() -> None:
         result.append(run_server(service, host="127.0.0.1", port=port,
                                  max_request_bytes=max_request_bytes, sock=sock,
+                                 api_token=Secret(api_token) if api_token else None,
                                  on_listening=servers.append))
 
     thread = threading.Thread(target=target, daemon=True)

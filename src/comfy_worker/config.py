@@ -110,6 +110,27 @@ def choice(*options: str) -> Parser:
     return parse
 
 
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6,
+          "mib": 2**20, "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12,
+          "tib": 2**40}
+
+
+def byte_size(name: str, raw: str) -> int:
+    """Bytes: a whole number, optionally with a unit (``500M``, ``20GiB``, ``1.5T``)."""
+    text = raw.strip().lower().replace(" ", "")
+    number_part = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = text[len(number_part):]
+    try:
+        value = float(number_part)
+    except ValueError:
+        value = -1.0
+    if unit not in _UNITS or value < 0 or value != value:
+        raise ConfigError(f"{name}={raw!r} is not a size in bytes",
+                          hint=f"set {name} to a number of bytes, e.g. 500000000, 500M or "
+                          "20GiB")
+    return int(value * _UNITS[unit])
+
+
 def path(name: str, raw: str) -> Path:
     return Path(raw).expanduser()
 
@@ -177,6 +198,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(P + "HOST", "host", text, "--host"),
     Setting(P + "PORT", "port", integer(0), "--port"),
     Setting(P + "MAX_REQUEST_BYTES", "max_request_bytes", integer(1)),
+    Setting(P + "API_TOKEN", "api_token", secret),
+    Setting(P + "RESTART_AFTER_JOBS", "restart_after_jobs", integer(0)),
+    Setting(P + "MAX_COMFY_RSS", "max_comfy_rss", byte_size),
     # Vast.ai PyWorker
     Setting(P + "VAST_PYTHON", "vast_python", text),
     Setting(P + "VAST_MODEL_LOG", "vast_model_log", path),
@@ -253,6 +277,14 @@ class Settings:
     """Local HTTP API port."""
     max_request_bytes: int = 64 * 1024 * 1024
     """Largest request body the HTTP API accepts."""
+    api_token: Secret | None = None
+    """When set, every HTTP API route but /health needs ``Authorization: Bearer TOKEN``.
+    Never printed."""
+    restart_after_jobs: int = 0
+    """Restart ComfyUI after this many jobs (between jobs; 0 = never)."""
+    max_comfy_rss: int = 0
+    """Restart ComfyUI between jobs once its resident memory passes this many bytes
+    (0 = never)."""
 
     # --- Vast.ai PyWorker (comfy-worker vast; docs/serving.md) ------------------------
     vast_python: str = "/opt/vast-pyworker/bin/python"

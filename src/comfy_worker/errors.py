@@ -223,6 +223,13 @@ class RequestInvalid(WorkerError, ValueError):
     status = 400
 
 
+class Unauthorized(WorkerError, PermissionError):
+    """The HTTP API requires a token (COMFY_WORKER_API_TOKEN) and the request lacks it."""
+
+    reference = "unauthorized"
+    status = 401
+
+
 class RequestTooLarge(WorkerError, ValueError):
     reference = "request-too-large"
     status = 413

@@ -39,6 +39,11 @@ class Readiness:
     def ready(self) -> bool:
         return self.phase is Phase.READY
 
+    @property
+    def accepts_jobs(self) -> bool:
+        """Jobs may be queued: ready, or recovering (they wait for the new ComfyUI)."""
+        return self.phase in (Phase.READY, Phase.RECOVERING)
+
     @classmethod
     def failed(cls, error: WorkerError) -> Readiness:
         return cls(Phase.FAILED, "start-up failed: " + " ".join(str(error).split()), error)

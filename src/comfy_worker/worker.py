@@ -21,6 +21,7 @@ from typing import Any
 
 from comfy_worker import sync as model_sync
 from comfy_worker.comfy.process import ComfyProcess, LaunchConfig, State, gpu_present
+from comfy_worker.comfy.recycle import process_rss, restart_reason
 from comfy_worker.config import Settings
 from comfy_worker.errors import (
     ComfyStartError,
@@ -54,6 +55,9 @@ class Worker:
         self._lock = threading.Lock()
         self._state = Readiness(Phase.STARTING, "not started")
         self._started = threading.Event()
+        self._generation = 0
+        self._jobs_done = 0
+        """Jobs run on ComfyUI generation ``_generation`` (for the recycle rules)."""
 
     # --- start-up ---------------------------------------------------------------------------
 
@@ -190,6 +194,27 @@ class Worker:
         except Exception as exc:  # a bug must not take the worker down with the job
             log.exception("job %s: internal error", job_id)
             raise as_worker_error(exc) from exc
+        finally:
+            self._after_job()
+
+    def _after_job(self) -> None:
+        """Give ComfyUI a fresh process when the recycle rules say so (between jobs:
+        the next job waits for it)."""
+        comfy = self.comfy
+        if comfy is None or comfy.state is not State.READY:
+            return
+        if comfy.generation != self._generation:
+            self._generation, self._jobs_done = comfy.generation, 0
+        self._jobs_done += 1
+        s = self.settings
+        rss = process_rss(comfy.pid) if s.max_comfy_rss and comfy.pid is not None else None
+        reason = restart_reason(jobs_done=self._jobs_done, rss_bytes=rss,
+                                after_jobs=s.restart_after_jobs, max_rss=s.max_comfy_rss)
+        if reason is not None:
+            try:
+                comfy.restart(reason)
+            except WorkerError as exc:  # it stopped or died meanwhile: nothing to do
+                log.debug("no restart: %s", exc.message)
 
     def _wait_started(self) -> JobRunner:
         if not self._started.wait(self.settings.boot_timeout):

@@ -182,6 +182,8 @@ class ComfyProcess:
         self._failures = 0
         self._last_error: str | None = None
         self._watchdog: threading.Thread | None = None
+        self._planned: str | None = None
+        """The reason of a restart asked for with :meth:`restart` (not a death)."""
         self.restarts = 0
 
     # --- introspection --------------------------------------------------------------
@@ -383,38 +385,65 @@ class ComfyProcess:
     # --- supervision --------------------------------------------------------------------
 
     def _watch(self) -> None:
-        while True:
-            child = self._child
-            if child is None:
-                return
+        while (child := self._child) is not None:
             rc = child.proc.wait()
             child.exited.wait(2)
             if self._state is State.STOPPED:
                 return
-            message = death_message(rc, self.log_tail(), during="unexpectedly")
-            log.error("%s", message)
-            self._last_error = message
-            self._set_state(State.DEFUNCT)
-            while self._state is State.DEFUNCT:
-                if self._failures >= MAX_RESTARTS:
-                    log.error("ComfyUI failed to restart %d times; giving up", self._failures)
-                    with self._cond:
-                        self._cond.notify_all()
-                    return
-                time.sleep(min(2.0 * self._failures, 10.0))
-                if self._state is State.STOPPED:
-                    return
-                self.restarts += 1
+            planned, self._planned = self._planned, None
+            if planned is None:
+                message = death_message(rc, self.log_tail(), during="unexpectedly")
+                log.error("%s", message)
+                self._last_error = message
+                self._set_state(State.DEFUNCT)
+            if not self._respawn(planned):
+                return
+
+    def _respawn(self, planned: str | None) -> bool:
+        """Start a new process until one is ready: True, or False when the supervisor
+        gives up (MAX_RESTARTS failed starts in a row) or was stopped."""
+        while True:
+            if self._failures >= MAX_RESTARTS:
+                log.error("ComfyUI failed to restart %d times; giving up", self._failures)
+                with self._cond:
+                    self._cond.notify_all()
+                return False
+            time.sleep(min(2.0 * self._failures, 10.0))
+            if self._state is State.STOPPED:
+                return False
+            self.restarts += 1
+            if planned is not None:
+                log.info("starting a fresh ComfyUI (restart #%d: %s)", self.restarts, planned)
+            else:
                 log.warning("restarting ComfyUI (restart #%d)", self.restarts)
-                self._set_state(State.STARTING)
-                try:
-                    self._spawn_and_wait()
-                except ComfyStartError as exc:
-                    self._failures += 1
-                    self._last_error = exc.message
-                    log.error("ComfyUI restart failed: %s", exc.message)
-                    if self._state is not State.STOPPED:
-                        self._set_state(State.DEFUNCT)
+            self._set_state(State.STARTING)
+            try:
+                self._spawn_and_wait()
+                return True
+            except ComfyStartError as exc:
+                self._failures += 1
+                self._last_error = exc.message
+                log.error("ComfyUI restart failed: %s", exc.message)
+                if self._state is not State.STOPPED:
+                    self._set_state(State.DEFUNCT)
+
+    def restart(self, reason: str) -> None:
+        """Replace a READY ComfyUI with a fresh process (between jobs, never during one).
+
+        Returns at once: the state is STARTING from now on, so :meth:`wait_ready` (and so
+        the next job) waits for the new process; the old one gets SIGTERM (SIGKILL after
+        ``stop_grace``) and the watchdog starts the new one.
+        """
+        with self._cond:
+            self._assert_state(State.READY)
+            self._planned = reason
+            self._state = State.STARTING
+            self._cond.notify_all()
+        child = self._child
+        log.info("restarting ComfyUI between jobs: %s", reason)
+        if child is not None:
+            threading.Thread(target=self._terminate, args=(child,), name="comfyui-restart",
+                             daemon=True).start()
 
     def kill(self) -> None:
         """SIGKILL the current process (tests use it; the watchdog restarts ComfyUI)."""

@@ -19,4 +19,5 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
 
     service = ApiService(Worker(settings))
     return run_server(service, host=settings.host, port=settings.port,
-                      max_request_bytes=settings.max_request_bytes)
+                      max_request_bytes=settings.max_request_bytes,
+                      api_token=settings.api_token)

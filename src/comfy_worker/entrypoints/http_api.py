@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
 import signal
@@ -34,6 +35,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from comfy_worker.config import Secret
 from comfy_worker.entrypoints.job_queue import CANCELLED, ApiService, Job, Outcome
 from comfy_worker.errors import (
     JobCancelled,
@@ -41,6 +43,7 @@ from comfy_worker.errors import (
     JobNotFound,
     RequestInvalid,
     RequestTooLarge,
+    Unauthorized,
     WorkerError,
     WorkerStartFailed,
     WorkerStarting,
@@ -178,6 +181,56 @@ class BodySizeLimit:
         await send({"type": "http.response.body", "body": body})
 
 
+# --- API token (pure ASGI, before anything is read) -------------------------------------
+
+OPEN_PATHS = frozenset({"/health"})
+
+
+def bearer_token(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    """The token of an ``Authorization: Bearer TOKEN`` header, else None (pure)."""
+    for name, value in headers:
+        if name.lower() == b"authorization":
+            scheme, _, token = value.strip().partition(b" ")
+            if scheme.lower() == b"bearer" and token.strip():
+                return token.strip()
+    return None
+
+
+def token_matches(given: bytes | None, expected: bytes) -> bool:
+    """Constant-time comparison (a wrong token takes as long as a nearly right one)."""
+    return hmac.compare_digest(given or b"", expected) and bool(given) and bool(expected)
+
+
+class RequireToken:
+    """Every route except /health needs ``Authorization: Bearer TOKEN`` (401 otherwise,
+    with ``WWW-Authenticate``). The token is never logged or echoed."""
+
+    def __init__(self, app: ASGIApp, token: Secret) -> None:
+        self.app = app
+        self._token = token.reveal().encode()
+
+    async def __call__(self, scope: MutableMapping[str, Any],
+                       receive: Callable[[], Awaitable[Any]],
+                       send: Callable[[MutableMapping[str, Any]], Awaitable[None]]) -> None:
+        if scope["type"] != "http" or scope.get("path") in OPEN_PATHS or token_matches(
+                bearer_token(scope.get("headers", [])), self._token):
+            await self.app(scope, receive, send)
+            return
+        given = bearer_token(scope.get("headers", []))
+        err = Unauthorized(
+            "missing API token" if given is None else "wrong API token",
+            hint="send the header 'Authorization: Bearer <COMFY_WORKER_API_TOKEN>'")
+        body = json.dumps(err.to_json()).encode()
+        challenge = b'Bearer realm="comfy-worker"' + (
+            b', error="invalid_token"' if given is not None else b"")
+        await send({"type": "http.response.start", "status": 401, "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"www-authenticate", challenge),
+        ]})
+        await send({"type": "http.response.body", "body": body})
+
+
 # --- the FastAPI app -------------------------------------------------------------------
 
 _ERROR_SCHEMA = {"type": "object", "required": ["error", "details", "reference"],
@@ -248,14 +301,18 @@ async def _outcome_unless_disconnected(request: Request, job: Job) -> Outcome | 
             return None
 
 
-def create_app(service: ApiService, *, max_request_bytes: int) -> FastAPI:
-    """The HTTP API around ``service``, with the body size limit in front."""
+def create_app(service: ApiService, *, max_request_bytes: int,
+               api_token: Secret | None = None) -> FastAPI:
+    """The HTTP API around ``service``, with the body size limit in front and, when
+    ``api_token`` is set, the token check in front of that."""
     app = FastAPI(
         title="comfy-worker",
         description="Run ComfyUI workflows (API format) with locked, verified models.",
         version="1",
     )
     app.add_middleware(BodySizeLimit, max_bytes=max_request_bytes)
+    if api_token:
+        app.add_middleware(RequireToken, token=api_token)  # added last: runs first
 
     async def read_job_input(request: Request) -> dict[str, Any]:
         raw = await request.body()
@@ -271,7 +328,7 @@ def create_app(service: ApiService, *, max_request_bytes: int) -> FastAPI:
         try:
             job_input = await read_job_input(request)
             state = service.health()
-            if not state.ready:
+            if not state.accepts_jobs:  # recovering: the job waits for the new ComfyUI
                 raise not_ready_error(state)
             return service.queue.submit(job_input, keep=keep)
         except WorkerError as exc:
@@ -374,7 +431,7 @@ def make_server(app: FastAPI) -> uvicorn.Server:
 
 
 def run_server(service: ApiService, *, host: str, port: int, max_request_bytes: int,
-               sock: socket.socket | None = None,
+               api_token: Secret | None = None, sock: socket.socket | None = None,
                on_listening: Callable[[Any], None] | None = None) -> int:
     """Serve until SIGINT/SIGTERM (or ``server.should_exit``). 0, or 1 when start-up failed.
 
@@ -382,10 +439,11 @@ def run_server(service: ApiService, *, host: str, port: int, max_request_bytes: 
     so a caller (the Vast command) can start companions and stop the server later.
     """
     sock = sock or bind_socket(host, port)
-    app = create_app(service, max_request_bytes=max_request_bytes)
+    app = create_app(service, max_request_bytes=max_request_bytes, api_token=api_token)
     server = make_server(app)
     bound = sock.getsockname()
-    log.info("HTTP API listening on http://%s:%s (docs at /docs)", bound[0], bound[1])
+    log.info("HTTP API listening on http://%s:%s (docs at /docs; %s)", bound[0], bound[1],
+             "API token required" if api_token else "no API token")
     service.start_background()
     if on_listening is not None:
         on_listening(server)

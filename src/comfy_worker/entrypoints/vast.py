@@ -151,6 +151,10 @@ def run_vast(service_worker: Any, settings: Settings,
     ``on_server(server)`` gets the uvicorn server once listening (``should_exit`` stops it).
     """
     state_dir = settings.vast_model_log.parent
+    if settings.api_token:
+        log.info("COMFY_WORKER_API_TOKEN is not used in vast mode: the API listens on "
+                 "%s only and the PyWorker checks the autoscaler's signature on every "
+                 "request", MODEL_HOST)
     model_log = ModelLog(settings.vast_model_log)
     benchmark = state_dir / "benchmark.json"
     benchmark.write_text(json.dumps(benchmark_input(settings)), encoding="utf-8")

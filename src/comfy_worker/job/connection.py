@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from comfy_worker.comfy import events as ev
 from comfy_worker.comfy.client import ComfyClient, EventStream, PromptResponse
+from comfy_worker.comfy.process import State
 from comfy_worker.errors import ComfyDied, ComfyError
 
 if TYPE_CHECKING:
@@ -96,7 +97,9 @@ class ComfyConnection:
     # --- the process -------------------------------------------------------------------
 
     def current(self) -> bool:
-        return self.comfy.generation == self.generation
+        """Still the process it was made for, and that process is the READY one (not
+        dead, and not being replaced by a planned restart)."""
+        return self.comfy.generation == self.generation and self.comfy.state is State.READY
 
     def alive(self) -> bool:
         return self.current() and self.comfy.alive()
