@@ -171,5 +171,5 @@ def test_byte_sizes_accept_units(raw: str, expected: int) -> None:
 
 @pytest.mark.parametrize("raw", ["lots", "-5G", "12X", "G"])
 def test_bad_byte_sizes_name_the_variable(raw: str) -> None:
-    with pytest.raises(ConfigError, match="COMFY_WORKER_MAX_COMFY_RSS=.* is not a size"):
+    with pytest.raises(ConfigError, match=r"COMFY_WORKER_MAX_COMFY_RSS=.* is not a size"):
         load_settings({"COMFY_WORKER_MAX_COMFY_RSS": raw})

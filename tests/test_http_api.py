@@ -37,7 +37,11 @@ def test_unwrap_accepts_wrapped_and_bare_job_inputs() -> None:
     assert unwrap_job_input({"workflow": {"1": {}}}) == {"workflow": {"1": {}}}
 
 
-@pytest.mark.parametrize("body", [[1, 2], "x", {"input": [1]}, {"input": "w"}])
+def test_unwrap_passes_an_input_given_as_a_json_string_on_to_the_job_parser() -> None:
+    assert unwrap_job_input({"input": '{"workflow": {}}'}) == '{"workflow": {}}'
+
+
+@pytest.mark.parametrize("body", [[1, 2], "x", {"input": [1]}, {"input": 3}])
 def test_unwrap_rejects_non_objects_naming_the_type(body: object) -> None:
     with pytest.raises(JobInputInvalid, match="not an object"):
         unwrap_job_input(body)

@@ -100,3 +100,44 @@ def test_timeout_from_input_overrides_the_default() -> None:
 def test_bad_timeout_is_refused(timeout: object) -> None:
     with pytest.raises(JobInputInvalid, match='"timeout"'):
         parse({"workflow": WF, "timeout": timeout})
+
+
+def test_the_whole_input_as_a_json_string_is_decoded() -> None:
+    req = parse(json.dumps({"workflow": WF, "timeout": 5}))
+    assert req.workflow == WF and req.timeout == 5.0
+    with pytest.raises(JobInputInvalid, match='job "input" is a string but not valid JSON'):
+        parse("{nope")
+    with pytest.raises(JobInputInvalid, match='job "input" is array'):
+        parse(json.dumps([WF]))
+
+
+def test_images_by_url_are_kept_for_fetching_and_checked() -> None:
+    req = parse({"workflow": WF, "images": [
+        {"name": "a.png", "url": "https://cdn.example/a.png?X-Amz-Signature=s3cret"}]})
+    (image,) = req.images
+    assert image.url == "https://cdn.example/a.png?X-Amz-Signature=s3cret" and image.data == b""
+
+
+@pytest.mark.parametrize(("item", "fragment"), [
+    ({"name": "a.png", "url": "ftp://host/a.png"}, "is not an http(s) URL"),
+    ({"name": "a.png", "url": "file:///etc/passwd"}, "is not an http(s) URL"),
+    ({"name": "a.png", "url": ""}, 'field "url" is an empty string'),
+    ({"name": "a.png", "url": 5}, 'field "url" is number'),
+    ({"name": "a.png", "url": "https:///nohost"}, "is not an http(s) URL"),
+    ({"name": "a.png", "url": "https://h/a.png", "image": "eA=="}, 'both "image" and "url"'),
+])
+def test_bad_image_urls_name_the_image_and_field(item: dict, fragment: str) -> None:
+    with pytest.raises(JobInputInvalid) as err:
+        parse({"workflow": WF, "images": [item]})
+    assert fragment in err.value.message
+    assert err.value.message.startswith("images[0]")
+
+
+def test_url_messages_never_show_the_query_or_credentials() -> None:
+    from comfy_worker.job.request import redact_url
+
+    assert redact_url("https://u:pw@h.example:8443/p/a.png?sig=x#f") == \
+        "https://h.example:8443/p/a.png"
+    with pytest.raises(JobInputInvalid) as err:
+        parse({"workflow": WF, "images": [{"name": "a", "url": "gopher://h/x?token=abc"}]})
+    assert "token" not in str(err.value) and "abc" not in str(err.value)

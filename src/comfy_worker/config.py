@@ -190,6 +190,8 @@ SETTINGS: tuple[Setting, ...] = (
     # jobs: job -> validate -> run -> collect
     Setting(P + "JOB_TIMEOUT", "job_timeout", number(0.1)),
     Setting(P + "MAX_OUTPUT_BYTES", "max_output_bytes", integer(1)),
+    Setting(P + "INPUT_URL_MAX_BYTES", "input_url_max_bytes", byte_size),
+    Setting(P + "INPUT_URL_TIMEOUT", "input_url_timeout", number(0.1)),
     Setting("BUCKET_ENDPOINT_URL", "bucket_endpoint_url", text),
     Setting("BUCKET_ACCESS_KEY_ID", "bucket_access_key_id", secret),
     Setting("BUCKET_SECRET_ACCESS_KEY", "bucket_secret_access_key", secret),
@@ -260,6 +262,10 @@ class Settings:
     """Default seconds per job (``input.timeout`` overrides)."""
     max_output_bytes: int = 20 * 1024 * 1024
     """Total base64 output allowed inline."""
+    input_url_max_bytes: int = 50 * 1024 * 1024
+    """Largest input image fetched from a URL (``images[].url``)."""
+    input_url_timeout: float = 30.0
+    """Seconds to connect to, and between reads from, an input image URL."""
     bucket_endpoint_url: str | None = None
     """S3 endpoint (as worker-comfyui); outputs go there when set."""
     bucket_access_key_id: Secret | None = None

@@ -179,6 +179,14 @@ class JobInputInvalid(JobError, ValueError):
     status = 422
 
 
+class InputFetchFailed(JobError, ValueError):
+    """An input image given by URL could not be fetched (names the image and the URL
+    without its query string)."""
+
+    reference = "input-fetch-failed"
+    status = 422
+
+
 class WorkflowInvalid(JobError, ValueError):
     """ComfyUI rejected the workflow, or preflight found missing models/nodes."""
 

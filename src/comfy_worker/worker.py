@@ -16,8 +16,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from comfy_worker import sync as model_sync
 from comfy_worker.comfy.process import ComfyProcess, LaunchConfig, State, gpu_present
@@ -30,9 +30,10 @@ from comfy_worker.errors import (
     WorkerStarting,
     as_worker_error,
 )
-from comfy_worker.job import JobResult, JobRunner, NodeProgress, parse_job_input
+from comfy_worker.job import JobRequest, JobResult, JobRunner, NodeProgress, parse_job_input
 from comfy_worker.job.connection import comfy_connections
 from comfy_worker.job.delivery import LazyDelivery
+from comfy_worker.job.inputs import fetch_url_images
 from comfy_worker.job.preflight import locked_names
 from comfy_worker.lockfile import Lockfile, load_lock
 from comfy_worker.readiness import Phase, Readiness
@@ -180,15 +181,18 @@ class Worker:
 
     # --- jobs --------------------------------------------------------------------------------
 
-    def run_job(self, job_input: Mapping[str, Any], *, job_id: str | None = None,
+    def run_job(self, job_input: object, *, job_id: str | None = None,
                 progress: ProgressFn | None = None,
                 cancel: threading.Event | None = None) -> JobResult:
         """One job. Raises a :class:`WorkerError` for any failure (a bug becomes an
         ``InternalError``, logged with its traceback); the worker stays up."""
         request = parse_job_input(job_input, default_timeout=self.settings.job_timeout)
         runner = self._wait_started()
+        steps: dict[str, float] = {}
         try:
-            return runner.run(request, job_id=job_id, progress=progress, cancel=cancel)
+            request = self._before_run(request, steps)
+            result = runner.run(request, job_id=job_id, progress=progress, cancel=cancel)
+            return result.with_steps_before(steps)
         except WorkerError:
             raise
         except Exception as exc:  # a bug must not take the worker down with the job
@@ -196,6 +200,18 @@ class Worker:
             raise as_worker_error(exc) from exc
         finally:
             self._after_job()
+
+    def _before_run(self, request: JobRequest, steps: dict[str, float]) -> JobRequest:
+        """What a job needs before its prompt goes to ComfyUI: its input images fetched
+        from URLs. Each step's milliseconds go into ``steps`` (the job's timings)."""
+        if any(image.url is not None for image in request.images):
+            t0 = time.perf_counter()
+            images = fetch_url_images(request.images,
+                                      max_bytes=self.settings.input_url_max_bytes,
+                                      timeout=self.settings.input_url_timeout)
+            request = replace(request, images=images)
+            steps["inputs_ms"] = (time.perf_counter() - t0) * 1000
+        return request
 
     def _after_job(self) -> None:
         """Give ComfyUI a fresh process when the recycle rules say so (between jobs:

@@ -204,3 +204,46 @@ def test_sigterm_stops_the_server_and_comfyui_with_exit_0(served: Served) -> Non
                 and "zombie" not in Path(f"/proc/{pid}/status").read_text()]
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{served.url}/health", timeout=2)
+
+
+def test_a_string_input_with_an_image_by_url_runs_as_a_real_client_sends_it(
+        served: Served) -> None:
+    import http.server
+    import threading
+
+    from e2e.helpers import png_bytes
+
+    image = png_bytes(20, 12)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(image)))
+            self.send_header("Content-Type", "image/png")
+            self.end_headers()
+            self.wfile.write(image)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/photo.png?X-Amz-Signature=abc"
+    workflow = {"1": {"class_type": "LoadImage", "inputs": {"image": "from-url.png"}},
+                "2": {"class_type": "SaveImage",
+                      "inputs": {"images": ["1", 0], "filename_prefix": "url"}}}
+    job_input = {"workflow": workflow, "images": [{"name": "from-url.png", "url": url}]}
+    try:
+        r = requests.post(f"{served.url}/generate/sync",
+                          json={"input": json.dumps(job_input)}, timeout=120)
+        gone = requests.post(f"{served.url}/generate/sync", json={"input": {
+            **job_input, "images": [{"name": "from-url.png", "url": url.replace(
+                str(server.server_address[1]), "9")}]}}, timeout=120)
+    finally:
+        server.shutdown()
+    assert r.status_code == 200, r.text
+    assert [_png(i) for i in r.json()["images"]] == [(20, 12)]
+    assert r.json()["timings"]["inputs_ms"] > 0
+    assert gone.status_code == 422, gone.text
+    assert gone.json()["reference"] == "input-fetch-failed"
+    assert "abc" not in gone.text and "from-url.png" in gone.json()["error"]

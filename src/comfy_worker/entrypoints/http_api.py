@@ -61,8 +61,9 @@ CLIENT_CLOSED_REQUEST = 499
 # --- small pure decisions ------------------------------------------------------------
 
 
-def unwrap_job_input(body: Any) -> dict[str, Any]:
-    """The job input from a request body: ``{"input": {...}}`` or the bare ``{...}``."""
+def unwrap_job_input(body: Any) -> dict[str, Any] | str:
+    """The job input from a request body: ``{"input": {...}}`` or the bare ``{...}``; the
+    input may be a JSON string of the object (:func:`parse_job_input` decodes it)."""
     if not isinstance(body, dict):
         raise JobInputInvalid(
             f"request body is a JSON {json_type_name(body)}, not an object",
@@ -70,7 +71,7 @@ def unwrap_job_input(body: Any) -> dict[str, Any]:
         )
     if "input" in body:
         inner = body["input"]
-        if not isinstance(inner, dict):
+        if not isinstance(inner, dict | str):
             raise JobInputInvalid(
                 f"'input' is a JSON {json_type_name(inner)}, not an object",
                 hint='send {"input": {"workflow": {...}}}',
@@ -314,7 +315,7 @@ def create_app(service: ApiService, *, max_request_bytes: int,
     if api_token:
         app.add_middleware(RequireToken, token=api_token)  # added last: runs first
 
-    async def read_job_input(request: Request) -> dict[str, Any]:
+    async def read_job_input(request: Request) -> dict[str, Any] | str:
         raw = await request.body()
         try:
             body = json.loads(raw)

@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -61,7 +61,7 @@ class WorkerLike(Protocol):
 
     def run_job(
         self,
-        job_input: Mapping[str, Any],
+        job_input: object,
         *,
         job_id: str | None = None,
         progress: Callable[[Any], None] | None = None,
@@ -77,7 +77,7 @@ class WorkerLike(Protocol):
 @dataclass
 class Job:
     id: str
-    input: dict[str, Any]
+    input: dict[str, Any] | str
     keep: bool = True
     """Keep the output for ``GET /status`` (async jobs); sync jobs hand it back directly."""
     status: str = "queued"
@@ -152,7 +152,7 @@ class JobQueue:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def submit(self, job_input: dict[str, Any], *, keep: bool = True) -> Job:
+    def submit(self, job_input: dict[str, Any] | str, *, keep: bool = True) -> Job:
         job = Job(id=uuid.uuid4().hex, input=job_input, keep=keep)
         with self._lock:
             if self._stopping.is_set():

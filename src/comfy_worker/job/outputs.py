@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from comfy_worker.errors import OutputTooLarge
@@ -46,6 +46,15 @@ class JobResult:
     images: tuple[OutputItem, ...] = ()
     videos: tuple[OutputItem, ...] = ()
     timings: Mapping[str, float] = field(default_factory=dict)
+
+    def with_steps_before(self, steps: Mapping[str, float]) -> JobResult:
+        """This result with the timings of steps that ran before the runner (fetching
+        input images, waiting for models, ...) added, ``total_ms`` included."""
+        if not steps:
+            return self
+        timings = {**steps, **self.timings}
+        timings["total_ms"] = self.timings.get("total_ms", 0.0) + sum(steps.values())
+        return replace(self, timings=timings)
 
     def to_json(self) -> dict[str, Any]:
         return {"images": [i.to_json() for i in self.images],

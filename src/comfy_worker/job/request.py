@@ -4,8 +4,12 @@ The job input is the one of runpod-workers/worker-comfyui, so its users switch w
 changes::
 
     {"workflow": {...API format...} | "<the same as a JSON string>",
-     "images": [{"name": "in.png", "image": "<base64, data: URI prefix allowed>"}],
+     "images": [{"name": "in.png", "image": "<base64, data: URI prefix allowed>"},
+                {"name": "b.png", "url": "https://host/b.png"}],     # or by URL
      "timeout": 120}                                    # optional, seconds
+
+The whole input may also be that object as a JSON string (worker-comfyui's clients send
+it so). Images given by URL are fetched later (:mod:`comfy_worker.job.inputs`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from comfy_worker.errors import JobInputInvalid
 from comfy_worker.jsontypes import json_type_name
@@ -25,7 +30,9 @@ from comfy_worker.jsontypes import json_type_name
 @dataclass(frozen=True)
 class InputImage:
     name: str
-    data: bytes
+    data: bytes = b""
+    url: str | None = None
+    """Where to fetch the bytes (``data`` is empty until then)."""
 
 
 @dataclass(frozen=True)
@@ -126,8 +133,46 @@ def parse_images(raw: object) -> tuple[InputImage, ...]:
             raise JobInputInvalid(f'{where}: image name "{name}" is used twice',
                                   hint="give each image its own name")
         seen.add(name)
-        images.append(InputImage(name, decode_base64_image(item.get("image"), where=where)))
+        images.append(_image(item, name, where))
     return tuple(images)
+
+
+def _image(item: Mapping[str, Any], name: str, where: str) -> InputImage:
+    has_url, has_data = item.get("url") is not None, item.get("image") is not None
+    if has_url and has_data:
+        raise JobInputInvalid(f'{where} ("{name}") has both "image" and "url"',
+                              hint="send the bytes as base64 in \"image\" or a link in "
+                              "\"url\", not both")
+    if has_url:
+        return InputImage(name, url=validate_image_url(item["url"], where=where))
+    return InputImage(name, decode_base64_image(item.get("image"), where=where))
+
+
+def validate_image_url(url: object, *, where: str) -> str:
+    if not isinstance(url, str) or not url.strip():
+        shown = "an empty string" if isinstance(url, str) else json_type_name(url)
+        raise JobInputInvalid(f'{where}: field "url" is {shown}',
+                              hint="give an http:// or https:// URL of the image")
+    parts = urlsplit(url.strip())
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise JobInputInvalid(
+            f'{where}: field "url" {redact_url(url)!r} is not an http(s) URL',
+            hint="only http:// and https:// URLs are fetched; send other images as "
+            "base64 in \"image\"")
+    return url.strip()
+
+
+def redact_url(url: str) -> str:
+    """The URL without its query, fragment and credentials (signed URLs carry secrets
+    there), for messages and logs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def parse_timeout(raw: object, default: float) -> float:
@@ -141,7 +186,15 @@ def parse_timeout(raw: object, default: float) -> float:
 
 
 def parse_job_input(raw: object, *, default_timeout: float) -> JobRequest:
-    """Validate a job's ``input``. Raises :class:`JobInputInvalid`."""
+    """Validate a job's ``input`` (an object, or one as a JSON string). Raises
+    :class:`JobInputInvalid`."""
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError as exc:
+            raise JobInputInvalid(f'job "input" is a string but not valid JSON: {exc}',
+                                  hint='send {"workflow": {...}} as an object, or as a JSON '
+                                  "string of one") from None
     if not isinstance(raw, Mapping):
         raise JobInputInvalid(f'job "input" is {json_type_name(raw)}, expected an object',
                               hint='send {"input": {"workflow": {...}}}')
