@@ -66,7 +66,7 @@ def test_benchmark_defaults_to_the_model_free_workflow_or_reads_the_setting(
 @pytest.mark.parametrize(("content", "message"), [
     (None, "cannot read a JSON job input"),
     ("{oops", "cannot read a JSON job input"),
-    ("[1]", "holds a JSON list, not an object"),
+    ("[1]", "holds a JSON array, not an object"),
 ])
 def test_unusable_benchmark_file_is_a_config_error_naming_the_setting(
         tmp_path: Path, content: str | None, message: str) -> None:

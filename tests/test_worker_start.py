@@ -17,9 +17,11 @@ from support import HFServer, safetensors_bytes
 from comfy_worker.config import Settings, load_settings
 from comfy_worker.errors import (
     ComfyStartError,
+    ConfigError,
     JobInputInvalid,
     ModelHashMismatch,
     SyncError,
+    WarmupFailed,
     WorkerStartFailed,
     WorkerStarting,
 )
@@ -150,3 +152,30 @@ def test_a_job_that_arrives_while_start_up_is_still_running_gets_worker_starting
     assert info.value.status == 503
     assert info.value.reference == "worker-starting"
     assert "not started" in info.value.message
+
+
+def test_a_failing_warm_up_job_fails_start_up_naming_the_setting(tmp_path: Path) -> None:
+    warmup = tmp_path / "warmup.json"
+    warmup.write_text(json.dumps({"input": {"workflow": {
+        "1": {"class_type": "NoSuchNode", "inputs": {}}}}}))
+    with HFServer() as hub:
+        worker = Worker(settings(tmp_path, hub, stand_in_comfyui(tmp_path)).replace(
+            warmup=warmup))
+        with pytest.raises(WarmupFailed) as info:
+            worker.start()
+    assert f"COMFY_WORKER_WARMUP={warmup}" in info.value.message
+    assert "NoSuchNode" in info.value.message
+    assert info.value.details[0]["reference"] == "workflow-invalid"
+    state = worker.readiness()
+    assert state.phase is Phase.FAILED and isinstance(state.error, WarmupFailed)
+    assert worker.comfy is not None and not worker.comfy.alive()
+    worker.stop()
+
+
+def test_an_unreadable_warm_up_file_fails_before_comfyui_boots(tmp_path: Path) -> None:
+    with HFServer() as hub:
+        worker = Worker(settings(tmp_path, hub, stand_in_comfyui(tmp_path)).replace(
+            warmup=tmp_path / "missing.json"))
+        with pytest.raises(ConfigError, match="COMFY_WORKER_WARMUP=.*missing.json"):
+            worker.start()
+    assert not (tmp_path / "ComfyUI" / "main.py.started").exists()

@@ -187,6 +187,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("COMFYUI_EXTRA_ARGS", "comfyui_extra_args", words),
     Setting(P + "WORK_DIR", "work_dir", path),
     Setting("COMFYUI_BOOT_TIMEOUT", "boot_timeout", number(1.0)),
+    Setting(P + "WARMUP", "warmup", path),
     # jobs: job -> validate -> run -> collect
     Setting(P + "JOB_TIMEOUT", "job_timeout", number(0.1)),
     Setting(P + "MAX_OUTPUT_BYTES", "max_output_bytes", integer(1)),
@@ -256,6 +257,9 @@ class Settings:
     """ComfyUI's input/output/temp dirs (default: a temp dir)."""
     boot_timeout: float = 300.0
     """Seconds to wait for ComfyUI to answer /system_stats."""
+    warmup: Path | None = None
+    """A JSON job input run once after start-up, before the worker reports ready (its
+    failure fails start-up)."""
 
     # --- jobs: job → validate → run → collect ---------------------------------------
     job_timeout: float = 600.0

@@ -163,6 +163,13 @@ class WorkerStartFailed(WorkerError):
     status = 503
 
 
+class WarmupFailed(WorkerError):
+    """The warm-up job (COMFY_WORKER_WARMUP) failed, so start-up failed."""
+
+    reference = "warmup-failed"
+    status = 503
+
+
 # --- jobs ------------------------------------------------------------------------------
 
 

@@ -25,6 +25,7 @@ from comfy_worker.comfy.recycle import process_rss, restart_reason
 from comfy_worker.config import Settings
 from comfy_worker.errors import (
     ComfyStartError,
+    WarmupFailed,
     WorkerError,
     WorkerStartFailed,
     WorkerStarting,
@@ -33,7 +34,7 @@ from comfy_worker.errors import (
 from comfy_worker.job import JobRequest, JobResult, JobRunner, NodeProgress, parse_job_input
 from comfy_worker.job.connection import comfy_connections
 from comfy_worker.job.delivery import LazyDelivery
-from comfy_worker.job.inputs import fetch_url_images
+from comfy_worker.job.inputs import fetch_url_images, read_job_file, unwrap_request
 from comfy_worker.job.preflight import locked_names
 from comfy_worker.lockfile import Lockfile, load_lock
 from comfy_worker.readiness import Phase, Readiness
@@ -56,6 +57,7 @@ class Worker:
         self._lock = threading.Lock()
         self._state = Readiness(Phase.STARTING, "not started")
         self._started = threading.Event()
+        self._warmup_input: object = None
         self._generation = 0
         self._jobs_done = 0
         """Jobs run on ComfyUI generation ``_generation`` (for the recycle rules)."""
@@ -84,6 +86,9 @@ class Worker:
         )
 
     def _prepare(self) -> Lockfile:
+        if self.settings.warmup is not None:  # a bad file fails start-up before the boot
+            self._warmup_input = unwrap_request(
+                read_job_file(self.settings.warmup, setting="COMFY_WORKER_WARMUP"))
         lock = self._load_lock()
         roots = model_sync.model_roots(self.settings)
         self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -107,6 +112,7 @@ class Worker:
             lock = self._prepare()
             self._run_concurrently(t0, {"sync": lambda: self._sync(lock),
                                         "boot": self._boot})
+            self._warm_up()
         except BaseException as exc:
             if self.comfy is not None:
                 self.comfy.stop()
@@ -127,6 +133,27 @@ class Worker:
         assert self.comfy is not None and self.runner is not None
         self.comfy.start()
         self.runner.warm_up()
+
+    def _warm_up(self) -> None:
+        """Run COMFY_WORKER_WARMUP's job once, so the first real job finds its models
+        loaded; its failure fails start-up."""
+        if self._warmup_input is None:
+            return
+        self._set(Readiness(Phase.STARTING, "running the warm-up job"))
+        t0 = time.perf_counter()
+        try:
+            request = parse_job_input(self._warmup_input,
+                                      default_timeout=self.settings.job_timeout)
+            result = self._run(request, job_id="warmup", progress=None, cancel=None)
+        except WorkerError as err:
+            raise WarmupFailed(
+                f"the warm-up job (COMFY_WORKER_WARMUP={self.settings.warmup}) failed: "
+                f"{err.message}", hint=err.hint or "fix the warm-up job, or unset "
+                "COMFY_WORKER_WARMUP", details=[err.to_json()]) from err
+        self.timings["warmup_s"] = time.perf_counter() - t0
+        self._jobs_done = 0  # start-up's own job does not count for the recycle rules
+        log.info("warm-up job done in %.1f s (%d image(s), %d video(s))",
+                 self.timings["warmup_s"], len(result.images), len(result.videos))
 
     def _run_concurrently(self, t0: float, steps: Mapping[str, Callable[[], None]]) -> None:
         """Run each step in its own thread; return when all are done, or raise the first
@@ -187,11 +214,16 @@ class Worker:
         """One job. Raises a :class:`WorkerError` for any failure (a bug becomes an
         ``InternalError``, logged with its traceback); the worker stays up."""
         request = parse_job_input(job_input, default_timeout=self.settings.job_timeout)
-        runner = self._wait_started()
+        self._wait_started()
+        return self._run(request, job_id=job_id, progress=progress, cancel=cancel)
+
+    def _run(self, request: JobRequest, *, job_id: str | None, progress: ProgressFn | None,
+             cancel: threading.Event | None) -> JobResult:
+        assert self.runner is not None
         steps: dict[str, float] = {}
         try:
             request = self._before_run(request, steps)
-            result = runner.run(request, job_id=job_id, progress=progress, cancel=cancel)
+            result = self.runner.run(request, job_id=job_id, progress=progress, cancel=cancel)
             return result.with_steps_before(steps)
         except WorkerError:
             raise
@@ -232,7 +264,7 @@ class Worker:
             except WorkerError as exc:  # it stopped or died meanwhile: nothing to do
                 log.debug("no restart: %s", exc.message)
 
-    def _wait_started(self) -> JobRunner:
+    def _wait_started(self) -> None:
         if not self._started.wait(self.settings.boot_timeout):
             raise WorkerStarting(
                 f"worker is still starting after {self.settings.boot_timeout:g} s "
@@ -242,7 +274,6 @@ class Worker:
         if state.phase is Phase.FAILED or self.runner is None:
             raise WorkerStartFailed(f"worker failed to start: {state.reason}",
                                     hint="see the worker's log; fix the cause and restart it")
-        return self.runner
 
     def stop(self) -> None:
         if self.runner is not None:

@@ -34,7 +34,7 @@ from typing import Any
 from comfy_worker.config import Settings
 from comfy_worker.entrypoints.http_api import bind_socket, run_server
 from comfy_worker.entrypoints.job_queue import ApiService
-from comfy_worker.errors import ConfigError
+from comfy_worker.job.inputs import read_job_file
 from comfy_worker.readiness import Phase, Readiness
 
 log = logging.getLogger(__name__)
@@ -94,22 +94,9 @@ def pyworker_command(settings: Settings, *, model_port: int, benchmark: Path) ->
 
 def benchmark_input(settings: Settings) -> dict[str, Any]:
     """The job input the PyWorker benchmarks: COMFY_WORKER_VAST_BENCHMARK or the default."""
-    path = settings.vast_benchmark
-    if path is None:
+    if settings.vast_benchmark is None:
         return DEFAULT_BENCHMARK
-    try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(
-            f"COMFY_WORKER_VAST_BENCHMARK={path}: cannot read a JSON job input ({exc})",
-            hint="point it at a JSON file like {\"workflow\": {...}} that runs on the "
-                 "locked models, or unset it for the built-in EmptyImage workflow",
-        ) from None
-    if not isinstance(payload, dict):
-        raise ConfigError(f"COMFY_WORKER_VAST_BENCHMARK={path} holds a JSON "
-                          f"{type(payload).__name__}, not an object",
-                          hint='use {"workflow": {...}} or {"input": {"workflow": {...}}}')
-    return payload
+    return read_job_file(settings.vast_benchmark, setting="COMFY_WORKER_VAST_BENCHMARK")
 
 
 # --- I/O edges -------------------------------------------------------------------------

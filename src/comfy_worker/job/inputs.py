@@ -1,4 +1,5 @@
-"""Input images given by URL: fetched before the job runs (the I/O edge of the job input).
+"""Job inputs from outside: images given by URL, and job files named by settings (the
+I/O edge of the job input).
 
 http(s) only; a size cap (``COMFY_WORKER_INPUT_URL_MAX_BYTES``) enforced while
 streaming, whatever the server declares; a timeout (``COMFY_WORKER_INPUT_URL_TIMEOUT``)
@@ -8,14 +9,18 @@ per connect and per read. Errors name the image and the URL without its query st
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
-from comfy_worker.errors import InputFetchFailed
+from comfy_worker.errors import ConfigError, InputFetchFailed
 from comfy_worker.job.request import InputImage, redact_url
+from comfy_worker.jsontypes import json_type_name
 
 log = logging.getLogger(__name__)
 
@@ -76,3 +81,23 @@ def _too_large(where: str, size: str, limit: int) -> InputFetchFailed:
     return InputFetchFailed(f"{where}: the image is {size}, over the {limit}-byte limit",
                             hint="send a smaller image, or raise "
                             "COMFY_WORKER_INPUT_URL_MAX_BYTES")
+
+
+def read_job_file(path: Path, *, setting: str) -> dict[str, Any]:
+    """A job input stored as JSON (``{"workflow": ...}`` or ``{"input": {...}}``), named by
+    the setting ``setting`` (COMFY_WORKER_WARMUP, COMFY_WORKER_VAST_BENCHMARK)."""
+    try:
+        payload = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{setting}={path}: cannot read a JSON job input ({exc})",
+                          hint='point it at a JSON file like {"workflow": {...}}') from None
+    if not isinstance(payload, dict):
+        raise ConfigError(f"{setting}={path} holds a JSON {json_type_name(payload)}, not an "
+                          "object", hint='use {"workflow": {...}} or {"input": {"workflow": '
+                          "{...}}}")
+    return payload
+
+
+def unwrap_request(document: dict[str, Any]) -> Any:
+    """The job input of a stored request: ``{"input": X}`` gives X, anything else itself."""
+    return document.get("input", document)
