@@ -176,6 +176,6 @@ def test_an_unreadable_warm_up_file_fails_before_comfyui_boots(tmp_path: Path) -
     with HFServer() as hub:
         worker = Worker(settings(tmp_path, hub, stand_in_comfyui(tmp_path)).replace(
             warmup=tmp_path / "missing.json"))
-        with pytest.raises(ConfigError, match="COMFY_WORKER_WARMUP=.*missing.json"):
+        with pytest.raises(ConfigError, match=r"COMFY_WORKER_WARMUP=.*missing\.json"):
             worker.start()
     assert not (tmp_path / "ComfyUI" / "main.py.started").exists()
