@@ -28,6 +28,7 @@ from comfy_worker.errors import (
 )
 from comfy_worker.job import JobRequest, JobResult
 from comfy_worker.job.delivery import InlineDelivery
+from comfy_worker.job.preflight import Available
 from comfy_worker.job.request import InputImage
 from comfy_worker.job.runner import JobRunner
 from comfy_worker.job.tracker import NodeProgress, PromptTracker, State
@@ -185,10 +186,10 @@ def dirs(tmp_path: Path) -> dict[str, Path]:
 
 
 def runner_for(*conns: ScriptedConnection, clock: Clock, max_bytes: int = 10_000,
-               available: frozenset[str] = frozenset()) -> JobRunner:
+               available: tuple[str, ...] = ()) -> JobRunner:
     queue = list(conns)
     return JobRunner(lambda: queue.pop(0), InlineDelivery(max_bytes),
-                     available_models=available, clock=clock, abort_grace=5.0)
+                     available_models=Available.of(available), clock=clock, abort_grace=5.0)
 
 
 def finished_script() -> list[Step]:
@@ -395,7 +396,7 @@ def test_preflight_refuses_a_missing_model_before_anything_is_queued(
     assert "object_info Loader" in conn.calls  # the cached list was refreshed first
     ok = {**WORKFLOW, "4": {"class_type": "Loader", "inputs": {"name": "locked.safetensors"}}}
     conn2 = ScriptedConnection(clock, finished_script(), dirs)
-    runner_for(conn2, clock=clock, available=frozenset({"locked.safetensors"})).run(
+    runner_for(conn2, clock=clock, available=("checkpoints/locked.safetensors",)).run(
         JobRequest(ok, timeout=60))
 
 

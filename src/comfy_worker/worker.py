@@ -20,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from comfy_worker import sync as model_sync
+from comfy_worker.comfy.folder_markers import write_markers
 from comfy_worker.comfy.process import ComfyProcess, LaunchConfig, State, gpu_present
 from comfy_worker.comfy.recycle import process_rss, restart_reason
 from comfy_worker.config import Settings
@@ -35,8 +36,8 @@ from comfy_worker.job import JobRequest, JobResult, JobRunner, NodeProgress, par
 from comfy_worker.job.connection import comfy_connections
 from comfy_worker.job.delivery import LazyDelivery
 from comfy_worker.job.inputs import fetch_url_images, read_job_file, unwrap_request
-from comfy_worker.job.preflight import locked_names
-from comfy_worker.lockfile import Lockfile, load_lock
+from comfy_worker.job.preflight import Available
+from comfy_worker.lockfile import KNOWN_FOLDERS, Lockfile, load_lock
 from comfy_worker.readiness import Phase, Readiness
 
 log = logging.getLogger(__name__)
@@ -90,15 +91,17 @@ class Worker:
             self._warmup_input = unwrap_request(
                 read_job_file(self.settings.warmup, setting="COMFY_WORKER_WARMUP"))
         lock = self._load_lock()
-        roots = model_sync.model_roots(self.settings)
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        folders = lock.folders | KNOWN_FOLDERS
+        markers = write_markers(self.work_dir / "folder-markers", folders)
+        roots = [*model_sync.model_roots(self.settings), markers]
         yaml_path = model_sync.write_extra_model_paths(
-            roots, lock.folders, self.work_dir / "extra_model_paths.yaml")
+            roots, folders, self.work_dir / "extra_model_paths.yaml")
         self.comfy = ComfyProcess(self._launch_config(Path(yaml_path)))
         connect = comfy_connections(self.comfy, uuid.uuid4().hex,
                                     ready_timeout=self.settings.boot_timeout)
         self.runner = JobRunner(connect, LazyDelivery(self.settings),
-                                available_models=locked_names(m.path for m in lock.models))
+                                available_models=Available.of(m.path for m in lock.models))
         return lock
 
     def start(self) -> None:

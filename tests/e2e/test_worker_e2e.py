@@ -18,6 +18,7 @@ from comfy_worker.comfy.client import ComfyClient
 from comfy_worker.comfy.process import State
 from comfy_worker.errors import WorkerError
 from comfy_worker.job.delivery import InlineDelivery, delivery_for
+from comfy_worker.job.preflight import combo_options
 from comfy_worker.worker import Worker
 from e2e.helpers import (
     b64,
@@ -180,6 +181,20 @@ def test_preflight_lists_every_missing_model_and_node_before_queueing(worker: Wo
     assert "NodeFromAMissingPack" in result["error"]
     kinds = sorted((d["node_id"], d["type"]) for d in result["details"])
     assert kinds == [("2", "missing_model"), ("5", "missing_model"), ("6", "missing_node")]
+
+
+def test_a_loader_value_without_a_model_extension_is_a_missing_model_before_queueing(
+        worker: Worker) -> None:
+    # ComfyUI itself would accept "__list__" at submit and fail at run time (a 500).
+    wf = upscale_workflow("__list__", 8, 8)
+    result = run(worker, {"workflow": wf})
+    assert result["reference"] == "workflow-invalid", result
+    (detail,) = result["details"]
+    assert detail["node_id"] == "2" and detail["value"] == "__list__"
+    assert "in upscale_models" in detail["message"]
+    info = ComfyClient(worker.comfy.base_url).object_info("UpscaleModelLoader")
+    options = combo_options(info["UpscaleModelLoader"]["input"]["required"]["model_name"])
+    assert options is not None and "comfy-worker-folder--upscale_models.safetensors" in options
 
 
 def test_invalid_input_is_rejected_without_touching_comfyui(worker: Worker) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from comfy_worker.comfy.folder_markers import loader_folders, without_markers
 from comfy_worker.errors import WorkflowInvalid
 
 MODEL_EXTENSIONS = (".safetensors", ".sft", ".ckpt", ".pt", ".pt2", ".pth", ".bin", ".gguf",
@@ -59,9 +60,32 @@ def looks_like_model_file(value: object) -> bool:
     return isinstance(value, str) and value.lower().endswith(MODEL_EXTENSIONS)
 
 
-def locked_names(paths: Iterable[str]) -> frozenset[str]:
-    """Lock paths (``folder/sub/x.safetensors``) → names a loader uses (``sub/x.safetensors``)."""
-    return frozenset(p.split("/", 1)[1] for p in paths if "/" in p)
+@dataclass(frozen=True)
+class Available:
+    """Models a job may use that ComfyUI may not list yet (locked, or brought by the job),
+    by models folder."""
+
+    by_folder: Mapping[str, frozenset[str]]
+
+    @classmethod
+    def of(cls, paths: Iterable[str]) -> Available:
+        """From model paths (``folder/sub/x.safetensors``)."""
+        by_folder: dict[str, set[str]] = {}
+        for p in paths:
+            if "/" in p:
+                folder, name = p.split("/", 1)
+                by_folder.setdefault(folder, set()).add(name)
+        return cls({f: frozenset(n) for f, n in by_folder.items()})
+
+    def has(self, name: str, folders: frozenset[str]) -> bool:
+        """``name`` is available in one of ``folders`` (any folder when none is known)."""
+        pool = folders or self.by_folder.keys()
+        return any(name in self.by_folder.get(f, ()) for f in pool)
+
+    def __or__(self, other: Available) -> Available:
+        folders = set(self.by_folder) | set(other.by_folder)
+        return Available({f: self.by_folder.get(f, frozenset())
+                          | other.by_folder.get(f, frozenset()) for f in folders})
 
 
 def node_input_specs(info: Mapping[str, Any]) -> dict[str, Any]:
@@ -75,28 +99,32 @@ def node_input_specs(info: Mapping[str, Any]) -> dict[str, Any]:
     return spec
 
 
-def _model_problem(node_id: str, class_type: str, input_name: str, value: str,
-                   options: list[str], available: frozenset[str]) -> Problem | None:
-    normalised = value.replace("\\", "/")
-    if value in options or normalised in options or normalised in available:
+def model_problem(node_id: str, class_type: str, input_name: str, value: object,
+                  options: list[str], available: Available) -> Problem | None:
+    """A problem when ``value`` of a COMBO input names a model that is neither present
+    (in ComfyUI's options) nor available. A loader input is one whose options carry
+    folder markers (then any value counts, even one without a model extension); without
+    markers, a value that looks like a model file."""
+    folders = loader_folders(options)
+    if not folders and not looks_like_model_file(value):
         return None
+    name = str(value).replace("\\", "/")
+    present = without_markers(options)
+    if value in present or name in present or available.has(name, folders):
+        return None
+    where = f" in {', '.join(sorted(folders))}" if folders else ""
     return Problem(node_id, class_type, "missing_model",
-                   f'model "{value}" (input "{input_name}") is not in the lock and not present',
-                   input_name=input_name, value=value)
+                   f'model "{value}" (input "{input_name}") is not in the lock and not '
+                   f"present{where}", input_name=input_name, value=str(value))
 
 
 def find_preflight_problems(
     workflow: Mapping[str, Any],
     object_info: Mapping[str, Any],
-    available_models: frozenset[str],
+    available_models: Available,
 ) -> list[Problem]:
-    """Every unknown ``class_type`` and every model file a loader names that is neither
-    locked nor present, all at once.
-
-    A model input is a COMBO input (per ``/object_info``) whose value is a model file name
-    (``.safetensors``, ``.ckpt``, ...). It is fine when ComfyUI lists it (present on disk)
-    or when ``available_models`` (locked names, see :func:`locked_names`) has it.
-    """
+    """Every unknown ``class_type`` and every model a loader names that is neither locked
+    nor present, all at once (see :func:`model_problem`)."""
     problems: list[Problem] = []
     for node_id, node in workflow.items():
         class_type = str(node.get("class_type"))
@@ -109,10 +137,10 @@ def find_preflight_problems(
         specs = node_input_specs(info)
         for input_name, value in (node.get("inputs") or {}).items():
             options = combo_options(specs.get(input_name))
-            if options is None or not looks_like_model_file(value):
+            if options is None or isinstance(value, list):  # not a COMBO, or a link
                 continue
-            problem = _model_problem(str(node_id), class_type, input_name, value, options,
-                                     available_models)
+            problem = model_problem(str(node_id), class_type, input_name, value, options,
+                                    available_models)
             if problem is not None:
                 problems.append(problem)
     return problems

@@ -25,6 +25,7 @@ from comfy_worker.job.connection import Connection, ConnectionFactory
 from comfy_worker.job.delivery import Delivery
 from comfy_worker.job.outputs import JobResult, OutputFile, collect_output_files
 from comfy_worker.job.preflight import (
+    Available,
     find_preflight_problems,
     mark_output_nodes,
     preflight_error,
@@ -76,12 +77,13 @@ class JobRunner:
     """Runs jobs on ComfyUI, one at a time, over connections from ``connect``."""
 
     def __init__(self, connect: ConnectionFactory, delivery: Delivery, *,
-                 available_models: frozenset[str] = frozenset(), clock: Clock = time.monotonic,
+                 available_models: Available | None = None, clock: Clock = time.monotonic,
                  abort_grace: float = ABORT_GRACE_S) -> None:
         self.connect = connect
         self.delivery = delivery
         """Where outputs go (inline or S3); replaceable."""
-        self.available_models = available_models
+        self.available_models = available_models or Available({})
+        """Models a workflow may name that ComfyUI may not list yet (the locked ones)."""
         self._clock = clock
         self._abort_grace = abort_grace
         self._conn: Connection | None = None
