@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
@@ -56,11 +56,27 @@ _REPO_TYPES = ("model", "dataset", "space")
 
 @dataclass(frozen=True)
 class HfSource:
+    """A file in a Hugging Face repo at ``revision``.
+
+    In a lock the revision is always a 40-hex commit (:attr:`pinned`; validation and
+    :class:`LockEntry` insist). Before that, ``lock add`` holds a reference at a branch
+    or tag, asks the Hub for its commit and pins it with :meth:`at`.
+    """
+
     repo: str
     revision: str
     file: str
     repo_type: str = "model"
     type: str = field(default="huggingface", init=False)
+
+    @property
+    def pinned(self) -> bool:
+        """The revision is a commit, so the bytes can never change."""
+        return bool(_COMMIT.match(self.revision))
+
+    def at(self, commit: str) -> HfSource:
+        """This file at ``commit``."""
+        return replace(self, revision=commit)
 
     def describe(self) -> str:
         return f"hf://{self.repo}@{self.revision[:12]}/{self.file}"
@@ -96,6 +112,12 @@ class LockEntry:
     sha256: str
     """Lower-case hex."""
     size: int
+
+    def __post_init__(self) -> None:
+        if isinstance(self.source, HfSource) and not self.source.pinned:
+            raise LockfileError(
+                f'"{self.path}": {self.source.describe()} is not pinned to a commit',
+                hint="`comfy-worker lock add` resolves a branch or tag to its commit")
 
     @property
     def folder(self) -> str:

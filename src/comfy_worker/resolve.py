@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import requests
@@ -27,16 +26,12 @@ _HF = re.compile(r"^hf://(?:(?P<type>datasets|spaces)/)?(?P<repo>[^/@]+/[^/@]+)"
                  r"(?:@(?P<rev>[^/]+))?/(?P<file>.+)$")
 
 
-@dataclass(frozen=True)
-class ParsedHf:
-    repo: str
-    revision: str
-    file: str
-    repo_type: str = "model"
+def parse_source(text: str) -> HfSource | UrlSource:
+    """``hf://owner/repo[@revision]/path`` or an http(s) URL (pure).
 
-
-def parse_source(text: str) -> ParsedHf | UrlSource:
-    """``hf://owner/repo[@revision]/path`` or an http(s) URL (pure)."""
+    The Hugging Face form may name a branch or tag (default ``main``): an unpinned
+    :class:`HfSource` that :func:`resolve` pins.
+    """
     text = text.strip()
     if text.startswith("hf://"):
         m = _HF.match(text)
@@ -45,7 +40,7 @@ def parse_source(text: str) -> ParsedHf | UrlSource:
                 f"source {text!r} is not hf://owner/repo[@revision]/path/in/repo",
                 hint="e.g. hf://stabilityai/sdxl-vae@main/sdxl_vae.safetensors")
         kind = {"datasets": "dataset", "spaces": "space"}.get(m.group("type") or "", "model")
-        return ParsedHf(repo=m.group("repo"), revision=m.group("rev") or "main",
+        return HfSource(repo=m.group("repo"), revision=m.group("rev") or "main",
                         file=m.group("file"), repo_type=kind)
     parts = urlsplit(text)
     if parts.scheme in ("https", "http") and parts.netloc:
@@ -82,27 +77,22 @@ def resolve(text: str, path: str, settings: Settings) -> LockEntry:
     """Resolve ``text`` into a :class:`LockEntry` for ``path`` (network I/O)."""
     parsed = parse_source(text)
     try:
-        if isinstance(parsed, ParsedHf):
-            probe = HfSource(repo=parsed.repo, revision=parsed.revision, file=parsed.file,
-                             repo_type=parsed.repo_type)
-            remote = fetch.hf_metadata(parsed.repo, parsed.file, parsed.revision,
-                                       parsed.repo_type, settings, path=path, source=probe)
+        if isinstance(parsed, HfSource):
+            remote = fetch.hf_metadata(parsed, settings, path=path)
             commit = remote.commit or ""
             if not re.fullmatch(r"[0-9a-f]{40}", commit):
                 raise SourceError(
                     f"{text}: the Hub answered no commit for revision {parsed.revision!r} "
                     f"(X-Repo-Commit: {remote.commit!r})",
                     hint=f"check HF_ENDPOINT ({settings.hf_endpoint}) or pin a commit")
-            source: Source = HfSource(repo=parsed.repo, revision=commit, file=parsed.file,
-                                      repo_type=parsed.repo_type)
+            source = parsed.at(commit)
             if remote.sha256 is not None and remote.size is not None:
                 log.info("%s: LFS metadata: sha256 %s, %d bytes", text, remote.sha256,
                          remote.size)
                 return LockEntry(path=path, source=source, sha256=remote.sha256,
                                  size=remote.size)
             log.info("%s: no LFS sha256 in the metadata: downloading once to hash it", text)
-            pinned = fetch.hf_metadata(parsed.repo, parsed.file, commit, parsed.repo_type,
-                                       settings, path=path, source=source)
+            pinned = remote if parsed.pinned else fetch.hf_metadata(source, settings, path=path)
             sha, size = _hash_download(pinned, path=path, source=source, settings=settings)
             return LockEntry(path=path, source=source, sha256=sha, size=size)
         remote = fetch.url_metadata(parsed.url, settings, path=path, source=parsed)

@@ -148,14 +148,18 @@ def hub_headers(settings: Settings) -> dict[str, str]:
     return dict(build_hf_headers(token=token, library_name="comfy-worker"))
 
 
-def hf_metadata(repo: str, file: str, revision: str, repo_type: str, settings: Settings,
-                *, path: str, source: Source) -> Remote:
-    """HEAD the file on the Hub (following its redirects to the CDN location)."""
+def hf_metadata(source: HfSource, settings: Settings, *, path: str) -> Remote:
+    """HEAD the file on the Hub (following its redirects to the CDN location).
+
+    ``source`` may be unpinned (a branch, for ``lock add``); ``Remote.commit`` then
+    names the commit the branch points at.
+    """
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
     from huggingface_hub.errors import HfHubHTTPError
 
-    url = hf_hub_url(repo, file, repo_type=None if repo_type == "model" else repo_type,
-                     revision=revision, endpoint=settings.hf_endpoint)
+    url = hf_hub_url(source.repo, source.file,
+                     repo_type=None if source.repo_type == "model" else source.repo_type,
+                     revision=source.revision, endpoint=settings.hf_endpoint)
     token = settings.hf_token.reveal() if settings.hf_token else False
     try:
         meta = get_hf_file_metadata(url, token=token, endpoint=settings.hf_endpoint,
@@ -197,8 +201,7 @@ def url_metadata(url: str, settings: Settings, *, path: str, source: Source) -> 
 
 def locate(source: Source, settings: Settings, *, path: str) -> Remote:
     if isinstance(source, HfSource):
-        return hf_metadata(source.repo, source.file, source.revision, source.repo_type,
-                           settings, path=path, source=source)
+        return hf_metadata(source, settings, path=path)
     return url_metadata(source.url, settings, path=path, source=source)
 
 
