@@ -17,6 +17,7 @@ from support import (
 )
 
 from comfy_worker.config import Settings, load_settings
+from comfy_worker.errors import DownloadFailed
 from comfy_worker.lockfile import load_lock
 from comfy_worker.sync import model_roots, sync_models, write_extra_model_paths
 from comfy_worker.sync import verify as sync_verify
@@ -235,3 +236,22 @@ def test_files_download_at_once_each_in_several_byte_ranges(tmp_path: Path) -> N
         # and the files themselves overlapped in time
         (a0, a1), (b0, b1), (c0, c1) = spans.values()
         assert max(a0, b0, c0) < min(a1, b1, c1)
+
+
+def test_a_mismatching_file_loses_its_record_before_it_is_replaced(
+        hf_server: HFServer, tmp_path: Path) -> None:
+    files = serve_loras(hf_server, 1)
+    served = files["loras/l0.safetensors"]
+    s = settings_for(hf_server, tmp_path)
+    write_lock_file(s.lock_path, files)
+    sync_models(s, progress=False)
+    target = tmp_path / "models" / "loras" / "l0.safetensors"
+    record = target.with_name(".l0.safetensors.verified")
+    stale = record.read_text()
+    target.write_bytes(b"\0" * served.size)  # same size, other bytes, new mtime
+    served.faults.status_always = 503  # the replacement cannot be fetched
+
+    with pytest.raises(DownloadFailed):
+        sync_models(s.replace(retries=0), progress=False)
+
+    assert not record.exists(), f"stale record survived: {stale}"

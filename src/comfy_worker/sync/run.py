@@ -28,7 +28,7 @@ from comfy_worker.errors import (
     SyncError,
 )
 from comfy_worker.lockfile import LockEntry, Lockfile, load_lock
-from comfy_worker.sync import fetch, verify
+from comfy_worker.sync import check, fetch, verify
 from comfy_worker.sync.paths import (
     STATE_DIR,
     extra_model_paths_location,
@@ -37,9 +37,9 @@ from comfy_worker.sync.paths import (
     write_extra_model_paths,
 )
 from comfy_worker.sync.place import BackgroundFsync, can_write, file_lock, publish
-from comfy_worker.sync.plan import Check, action_for, backoff_seconds, check_for, download_root
+from comfy_worker.sync.plan import action_for, backoff_seconds, download_root
 from comfy_worker.sync.progress import Progress
-from comfy_worker.sync.record import Record, read_record, remove_record, write_record
+from comfy_worker.sync.record import Record, write_record
 
 log = logging.getLogger(__name__)
 
@@ -101,51 +101,16 @@ class FileSync:
 
     # --- existing files ---------------------------------------------------------------
 
-    def _stat(self, target: Path) -> os.stat_result | None:
-        try:
-            st = os.stat(target)
-        except FileNotFoundError:
-            return None
-        except NotADirectoryError:
-            return None
-        return st if os.path.isfile(target) else None
-
     def trusted(self, entry: LockEntry, target: Path) -> bool:
         """A record vouches for the file: no byte is read."""
-        st = self._stat(target)
-        rec = read_record(target, self.state_dir) if st is not None else None
-        return check_for(st, rec, sha256=entry.sha256, size=entry.size, path=entry.path,
-                         fast=False) is Check.TRUSTED
+        return check.trusted(target, entry, state_dir=self.state_dir)
 
     def verify_existing(self, entry: LockEntry, target: Path) -> bool:
-        st = self._stat(target)
-        rec = read_record(target, self.state_dir) if st is not None else None
-        check = check_for(st, rec, sha256=entry.sha256, size=entry.size, path=entry.path,
-                          fast=self.settings.fast_verify)
-        if check is Check.MISSING:
-            return False
-        if check is Check.TRUSTED:
-            return True
-        if check is Check.WRONG_SIZE:
-            assert st is not None
-            log.warning("%s: %d bytes, the lock says %d: not the locked file", target,
-                        st.st_size, entry.size)
-            return False
-        if check is Check.HEADER:
-            ok, reason = verify.safetensors_header_ok(target, entry.size)
-            if ok:
-                log.debug("%s: trusted by %s (fast verify)", target, reason)
-                return True
-            log.warning("%s: fast check failed (%s): hashing it", target, reason)
-        sha = verify.sha256_file(target)
-        if sha == entry.sha256:
-            assert st is not None
-            write_record(target, Record.of(os.stat(target), sha), self.state_dir)
-            return True
-        log.warning("%s: sha256 %s, the lock says %s: not the locked file", target, sha,
-                    entry.sha256)
-        remove_record(target)
-        return False
+        verdict = check.verify_file(target, entry, fast=self.settings.fast_verify,
+                                    state_dir=self.state_dir)
+        if verdict.present and not verdict.ok:
+            log.warning("%s: %s: not the locked file", target, verdict.detail)
+        return verdict.ok
 
     # --- one file ---------------------------------------------------------------------
 
@@ -168,7 +133,7 @@ class FileSync:
             shadowing: list[Path] = []  # wrong files ComfyUI might still find first
             for root in self.roots:  # present but not vouched for: verify (once, locked)
                 target = root / entry.path
-                if self._stat(target) is None:
+                if not os.path.isfile(target):
                     continue
                 if can_write(target.parent):
                     with file_lock(target, on_wait=f"waiting for another sync of {target}"):
@@ -186,7 +151,7 @@ class FileSync:
             target.parent.mkdir(parents=True, exist_ok=True)
             with file_lock(target, on_wait=f"{target}: another sync is downloading it; "
                            "waiting to reuse it"):
-                if self._stat(target) is not None and self.verify_existing(entry, target):
+                if self.verify_existing(entry, target):
                     return done(self.dest_root)  # another worker fetched it meanwhile
                 remove_stale_temps(target)
                 self.download(entry, target)
