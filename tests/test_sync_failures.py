@@ -26,7 +26,7 @@ from support import (
 )
 
 from comfy_worker.config import load_settings
-from comfy_worker.errors import DiskFull
+from comfy_worker.errors import DiskFull, DownloadFailed
 from comfy_worker.sync import sync_models
 
 TOKEN = "hf_testSECRETtoken1234567890"
@@ -321,3 +321,44 @@ def test_stalled_connection_is_restarted_after_the_stall_timeout(hf_server: HFSe
     assert "no data for 2 s" in r.stderr
     assert hashlib.sha256(final.read_bytes()).hexdigest() == served.sha256
     assert_nothing_partial(tmp_path, final.with_name("none"))
+
+
+# --- only network failures are retried ------------------------------------------------
+
+
+def test_refused_connection_is_retried_then_reported_as_download_failed(
+        tmp_path: Path) -> None:
+    with HFServer() as hub:
+        _served, final = one_file(hub, tmp_path)
+        endpoint = hub.endpoint
+    # the server is gone: every request is refused
+    settings = load_settings(env={"HF_ENDPOINT": endpoint},
+                             lock_path=tmp_path / "models.lock.json",
+                             models_dir=tmp_path / "models", retries=1)
+
+    with pytest.raises(DownloadFailed) as err:
+        sync_models(settings, progress=False)
+
+    assert "2 attempts" in str(err.value) and "ConnectError" in str(err.value)
+    assert_nothing_partial(tmp_path, final)
+
+
+def test_a_bug_is_not_retried_as_a_download_failure(hf_server: HFServer, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    _served, final = one_file(hf_server, tmp_path)
+    calls = []
+
+    def broken(*args: object, **kwargs: object) -> None:
+        calls.append(args)
+        raise KeyError("a bug in the metadata code")
+
+    monkeypatch.setattr("huggingface_hub.get_hf_file_metadata", broken)
+    settings = load_settings(env={"HF_ENDPOINT": hf_server.endpoint},
+                             lock_path=tmp_path / "models.lock.json",
+                             models_dir=tmp_path / "models", retries=3)
+
+    with pytest.raises(KeyError, match="a bug in the metadata code"):
+        sync_models(settings, progress=False)
+
+    assert len(calls) == 1, "a bug must surface at once, not after retries"
+    assert_nothing_partial(tmp_path, final)

@@ -8,16 +8,13 @@ stored without LFS, or an ``https://`` URL, is downloaded once (streamed) to has
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 from urllib.parse import urlsplit
 
-import requests
-
 from comfy_worker.config import Settings
 from comfy_worker.errors import SourceError
-from comfy_worker.lockfile import HfSource, LockEntry, Source, UrlSource
+from comfy_worker.lockfile import HfSource, LockEntry, UrlSource
 from comfy_worker.sync import fetch
 
 log = logging.getLogger(__name__)
@@ -49,30 +46,6 @@ def parse_source(text: str) -> HfSource | UrlSource:
                       hint="pass hf://owner/repo[@revision]/path/in/repo or https://host/file")
 
 
-def _hash_download(remote: fetch.Remote, *, path: str, source: Source,
-                   settings: Settings) -> tuple[str, int]:
-    """Stream the file once and hash it (nothing is written to disk)."""
-    h = hashlib.sha256()
-    size = 0
-    try:
-        with requests.get(remote.url, headers=remote.headers, stream=True,
-                          timeout=(10, 60)) as r:
-            if r.status_code >= 400:
-                err = fetch.http_error(r.status_code, path=path, source=source,
-                                       settings=settings)
-                raise (SourceError(str(err)) if isinstance(err, fetch.Transient) else err)
-            for block in r.iter_content(chunk_size=1024 * 1024):
-                h.update(block)
-                size += len(block)
-    except requests.RequestException as exc:
-        raise SourceError(f"{source.describe()}: download failed: {exc}",
-                          hint="check the URL and your connection, then retry") from None
-    if remote.size is not None and size != remote.size:
-        raise SourceError(f"{source.describe()}: got {size} of {remote.size} bytes",
-                          hint="the connection was cut; retry")
-    return h.hexdigest(), size
-
-
 def resolve(text: str, path: str, settings: Settings) -> LockEntry:
     """Resolve ``text`` into a :class:`LockEntry` for ``path`` (network I/O)."""
     parsed = parse_source(text)
@@ -93,11 +66,13 @@ def resolve(text: str, path: str, settings: Settings) -> LockEntry:
                                  size=remote.size)
             log.info("%s: no LFS sha256 in the metadata: downloading once to hash it", text)
             pinned = remote if parsed.pinned else fetch.hf_metadata(source, settings, path=path)
-            sha, size = _hash_download(pinned, path=path, source=source, settings=settings)
-            return LockEntry(path=path, source=source, sha256=sha, size=size)
+            streamed = fetch.stream(pinned, settings, path=path, source=source)
+            return LockEntry(path=path, source=source, sha256=streamed.sha256,
+                             size=streamed.size)
         remote = fetch.url_metadata(parsed.url, settings, path=path, source=parsed)
         log.info("%s: downloading once to hash it", parsed.url)
-        sha, size = _hash_download(remote, path=path, source=parsed, settings=settings)
-        return LockEntry(path=path, source=parsed, sha256=sha, size=size)
+        streamed = fetch.stream(remote, settings, path=path, source=parsed)
+        return LockEntry(path=path, source=parsed, sha256=streamed.sha256,
+                         size=streamed.size)
     except fetch.Transient as exc:
         raise SourceError(f"{text}: {exc}", hint="the source is failing; retry later") from None

@@ -14,7 +14,10 @@ cut connections, timeouts) become :class:`Transient` so the caller can retry.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
+import http.client
+import importlib
 import json
 import logging
 import os
@@ -138,6 +141,46 @@ def http_error(status: int, *, path: str, source: Source, settings: Settings,
                      hint="check the source in the lock")
 
 
+def _hub_transient_types() -> tuple[type[BaseException], ...]:
+    """Network failures of huggingface_hub's HTTP client (httpx2 in huggingface_hub 2,
+    httpx in 1) that are worth retrying: timeouts, connection errors, a server that
+    closed the connection, a failing proxy."""
+    found: list[type[BaseException]] = []
+    for name in ("httpx2", "httpx"):
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        found += [mod.TimeoutException, mod.NetworkError, mod.RemoteProtocolError,
+                  mod.ProxyError]
+    return tuple(found)
+
+
+def is_transient_network_error(exc: BaseException) -> bool:
+    """A connection error, timeout or cut stream from requests/urllib3/the socket layer:
+    worth retrying. TLS failures (certificates) and malformed requests are not."""
+    import requests
+    import urllib3
+
+    if isinstance(exc, requests.exceptions.SSLError | urllib3.exceptions.SSLError):
+        return False
+    return isinstance(exc, requests.ConnectionError | requests.Timeout
+                      | requests.exceptions.ChunkedEncodingError
+                      | urllib3.exceptions.ProtocolError | urllib3.exceptions.TimeoutError
+                      | http.client.IncompleteRead | ConnectionError | TimeoutError)
+
+
+def network_error(exc: BaseException, *, path: str, source: Source) -> Transient | SyncError:
+    """The error for a failed request: Transient when retrying can help, else a
+    SyncError naming the file (an invalid URL, too many redirects, a TLS failure)."""
+    what = f"{source.describe()}: {type(exc).__name__}: {exc}"
+    if is_transient_network_error(exc):
+        return Transient(what)
+    return SyncError(f'"{path}": {what}',
+                     hint="check the source in the lock, the network's proxy and TLS "
+                     "settings (REQUESTS_CA_BUNDLE), and the system clock")
+
+
 # --- locating ---------------------------------------------------------------------
 
 
@@ -168,7 +211,7 @@ def hf_metadata(source: HfSource, settings: Settings, *, path: str) -> Remote:
         status = exc.response.status_code if exc.response is not None else 0
         err = http_error(status, path=path, source=source, settings=settings)
         raise err from None
-    except Exception as exc:  # httpx connection errors, timeouts
+    except _hub_transient_types() as exc:
         raise Transient(f"{source.describe()}: {type(exc).__name__}: {exc}") from None
     location = meta.location or url
     etag = meta.etag or ""
@@ -186,7 +229,7 @@ def url_metadata(url: str, settings: Settings, *, path: str, source: Source) -> 
     try:
         r = requests.head(url, headers=headers, allow_redirects=True, timeout=_TIMEOUT)
     except requests.RequestException as exc:
-        raise Transient(f"{url}: {type(exc).__name__}: {exc}") from None
+        raise network_error(exc, path=path, source=source) from None
     if r.status_code in (405, 501):  # no HEAD here: a plain streamed GET will do
         return Remote(url=url, headers=headers, size=None, ranges=False)
     if r.status_code >= 400:
@@ -387,43 +430,70 @@ def _hf_transfer(remote: Remote, dest: Path, settings: Settings, *, path: str,
         raise Cancelled()
     if done and rc == 0:
         return
-    if not message:
-        tail = stderr.strip().splitlines()
-        message = tail[-1] if tail else f"download process exited with {rc}"
+    if not message:  # the child died without hf_transfer's error: a bug, not the network
+        raise RuntimeError(f"the hf_transfer process for {path} exited with {rc}:\n"
+                           f"{stderr.strip()[-2000:]}")
     log.debug("hf_transfer failed for %s: %s", path, message)
     if is_disk_full(message):
         raise disk_full_error(dest.parent, remote.size, path=path)
     status = status_from_message(message)
     if status is not None:
         raise http_error(status, path=path, source=source, settings=settings)
-    raise Transient(f"{source.describe()}: {message}")
+    if re.search(r"\(os error \d+\)", message):  # a local I/O error, e.g. permissions
+        raise SyncError(f'"{path}": writing {dest}: {message}',
+                        hint="check that the models dir / volume is writable")
+    raise Transient(f"{source.describe()}: {message}")  # hf_transfer's request errors
 
 
 def _stream(remote: Remote, dest: Path, settings: Settings, *, path: str, source: Source,
             on_bytes: Callable[[int], None], children: Children) -> str:
-    """One streamed GET, hashed on the way (for servers without range support)."""
+    """One streamed GET into ``dest``, hashed on the way (servers without ranges)."""
+    try:
+        with open(dest, "wb") as fh:
+            streamed = stream(remote, settings, path=path, source=source, sink=fh.write,
+                              on_bytes=on_bytes, cancelled=children.cancelled)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise disk_full_error(dest.parent, remote.size or 0, path=path) from None
+        raise
+    return streamed.sha256
+
+
+@dataclass(frozen=True)
+class Streamed:
+    sha256: str
+    size: int
+
+
+def stream(remote: Remote, settings: Settings, *, path: str, source: Source,
+           sink: Callable[[bytes], object] | None = None,
+           on_bytes: Callable[[int], None] | None = None,
+           cancelled: threading.Event | None = None) -> Streamed:
+    """GET ``remote`` in one stream, sha256 on the way; each block also goes to ``sink``.
+
+    Raises the mapped HTTP error, :class:`Transient` for a cut, stalled or refused
+    connection or a short body, :class:`Cancelled` when ``cancelled`` is set.
+    """
     import requests
+
     h = hashlib.sha256()
     got = 0
     try:
-        with requests.get(remote.url, headers=remote.headers, stream=True,
-                          timeout=(_TIMEOUT[0], settings.stall_timeout)) as r:
+        with requests.get(remote.url, headers={**remote.headers, "Accept-Encoding": "identity"},
+                          stream=True, timeout=(_TIMEOUT[0], settings.stall_timeout)) as r:
             if r.status_code >= 400:
                 raise http_error(r.status_code, path=path, source=source, settings=settings)
-            with open(dest, "wb") as fh:
-                for block in r.iter_content(chunk_size=MIB):
-                    if children.cancelled.is_set():
-                        raise Cancelled()
-                    fh.write(block)
-                    h.update(block)
-                    got += len(block)
+            for block in r.iter_content(chunk_size=MIB):
+                if cancelled is not None and cancelled.is_set():
+                    raise Cancelled()
+                if sink is not None:
+                    sink(block)
+                h.update(block)
+                got += len(block)
+                if on_bytes is not None:
                     on_bytes(len(block))
     except requests.RequestException as exc:
-        raise Transient(f"{source.describe()}: {type(exc).__name__}: {exc}") from None
-    except OSError as exc:
-        if exc.errno == 28:
-            raise disk_full_error(dest.parent, remote.size or got, path=path) from None
-        raise
+        raise network_error(exc, path=path, source=source) from None
     if remote.size is not None and got != remote.size:
         raise Transient(f"{source.describe()}: got {got} of {remote.size} bytes")
-    return h.hexdigest()
+    return Streamed(h.hexdigest(), got)
