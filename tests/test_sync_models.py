@@ -18,8 +18,8 @@ from support import (
 
 from comfy_worker.config import Settings, load_settings
 from comfy_worker.errors import DownloadFailed
-from comfy_worker.lockfile import load_lock
-from comfy_worker.sync import model_roots, sync_models, write_extra_model_paths
+from comfy_worker.lockfile import load_lock, parse_lock
+from comfy_worker.sync import model_roots, prepare_model_paths, sync_models
 from comfy_worker.sync import verify as sync_verify
 
 
@@ -181,11 +181,32 @@ def test_extra_model_paths_yaml_maps_lock_folders_under_every_root(
 
 
 def test_extra_model_paths_includes_custom_folders(tmp_path: Path) -> None:
-    dest = write_extra_model_paths([tmp_path / "a"], ["ipadapter", "my_nodes"],
-                                   tmp_path / "x" / "extra.yaml")
-    doc = yaml.safe_load(dest.read_text())
+    lock = parse_lock({"version": 1, "extra_folders": ["ipadapter", "my_nodes"], "models": []})
+    s = load_settings(env={}, models_dir=tmp_path / "a")
+    paths = prepare_model_paths(s, lock)
+    doc = yaml.safe_load(paths.extra_model_paths.read_text())
     assert doc["comfy_worker_0"]["my_nodes"] == "my_nodes"
     assert doc["comfy_worker_0"]["is_default"] is True
+    assert paths.roots == (tmp_path / "a",)
+
+
+def test_sync_uses_prepared_model_paths_and_writes_no_second_yaml(
+        hf_server: HFServer, tmp_path: Path) -> None:
+    files = serve_loras(hf_server, 1)
+    s = settings_for(hf_server, tmp_path)
+    write_lock_file(s.lock_path, files)
+    lock = load_lock(s.lock_path)
+    paths = prepare_model_paths(s, lock)  # what the worker does before booting ComfyUI
+    written = paths.extra_model_paths.read_text()
+    paths.extra_model_paths.unlink()
+
+    report = sync_models(s, lock=lock, paths=paths, progress=False)
+
+    assert report.extra_model_paths == paths.extra_model_paths
+    assert report.roots == paths.roots
+    assert not paths.extra_model_paths.exists(), "sync wrote the yaml a second time"
+    assert [f.action for f in report.files] == ["downloaded"]
+    assert "loras" in yaml.safe_load(written)["comfy_worker_0"]
 
 
 def test_model_roots_put_the_volume_first(tmp_path: Path) -> None:

@@ -29,13 +29,7 @@ from comfy_worker.errors import (
 )
 from comfy_worker.lockfile import LockEntry, Lockfile, load_lock
 from comfy_worker.sync import check, fetch, verify
-from comfy_worker.sync.paths import (
-    STATE_DIR,
-    extra_model_paths_location,
-    model_roots,
-    temp_path,
-    write_extra_model_paths,
-)
+from comfy_worker.sync.paths import STATE_DIR, ModelPaths, prepare_model_paths, temp_path
 from comfy_worker.sync.place import BackgroundFsync, can_write, file_lock, publish
 from comfy_worker.sync.plan import action_for, backoff_seconds, download_root
 from comfy_worker.sync.progress import Progress
@@ -263,25 +257,20 @@ def _missing_bytes(lock: Lockfile, roots: list[Path]) -> int:
 
 
 def sync_models(settings: Settings, *, lock: Lockfile | None = None,
-                progress: bool | None = None) -> SyncReport:
+                paths: ModelPaths | None = None, progress: bool | None = None) -> SyncReport:
     """Make every locked file present and verified. Raises ``SyncError`` subclasses.
 
-    ``lock=None`` loads ``settings.lock_path``; ``progress=None`` draws the bar only
-    when stderr is a terminal.
+    ``lock=None`` loads ``settings.lock_path``. ``paths=None`` writes ComfyUI's
+    ``extra_model_paths.yaml`` first (:func:`prepare_model_paths`); a caller that did
+    that already passes its result. ``progress=None`` draws the bar only when stderr
+    is a terminal.
     """
     t0 = time.monotonic()
     if lock is None:
         lock = load_lock(settings.lock_path)
-    roots = model_roots(settings)
-    try:
-        yaml_path = write_extra_model_paths(
-            roots, lock.folders,
-            extra_model_paths_location(settings))
-    except OSError as exc:
-        raise SyncError(
-            f"cannot write {extra_model_paths_location(settings)}: {exc.strerror or exc}",
-            hint="make the models dir writable (--models-dir / COMFY_WORKER_MODELS_DIR)",
-        ) from None
+    if paths is None:
+        paths = prepare_model_paths(settings, lock)
+    roots = list(paths.roots)
     missing = _missing_bytes(lock, roots)
     bar = Progress(missing, bar=progress)
     sync = FileSync(settings, roots, bar)
@@ -316,7 +305,8 @@ def sync_models(settings: Settings, *, lock: Lockfile | None = None,
     if errors:
         raise errors[0]
     files = tuple(results[m.path] for m in lock.models)
-    report = SyncReport(files=files, roots=tuple(roots), extra_model_paths=yaml_path,
+    report = SyncReport(files=files, roots=paths.roots,
+                        extra_model_paths=paths.extra_model_paths,
                         seconds=time.monotonic() - t0)
     log.info("synced %d files in %.2f s (%d bytes downloaded)", len(files), report.seconds,
              report.downloaded_bytes)
