@@ -23,7 +23,6 @@ from comfy_worker.sync.fetch import (
     headers_for,
     http_error,
     space_shortfall,
-    status_from_message,
 )
 from comfy_worker.sync.plan import Check, action_for, backoff_seconds, check_for, download_root
 from comfy_worker.sync.progress import Progress
@@ -75,13 +74,6 @@ def test_chunk_size_spreads_a_file_over_connections() -> None:
     assert chunk_size_for(100, 8) == mib
     assert chunk_size_for(256 * mib, 8) == 4 * mib
     assert chunk_size_for(10_000 * mib, 8) == 8 * mib
-
-
-def test_status_is_read_from_hf_transfer_messages() -> None:
-    msg = "HTTP status server error (503 Service Unavailable) for url (http://x/y)"
-    assert status_from_message(msg) == 503
-    assert status_from_message("HTTP status client error (401 Unauthorized) for url") == 401
-    assert status_from_message("Downloading error Request: error decoding body") is None
 
 
 def test_http_error_mapping_never_contains_the_token() -> None:

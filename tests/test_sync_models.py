@@ -54,8 +54,8 @@ def test_cold_sync_downloads_every_file_verified(hf_server: HFServer, tmp_path: 
         target = tmp_path / "models" / path
         assert hashlib.sha256(target.read_bytes()).hexdigest() == served.sha256
         assert (target.parent / f".{target.name}.verified").is_file()
-        # Each file's bytes crossed the wire once (plus hf_transfer's 1-byte size probe).
-        assert served.size <= hf_server.bytes_served(served) <= served.size + 1
+        # Each file's bytes crossed the wire exactly once.
+        assert hf_server.bytes_served(served) == served.size
     assert no_temp_files(tmp_path) == []
     assert report.to_json()["files"][0].keys() >= {"path", "action", "bytes", "seconds"}
 

@@ -143,8 +143,8 @@ def test_two_concurrent_syncs_on_one_volume_download_each_file_once(tmp_path: Pa
         reports = [json.loads(out) for out, _err in outs]
 
         for path, served in files.items():
-            # served once: its bytes crossed the wire once (+1 byte size probe)
-            assert served.size <= hub.bytes_served(served) <= served.size + 1, path
+            # served once: its bytes crossed the wire exactly once
+            assert hub.bytes_served(served) == served.size, path
             data = (tmp_path / "vol" / "models" / path).read_bytes()
             assert hashlib.sha256(data).hexdigest() == served.sha256
             actions = sorted(next(f["action"] for f in r["files"] if f["path"] == path)

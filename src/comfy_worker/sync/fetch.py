@@ -2,41 +2,42 @@
 
 Hugging Face sources: ``hf_hub_url`` + ``get_hf_file_metadata`` (``HF_ENDPOINT``,
 ``HF_TOKEN``) give the final location (the CDN URL the Hub redirects to), the size and
-the LFS sha256. The bytes come from ``hf_transfer.download`` on that location, several
-byte ranges at once, run in a child process (it holds the GIL while it works). URL
-sources take the same path after a HEAD; a server without range support gets a plain
-streamed download instead.
+the LFS sha256. The bytes come from a :class:`~comfy_worker.sync.download.Download` of
+that location: several byte ranges at once, sha256 computed as they land. URL sources
+take the same path after a HEAD; a server without range support is streamed in one GET.
 
 Failures become the errors in :mod:`comfy_worker.errors`; transient ones (5xx, 429,
-cut connections, timeouts) become :class:`Transient` so the caller can retry.
+cut or stalled connections, timeouts) become :class:`Transient` so the caller can retry.
+Anything else (a bug) propagates as it is.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
-import http.client
 import importlib
-import json
 import logging
 import os
-import queue
 import re
 import shutil
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 from urllib.parse import urlsplit
 
 from comfy_worker.config import Settings
 from comfy_worker.errors import DiskFull, GatedModel, ModelNotFound, SyncError
 from comfy_worker.lockfile import HfSource, Source, UrlSource
+from comfy_worker.sync.download import (
+    Cancelled,
+    Download,
+    Gate,
+    Transient,
+    Tuning,
+    is_transient_network_error,
+)
 
 log = logging.getLogger(__name__)
 # huggingface_hub's HTTP client logs every request at INFO; keep our per-file lines readable.
@@ -44,17 +45,8 @@ for _name in ("httpx2", "httpx"):
     if logging.getLogger(_name).level == logging.NOTSET:
         logging.getLogger(_name).setLevel(logging.WARNING)
 
-_CHILD = Path(__file__).with_name("_hf_transfer_child.py")
 _TIMEOUT = (10.0, 60.0)
 MIB = 1024 * 1024
-
-
-class Transient(Exception):
-    """A failure worth retrying (5xx, 429, cut connection, timeout)."""
-
-
-class Cancelled(Exception):
-    """The sync was cancelled (another file failed, or an interrupt)."""
 
 
 @dataclass(frozen=True)
@@ -93,16 +85,6 @@ def chunk_size_for(size: int, connections: int) -> int:
     """
     per = -(-size // (max(1, connections) * 8))
     return max(MIB, min(8 * MIB, per))
-
-
-def status_from_message(message: str) -> int | None:
-    """The HTTP status in an hf_transfer error message, e.g. ``(503 Service ...)``."""
-    m = re.search(r"HTTP status (?:client|server) error \((\d{3})", message)
-    return int(m.group(1)) if m else None
-
-
-def is_disk_full(message: str) -> bool:
-    return "os error 28" in message or "No space left on device" in message
 
 
 def space_shortfall(free: int, needed: int) -> int:
@@ -154,20 +136,6 @@ def _hub_transient_types() -> tuple[type[BaseException], ...]:
         found += [mod.TimeoutException, mod.NetworkError, mod.RemoteProtocolError,
                   mod.ProxyError]
     return tuple(found)
-
-
-def is_transient_network_error(exc: BaseException) -> bool:
-    """A connection error, timeout or cut stream from requests/urllib3/the socket layer:
-    worth retrying. TLS failures (certificates) and malformed requests are not."""
-    import requests
-    import urllib3
-
-    if isinstance(exc, requests.exceptions.SSLError | urllib3.exceptions.SSLError):
-        return False
-    return isinstance(exc, requests.ConnectionError | requests.Timeout
-                      | requests.exceptions.ChunkedEncodingError
-                      | urllib3.exceptions.ProtocolError | urllib3.exceptions.TimeoutError
-                      | http.client.IncompleteRead | ConnectionError | TimeoutError)
 
 
 def network_error(exc: BaseException, *, path: str, source: Source) -> Transient | SyncError:
@@ -270,24 +238,6 @@ def check_free_space(directory: Path, needed: int, *, what: str) -> None:
         )
 
 
-def check_landed(path: Path, size: int, *, entry_path: str) -> None:
-    """Raise DiskFull when a downloaded file's bytes cannot all be on disk.
-
-    hf_transfer writes through a buffered async file and can drop a failed write
-    (ENOSPC) without an error; the file then has holes and a wrong sha256. Called only
-    after a hash mismatch: holes larger than the free space left mean the disk filled
-    up (a compressing filesystem, or one that reports no blocks, may show fewer blocks,
-    but then a matching hash never gets here).
-    """
-    st = os.stat(path)
-    allocated = st.st_blocks * 512
-    if allocated >= size:
-        return
-    free = shutil.disk_usage(path.parent).free
-    if free < size - allocated:
-        raise disk_full_error(path.parent, size, path=entry_path)
-
-
 def disk_full_error(directory: Path, needed: int, *, path: str) -> DiskFull:
     free = shutil.disk_usage(existing_ancestor(directory)).free
     return DiskFull(
@@ -300,163 +250,72 @@ def disk_full_error(directory: Path, needed: int, *, path: str) -> DiskFull:
 # --- downloading --------------------------------------------------------------------
 
 
-class Children:
-    """The running download processes, so a cancel can stop them all."""
+class Downloads:
+    """The downloads running in one sync, so a cancel can stop them all."""
 
-    def __init__(self) -> None:
+    def __init__(self, gate: Gate) -> None:
+        self.gate = gate
         self._lock = threading.Lock()
-        self._procs: set[subprocess.Popen[str]] = set()
+        self._running: set[Download] = set()
         self.cancelled = threading.Event()
 
-    def add(self, proc: subprocess.Popen[str]) -> None:
+    def add(self, download: Download) -> None:
         with self._lock:
-            self._procs.add(proc)
+            self._running.add(download)
             if self.cancelled.is_set():
-                proc.kill()
+                download.cancel()
 
-    def discard(self, proc: subprocess.Popen[str]) -> None:
+    def discard(self, download: Download) -> None:
         with self._lock:
-            self._procs.discard(proc)
+            self._running.discard(download)
 
     def cancel(self) -> None:
         with self._lock:
             self.cancelled.set()
-            for proc in self._procs:
-                with contextlib.suppress(OSError):
-                    proc.kill()
+            running = list(self._running)
+        for download in running:
+            download.cancel()
+
+
+def tuning_for(settings: Settings, size: int | None) -> Tuning:
+    connections = max(1, settings.connections)
+    return Tuning(connections=connections,
+                  chunk_size=chunk_size_for(size or 0, connections),
+                  retries=max(1, settings.retries), stall_timeout=settings.stall_timeout,
+                  connect_timeout=_TIMEOUT[0])
 
 
 def transfer(remote: Remote, dest: Path, settings: Settings, *, path: str, source: Source,
-             on_bytes: Callable[[int], None], children: Children) -> str | None:
-    """Download ``remote`` into ``dest``. Returns the sha256 when it was computed on the
-    way (streamed downloads), else None (the caller hashes the file)."""
-    if children.cancelled.is_set():
-        raise Cancelled()
-    if remote.ranges and remote.size:
-        _hf_transfer(remote, dest, settings, path=path, source=source, on_bytes=on_bytes,
-                     children=children)
-        return None
-    return _stream(remote, dest, settings, path=path, source=source, on_bytes=on_bytes,
-                   children=children)
+             on_bytes: Callable[[int], None], downloads: Downloads,
+             priority: int = 0) -> str:
+    """Download ``remote`` into ``dest`` (which exists); return the file's sha256,
+    computed while the bytes arrived."""
+    import requests
 
-
-class StallWatch:
-    """Notices a download that has received nothing for ``timeout`` seconds: no chunk
-    finished and the file's allocated blocks did not grow (hf_transfer preallocates a
-    sparse file, so blocks track bytes written)."""
-
-    def __init__(self, path: Path, timeout: float) -> None:
-        self.path = path
-        self.timeout = timeout
-        self.blocks = -1
-        self.last = time.monotonic()
-
-    def progressed(self) -> None:
-        self.last = time.monotonic()
-
-    def stalled(self) -> bool:
-        try:
-            blocks = os.stat(self.path).st_blocks
-        except OSError:
-            blocks = self.blocks
-        if blocks != self.blocks:
-            self.blocks = blocks
-            self.progressed()
-        return time.monotonic() - self.last > self.timeout
-
-
-def _hf_transfer(remote: Remote, dest: Path, settings: Settings, *, path: str,
-                 source: Source, on_bytes: Callable[[int], None], children: Children) -> None:
-    assert remote.size
-    spec = {
-        "url": remote.url, "filename": str(dest), "headers": remote.headers,
-        "max_files": settings.connections,
-        "chunk_size": chunk_size_for(remote.size, settings.connections),
-        "parallel_failures": max(1, settings.connections // 2),
-        "max_retries": max(1, settings.retries),
-        "parent": os.getpid(),
-    }
-    proc = subprocess.Popen([sys.executable, str(_CHILD)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    children.add(proc)
-    lines: queue.Queue[str | None] = queue.Queue()
-    stderr_lines: list[str] = []
-
-    def pump(stream: IO[str], sink: Callable[[str], None]) -> None:
-        for line in stream:
-            sink(line.strip())
-        lines.put(None)
-
-    message = ""
-    done = stalled = False
+    download = Download(
+        remote.url, remote.headers, dest, size=remote.size, ranges=remote.ranges,
+        http_error=lambda status: http_error(status, path=path, source=source,
+                                             settings=settings),
+        describe=source.describe(), tuning=tuning_for(settings, remote.size),
+        gate=downloads.gate, priority=priority, on_bytes=on_bytes)
+    downloads.add(download)
     try:
-        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-        proc.stdin.write(json.dumps(spec))
-        proc.stdin.close()
-        threading.Thread(target=pump, args=(proc.stdout, lines.put), daemon=True).start()
-        threading.Thread(target=pump, args=(proc.stderr, stderr_lines.append),
-                         daemon=True).start()
-        watch = StallWatch(dest, settings.stall_timeout)
-        open_streams = 2
-        while open_streams:
-            try:
-                line = lines.get(timeout=min(1.0, settings.stall_timeout))
-            except queue.Empty:
-                if watch.stalled():
-                    stalled = True
-                    proc.kill()  # hf_transfer waits forever on a silent connection
-                    break
-                continue
-            if line is None:
-                open_streams -= 1
-            elif line.isdigit():
-                watch.progressed()
-                on_bytes(int(line))
-            elif line == "done":
-                done = True
-            elif line.startswith("error "):
-                message = json.loads(line[len("error "):])
-        rc = proc.wait()
-    finally:
-        children.discard(proc)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    stderr = "\n".join(stderr_lines)
-    if stalled and not children.cancelled.is_set():
-        raise Transient(f"{source.describe()}: no data for {settings.stall_timeout:g} s "
-                        "(stalled connection)")
-    if children.cancelled.is_set():
-        raise Cancelled()
-    if done and rc == 0:
-        return
-    if not message:  # the child died without hf_transfer's error: a bug, not the network
-        raise RuntimeError(f"the hf_transfer process for {path} exited with {rc}:\n"
-                           f"{stderr.strip()[-2000:]}")
-    log.debug("hf_transfer failed for %s: %s", path, message)
-    if is_disk_full(message):
-        raise disk_full_error(dest.parent, remote.size, path=path)
-    status = status_from_message(message)
-    if status is not None:
-        raise http_error(status, path=path, source=source, settings=settings)
-    if re.search(r"\(os error \d+\)", message):  # a local I/O error, e.g. permissions
-        raise SyncError(f'"{path}": writing {dest}: {message}',
-                        hint="check that the models dir / volume is writable")
-    raise Transient(f"{source.describe()}: {message}")  # hf_transfer's request errors
-
-
-def _stream(remote: Remote, dest: Path, settings: Settings, *, path: str, source: Source,
-            on_bytes: Callable[[int], None], children: Children) -> str:
-    """One streamed GET into ``dest``, hashed on the way (servers without ranges)."""
-    try:
-        with open(dest, "wb") as fh:
-            streamed = stream(remote, settings, path=path, source=source, sink=fh.write,
-                              on_bytes=on_bytes, cancelled=children.cancelled)
+        t0 = time.monotonic()
+        sha = download.run()
+        log.debug('"%s": %d bytes in %.2f s, %d bytes hashed after the last one, '
+                  "%d range retries", path, download.received, time.monotonic() - t0,
+                  download.tail_hashed or 0, download.range_retries)
+        return sha
+    except requests.RequestException as exc:  # not a network failure: TLS, bad URL
+        raise network_error(exc, path=path, source=source) from None
     except OSError as exc:
+        if isinstance(exc, SyncError):
+            raise
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise disk_full_error(dest.parent, remote.size or 0, path=path) from None
         raise
-    return streamed.sha256
+    finally:
+        downloads.discard(download)
 
 
 @dataclass(frozen=True)

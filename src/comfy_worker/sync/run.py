@@ -3,8 +3,8 @@
 A thin map over :class:`FileSync`, one locked file each, safe to run concurrently:
 look for the file in each model root (volume first), trust it by its record or verify
 it, else download it under a per-file lock into the volume (when writable) or the local
-models dir, verify, publish. ``settings.jobs`` downloads run at once; hashing a finished
-file does not hold a download slot, so it overlaps the next file's download.
+models dir (its sha256 computed as the bytes land), check the hash, publish.
+``settings.jobs`` files download at once, each over ``settings.connections`` ranges.
 """
 
 from __future__ import annotations
@@ -28,9 +28,10 @@ from comfy_worker.errors import (
     SyncError,
 )
 from comfy_worker.lockfile import LockEntry, Lockfile, load_lock
-from comfy_worker.sync import check, fetch, verify
+from comfy_worker.sync import check, fetch
+from comfy_worker.sync.download import Gate
 from comfy_worker.sync.paths import STATE_DIR, ModelPaths, prepare_model_paths, temp_path
-from comfy_worker.sync.place import BackgroundFsync, can_write, file_lock, publish
+from comfy_worker.sync.place import can_write, file_lock, publish
 from comfy_worker.sync.plan import action_for, backoff_seconds, download_root
 from comfy_worker.sync.progress import Progress
 from comfy_worker.sync.record import Record, write_record
@@ -91,7 +92,10 @@ class FileSync:
             and can_write(self.volume_models))
         self.state_dir = Path(os.path.abspath(settings.models_dir)) / STATE_DIR
         self.slots = threading.Semaphore(max(1, settings.jobs))
-        self.children = fetch.Children()
+        # One pool of connections for all files (see download.Gate): a future scheduler
+        # raises a file's priority to give it the bandwidth first.
+        self.downloads = fetch.Downloads(
+            Gate(max(1, settings.jobs) * max(1, settings.connections)))
 
     # --- existing files ---------------------------------------------------------------
 
@@ -110,7 +114,7 @@ class FileSync:
 
     def run(self, entry: LockEntry) -> FileResult:
         t0 = time.monotonic()
-        if self.children.cancelled.is_set():
+        if self.downloads.cancelled.is_set():
             raise fetch.Cancelled()
 
         def done(root: Path, action: str | None = None) -> FileResult:
@@ -153,7 +157,7 @@ class FileSync:
         except OSError as exc:
             if isinstance(exc, SyncError):
                 raise
-            if exc.errno == errno.ENOSPC:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise fetch.disk_full_error(self.dest_root, entry.size, path=entry.path) \
                     from None
             raise SyncError(f'"{entry.path}": {exc.strerror or exc}: {exc.filename or ""}',
@@ -169,7 +173,7 @@ class FileSync:
                 delay = backoff_seconds(attempt)
                 log.warning('"%s": attempt %d of %d failed (%s); retrying in %.1f s',
                             entry.path, attempt, attempts, last, delay)
-                if self.children.cancelled.wait(delay):
+                if self.downloads.cancelled.wait(delay):
                     raise fetch.Cancelled()
             tmp = temp_path(target)
             received = 0
@@ -190,28 +194,14 @@ class FileSync:
                         hint="re-pin it with `comfy-worker lock add SOURCE --path "
                         f"{entry.path} --replace` if the change is intended")
                 with self.slots:
-                    t_dl = time.monotonic()
                     fetch.check_free_space(target.parent, entry.size,
                                            what=f'"{entry.path}"')
                     os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+                    # The sha256 is computed as the bytes land: no hashing after the last.
                     sha = fetch.transfer(remote, tmp, self.settings, path=entry.path,
                                          source=entry.source, on_bytes=on_bytes,
-                                         children=self.children)
-                    log.debug('"%s": transferred in %.2f s', entry.path, time.monotonic() - t_dl)
-                # Hashing holds no download slot: the next download runs meanwhile.
-                # The disk writes the file back (fsync) while the CPU hashes it.
-                syncer = BackgroundFsync(tmp)
-                try:
-                    if sha is None:
-                        t_hash = time.monotonic()
-                        sha = verify.sha256_file(tmp)
-                        log.debug('"%s": sha256 in %.2f s', entry.path,
-                                  time.monotonic() - t_hash)
-                finally:
-                    syncer.wait()
+                                         downloads=self.downloads)
                 if sha != entry.sha256:
-                    # Holes the free space could not fill: a write hit ENOSPC unreported.
-                    fetch.check_landed(tmp, entry.size, entry_path=entry.path)
                     actual = sha
                     last = ModelHashMismatch(f"sha256 {sha}, expected {entry.sha256}")
                     continue
@@ -295,10 +285,10 @@ def sync_models(settings: Settings, *, lock: Lockfile | None = None,
                             results[futures[fut].path] = fut.result()
                         elif not isinstance(exc, fetch.Cancelled):
                             errors.append(exc)
-                    if errors and not sync.children.cancelled.is_set():
-                        sync.children.cancel()  # stop the other downloads: fail fast
+                    if errors and not sync.downloads.cancelled.is_set():
+                        sync.downloads.cancel()  # stop the other downloads: fail fast
             except BaseException:
-                sync.children.cancel()
+                sync.downloads.cancel()
                 raise
     finally:
         bar.stop()
