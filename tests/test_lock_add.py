@@ -8,10 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from support import HFServer, hf_server_fixture, safetensors_bytes  # noqa: F401
 
-from comfy_worker.lockfile import load_lock
-from comfy_worker.resolve import ParsedHf, parse_source
+from comfy_worker.errors import LockfileError
+from comfy_worker.lockfile import HfSource, LockEntry, load_lock
+from comfy_worker.resolve import parse_source
 
 TOKEN = "hf_lockADDsecret0987654321"
 
@@ -129,7 +131,17 @@ def test_unknown_file_is_model_not_found(hf_server: HFServer, tmp_path: Path) ->
 
 
 def test_parse_source_forms() -> None:
-    assert parse_source("hf://o/r/a/b.safetensors") == ParsedHf("o/r", "main", "a/b.safetensors")
-    assert parse_source("hf://o/r@v1.0/x") == ParsedHf("o/r", "v1.0", "x")
-    assert parse_source("hf://datasets/o/r@abc/x") == ParsedHf("o/r", "abc", "x", "dataset")
+    assert parse_source("hf://o/r/a/b.safetensors") == HfSource("o/r", "main", "a/b.safetensors")
+    assert parse_source("hf://o/r@v1.0/x") == HfSource("o/r", "v1.0", "x")
+    assert parse_source("hf://datasets/o/r@abc/x") == HfSource("o/r", "abc", "x", "dataset")
     assert parse_source("https://h/x.bin").url == "https://h/x.bin"  # type: ignore[union-attr]
+
+
+def test_a_reference_is_unpinned_until_resolved_and_a_lock_entry_must_be_pinned() -> None:
+    ref = parse_source("hf://o/r@main/x.safetensors")
+    assert isinstance(ref, HfSource) and not ref.pinned
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    assert ref.at(commit).pinned and ref.at(commit).revision == commit
+    with pytest.raises(LockfileError, match="not pinned to a commit"):
+        LockEntry(path="loras/x.safetensors", source=ref, sha256="a" * 64, size=1)
+    LockEntry(path="loras/x.safetensors", source=ref.at(commit), sha256="a" * 64, size=1)

@@ -90,3 +90,23 @@ def test_fast_catches_a_truncated_safetensors_file(tmp_path: Path) -> None:
     assert not ok and "needs" in reason
     r = run_verify(tmp_path, "--fast")
     assert r.returncode == 1
+
+
+def test_a_mismatch_forgets_the_stale_record(tmp_path: Path) -> None:
+    data = safetensors_bytes(1000)
+    make_dir(tmp_path, {"loras/a.safetensors": data})
+    target = tmp_path / "models/loras/a.safetensors"
+    record = target.with_name(".a.safetensors.verified")
+    assert run_verify(tmp_path).returncode == 0
+    assert record.is_file()
+    changed = bytearray(data)
+    changed[-1] ^= 0xFF
+    target.write_bytes(bytes(changed))  # same size, new mtime: hashed again
+
+    r = run_verify(tmp_path)
+
+    assert r.returncode == 1 and "FAIL loras/a.safetensors: sha256" in r.stdout
+    assert not record.exists(), "a record for other bytes must not survive a mismatch"
+    # Without the record, --fast cannot take the header shortcut for the changed file.
+    fast = run_verify(tmp_path, "--fast")
+    assert fast.returncode == 1 and "FAIL loras/a.safetensors: sha256" in fast.stdout

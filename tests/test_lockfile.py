@@ -80,7 +80,6 @@ def test_valid_lock_parses_into_typed_entries() -> None:
     )
     assert second.source == UrlSource(url="https://example.org/style.safetensors")
     assert second.sha256 == "a" * 64, "sha256 is normalised to lower case"
-    assert lock.total_size == 6938078334 + 1234
 
 
 @pytest.mark.parametrize(
@@ -97,7 +96,7 @@ def test_valid_lock_parses_into_typed_entries() -> None:
         (
             {"source.revision": "main"},
             0,
-            'field "source.revision" is \'main\', not a 40-hex commit',
+            'field "source.revision" is "main", not a 40-hex commit',
         ),
         ({"source.revision": "v1.0"}, 0, "not a 40-hex commit"),
         ({"source.revision": COMMIT[:12]}, 0, "not a 40-hex commit"),
@@ -105,14 +104,21 @@ def test_valid_lock_parses_into_typed_entries() -> None:
         ({"source.file": "../x"}, 0, 'field "source.file"'),
         ({"source.type": "s3"}, 0, 'field "source.type"'),
         ({"source.url": "ftp://example.org/x"}, 1, 'field "source.url"'),
-        ({"sha256": "abc"}, 0, 'field "sha256" is \'abc\', not 64 hex characters'),
+        ({"sha256": "abc"}, 0, 'field "sha256" is "abc", not 64 hex characters'),
+        ({"sha256": 12}, 0, 'field "sha256" is 12 (a number), not 64 hex characters'),
         ({"sha256": "g" * 64}, 0, 'field "sha256"'),
-        ({"sha256": _DELETE}, 0, 'field "sha256"'),
+        ({"sha256": _DELETE}, 0, 'field "sha256" is missing'),
+        ({"sha256": None}, 0, 'field "sha256" is null'),
         ({"size": _DELETE}, 0, 'field "size" is missing'),
+        ({"size": None}, 0, 'field "size" is null'),
         ({"size": -1}, 0, 'field "size" is -1'),
-        ({"size": "12"}, 0, 'field "size" is \'12\''),
-        ({"size": True}, 0, 'field "size" is True'),
-        ({"colour": "blue"}, 0, "unknown field(s) ['colour']"),
+        ({"size": "12"}, 0, 'field "size" is "12" (a string)'),
+        ({"size": True}, 0, 'field "size" is true (a boolean)'),
+        ({"path": None}, 0, 'field "path" is null'),
+        ({"path": ["a"]}, 0, 'field "path" is ["a"] (an array)'),
+        ({"source": None}, 0, 'field "source" is null, expected an object'),
+        ({"source.repo": _DELETE}, 0, 'field "source.repo" is missing'),
+        ({"colour": "blue"}, 0, 'unknown field(s) ["colour"]'),
     ],
 )
 def test_invalid_entry_is_rejected_naming_entry_and_field(
@@ -157,18 +163,23 @@ def test_extra_folders_admit_custom_node_folders() -> None:
 @pytest.mark.parametrize(
     ("data", "expected"),
     [
-        ([], "top level is list"),
-        ({"models": []}, 'field "version" is None'),
+        ([], "top level is [] (an array), expected an object"),
+        ({"models": []}, 'field "version" is missing'),
+        ({"version": None, "models": []}, 'field "version" is null'),
+        ({"version": True, "models": []}, 'field "version" is true (a boolean)'),
         ({"version": 2, "models": []}, 'field "version" is 2'),
-        ({"version": 1}, 'field "models" is None'),
-        ({"version": 1, "models": [], "extra": 1}, "unknown top-level field(s) ['extra']"),
-        ({"version": 1, "models": ["x"]}, "models[0] is 'x'"),
+        ({"version": 1}, 'field "models" is missing'),
+        ({"version": 1, "models": {}}, 'field "models" is {} (an object), expected an array'),
+        ({"version": 1, "models": [], "extra": 1}, 'unknown top-level field(s) ["extra"]'),
+        ({"version": 1, "models": ["x"]}, 'models[0] is "x" (a string), expected an object'),
     ],
 )
 def test_malformed_top_level_is_rejected(data: object, expected: str) -> None:
     with pytest.raises(LockfileError) as info:
         parse_lock(data)
     assert expected in str(info.value)
+    assert not re.search(r"None|NoneType|dict|list|\bstr\b|True|False", str(info.value)), \
+        "messages use JSON type names"
 
 
 def test_load_lock_reports_missing_file_and_bad_json(tmp_path: Path) -> None:

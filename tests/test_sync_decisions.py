@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import pty
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from support import HFServer, hf_server_fixture, safetensors_bytes, write_lock_file  # noqa: F401
 
 from comfy_worker.config import Secret, load_settings
@@ -21,10 +23,9 @@ from comfy_worker.sync.fetch import (
     headers_for,
     http_error,
     space_shortfall,
-    status_from_message,
 )
 from comfy_worker.sync.plan import Check, action_for, backoff_seconds, check_for, download_root
-from comfy_worker.sync.progress import Progress, render_bar
+from comfy_worker.sync.progress import Progress
 from comfy_worker.sync.record import Record
 from comfy_worker.sync.verify import header_structure_ok
 
@@ -75,13 +76,6 @@ def test_chunk_size_spreads_a_file_over_connections() -> None:
     assert chunk_size_for(10_000 * mib, 8) == 8 * mib
 
 
-def test_status_is_read_from_hf_transfer_messages() -> None:
-    msg = "HTTP status server error (503 Service Unavailable) for url (http://x/y)"
-    assert status_from_message(msg) == 503
-    assert status_from_message("HTTP status client error (401 Unauthorized) for url") == 401
-    assert status_from_message("Downloading error Request: error decoding body") is None
-
-
 def test_http_error_mapping_never_contains_the_token() -> None:
     s = load_settings(env={"HF_TOKEN": "hf_secret123"})
     err = http_error(403, path="loras/a.safetensors", source=SRC, settings=s)
@@ -121,12 +115,6 @@ def test_header_structure() -> None:
     assert not header_structure_ok([1, 2], 0)[0]
 
 
-def test_render_bar() -> None:
-    line = render_bar(50 * 10**6, 100 * 10**6, 1.0)
-    assert line.startswith("[" + "#" * 15 + "." * 15 + "]")
-    assert "50.0 MB/s" in line and "ETA 1s" in line
-
-
 def test_progress_draws_a_bar_only_when_asked() -> None:
     out = io.StringIO()
     p = Progress(100, bar=None, stream=out).start()  # StringIO is no TTY
@@ -134,10 +122,31 @@ def test_progress_draws_a_bar_only_when_asked() -> None:
     p.stop()
     assert out.getvalue() == ""
     out = io.StringIO()
-    p = Progress(100, bar=True, stream=out).start()
-    p.add(60)
+    p = Progress(100 * 10**6, bar=True, stream=out).start()
+    p.add(60 * 10**6)
+    p.add(-10 * 10**6)  # a failed attempt's bytes are taken back
     p.stop()
-    assert "60 B/100 B" in out.getvalue()
+    last = out.getvalue().rstrip("\n").split("\r")[-1]
+    assert last.startswith(" 50%|") and "50.0MB/100MB" in last and "ETA" in last
+    assert p.done == 50 * 10**6
+
+
+def test_log_lines_are_written_above_the_bar(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    out = io.StringIO()
+    handler = logging.StreamHandler(sys.stderr)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        p = Progress(10**6, bar=True, stream=out).start()
+        # while the bar is up, the console handler writes through tqdm (clears the bar)
+        assert handler not in root.handlers
+        p.file_done("loras/a.safetensors", "downloaded", 10**6, 0.5)
+        p.stop()
+        assert handler in root.handlers
+    finally:
+        root.removeHandler(handler)
+    assert "downloaded loras/a.safetensors (976.6 KiB, 0.50 s, 2.0 MB/s)" in caplog.text
 
 
 def test_cli_json_summary_and_bar_only_on_a_terminal(hf_server: HFServer,
@@ -169,7 +178,7 @@ def test_cli_json_summary_and_bar_only_on_a_terminal(hf_server: HFServer,
     assert summary["files"][0]["path"] == "loras/a.safetensors"
     assert summary["files"][0]["action"] == "downloaded"
     assert {"bytes", "seconds"} <= summary["files"][0].keys()
-    assert b"MB/s" in tty and b"ETA" in tty and b"[" in tty
+    assert b"B/s" in tty and b"ETA" in tty and b"100%|" in tty
 
     again = subprocess.run(cmd, capture_output=True, env=env, timeout=60, text=True)
     assert again.returncode == 0

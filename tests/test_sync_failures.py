@@ -22,11 +22,12 @@ from support import (
     ServedFile,
     hf_server_fixture,  # noqa: F401
     safetensors_bytes,
+    skip_or_fail,
     write_lock_file,
 )
 
 from comfy_worker.config import load_settings
-from comfy_worker.errors import DiskFull
+from comfy_worker.errors import DiskFull, DownloadFailed
 from comfy_worker.sync import sync_models
 
 TOKEN = "hf_testSECRETtoken1234567890"
@@ -43,10 +44,22 @@ def run_sync(hub: HFServer, tmp: Path, *extra: str, env: dict[str, str] | None =
         capture_output=True, text=True, env=full_env, timeout=120)
 
 
-def assert_nothing_partial(root: Path, final: Path) -> None:
-    assert not final.exists(), f"{final} exists after a failed sync"
+def assert_no_temp_files(root: Path) -> None:
     leftovers = [p.name for p in root.rglob("*") if p.name.endswith(".incomplete")]
     assert leftovers == []
+
+
+def assert_nothing_partial(root: Path, final: Path) -> None:
+    """After a failed sync: no final file, no temp file."""
+    assert not final.exists(), f"{final} exists after a failed sync"
+    assert_no_temp_files(root)
+
+
+def assert_whole(root: Path, final: Path, served: ServedFile) -> None:
+    """After a successful sync: the final file holds exactly the served bytes, no temp
+    file is left."""
+    assert hashlib.sha256(final.read_bytes()).hexdigest() == served.sha256
+    assert_no_temp_files(root)
 
 
 def one_file(hub: HFServer, tmp: Path, size_floats: int = 100_000,
@@ -71,7 +84,6 @@ def test_hash_mismatch_retries_then_names_file_expected_and_actual(
     assert "checkpoints/m.safetensors" in r.stderr
     assert served.sha256 in r.stderr and actual in r.stderr
     corrupted = [q for q in hf_server.requests(served, "GET") if q.body_bytes > 1]
-    assert len({q.range for q in corrupted}) >= 1
     # 3 attempts, each fetched the middle of the file again
     assert sum(1 for q in corrupted
                if q.range and _covers(q.range, served.size // 2)) == 3
@@ -91,9 +103,8 @@ def test_one_corrupted_download_is_retried_and_succeeds(hf_server: HFServer,
     r = run_sync(hf_server, tmp_path)
 
     assert r.returncode == 0, r.stderr
-    assert hashlib.sha256(final.read_bytes()).hexdigest() == served.sha256
     assert "attempt 1 of 3 failed" in r.stderr
-    assert_nothing_partial(tmp_path, final.with_name("none"))
+    assert_whole(tmp_path, final, served)
 
 
 def test_5xx_twice_then_ok_succeeds_with_retries(hf_server: HFServer, tmp_path: Path) -> None:
@@ -104,7 +115,7 @@ def test_5xx_twice_then_ok_succeeds_with_retries(hf_server: HFServer, tmp_path: 
     r = run_sync(hf_server, tmp_path, retries=3)
 
     assert r.returncode == 0, r.stderr
-    assert hashlib.sha256(final.read_bytes()).hexdigest() == served.sha256
+    assert_whole(tmp_path, final, served)
     assert [q.status for q in hf_server.requests(served, "GET")][:2] == [503, 503]
 
 
@@ -116,7 +127,7 @@ def test_5xx_on_metadata_is_retried_too(hf_server: HFServer, tmp_path: Path) -> 
     r = run_sync(hf_server, tmp_path)
 
     assert r.returncode == 0, r.stderr
-    assert final.is_file()
+    assert_whole(tmp_path, final, served)
 
 
 def test_connection_cut_mid_file_is_resumed(hf_server: HFServer, tmp_path: Path) -> None:
@@ -127,7 +138,7 @@ def test_connection_cut_mid_file_is_resumed(hf_server: HFServer, tmp_path: Path)
     r = run_sync(hf_server, tmp_path)
 
     assert r.returncode == 0, r.stderr
-    assert hashlib.sha256(final.read_bytes()).hexdigest() == served.sha256
+    assert_whole(tmp_path, final, served)
     cut = [q for q in hf_server.requests(served, "GET") if q.body_bytes == 100_000]
     assert len(cut) == 3
 
@@ -223,7 +234,7 @@ def small_fs(path: Path, size: str) -> Iterator[Path]:
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
                        capture_output=True, text=True)
     if r.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {r.stderr.strip()}")
+        skip_or_fail(f"cannot mount a small tmpfs here (needs root): {r.stderr.strip()}")
     try:
         yield path
     finally:
@@ -303,8 +314,7 @@ def test_killed_sync_leaves_no_final_file_and_no_orphan_download(tmp_path: Path)
         r = run_sync(hub, tmp_path)  # the next sync cleans up and completes
 
         assert r.returncode == 0, r.stderr
-        assert hashlib.sha256(final.read_bytes()).hexdigest() == served.sha256
-        assert_nothing_partial(tmp_path, final.with_name("none"))
+        assert_whole(tmp_path, final, served)
 
 
 def test_stalled_connection_is_restarted_after_the_stall_timeout(hf_server: HFServer,
@@ -319,5 +329,45 @@ def test_stalled_connection_is_restarted_after_the_stall_timeout(hf_server: HFSe
 
     assert r.returncode == 0, r.stderr
     assert "no data for 2 s" in r.stderr
-    assert hashlib.sha256(final.read_bytes()).hexdigest() == served.sha256
-    assert_nothing_partial(tmp_path, final.with_name("none"))
+    assert_whole(tmp_path, final, served)
+
+
+# --- only network failures are retried ------------------------------------------------
+
+
+def test_refused_connection_is_retried_then_reported_as_download_failed(
+        tmp_path: Path) -> None:
+    with HFServer() as hub:
+        _served, final = one_file(hub, tmp_path)
+        endpoint = hub.endpoint
+    # the server is gone: every request is refused
+    settings = load_settings(env={"HF_ENDPOINT": endpoint},
+                             lock_path=tmp_path / "models.lock.json",
+                             models_dir=tmp_path / "models", retries=1)
+
+    with pytest.raises(DownloadFailed) as err:
+        sync_models(settings, progress=False)
+
+    assert "2 attempts" in str(err.value) and "ConnectError" in str(err.value)
+    assert_nothing_partial(tmp_path, final)
+
+
+def test_a_bug_is_not_retried_as_a_download_failure(hf_server: HFServer, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    _served, final = one_file(hf_server, tmp_path)
+    calls = []
+
+    def broken(*args: object, **kwargs: object) -> None:
+        calls.append(args)
+        raise KeyError("a bug in the metadata code")
+
+    monkeypatch.setattr("huggingface_hub.get_hf_file_metadata", broken)
+    settings = load_settings(env={"HF_ENDPOINT": hf_server.endpoint},
+                             lock_path=tmp_path / "models.lock.json",
+                             models_dir=tmp_path / "models", retries=3)
+
+    with pytest.raises(KeyError, match="a bug in the metadata code"):
+        sync_models(settings, progress=False)
+
+    assert len(calls) == 1, "a bug must surface at once, not after retries"
+    assert_nothing_partial(tmp_path, final)

@@ -17,8 +17,9 @@ from support import (
 )
 
 from comfy_worker.config import Settings, load_settings
-from comfy_worker.lockfile import load_lock
-from comfy_worker.sync import model_roots, sync_models, write_extra_model_paths
+from comfy_worker.errors import DownloadFailed
+from comfy_worker.lockfile import load_lock, parse_lock
+from comfy_worker.sync import model_roots, prepare_model_paths, sync_models
 from comfy_worker.sync import verify as sync_verify
 
 
@@ -53,8 +54,8 @@ def test_cold_sync_downloads_every_file_verified(hf_server: HFServer, tmp_path: 
         target = tmp_path / "models" / path
         assert hashlib.sha256(target.read_bytes()).hexdigest() == served.sha256
         assert (target.parent / f".{target.name}.verified").is_file()
-        # Each file's bytes crossed the wire once (plus hf_transfer's 1-byte size probe).
-        assert served.size <= hf_server.bytes_served(served) <= served.size + 1
+        # Each file's bytes crossed the wire exactly once.
+        assert hf_server.bytes_served(served) == served.size
     assert no_temp_files(tmp_path) == []
     assert report.to_json()["files"][0].keys() >= {"path", "action", "bytes", "seconds"}
 
@@ -180,11 +181,32 @@ def test_extra_model_paths_yaml_maps_lock_folders_under_every_root(
 
 
 def test_extra_model_paths_includes_custom_folders(tmp_path: Path) -> None:
-    dest = write_extra_model_paths([tmp_path / "a"], ["ipadapter", "my_nodes"],
-                                   tmp_path / "x" / "extra.yaml")
-    doc = yaml.safe_load(dest.read_text())
+    lock = parse_lock({"version": 1, "extra_folders": ["ipadapter", "my_nodes"], "models": []})
+    s = load_settings(env={}, models_dir=tmp_path / "a")
+    paths = prepare_model_paths(s, lock)
+    doc = yaml.safe_load(paths.extra_model_paths.read_text())
     assert doc["comfy_worker_0"]["my_nodes"] == "my_nodes"
     assert doc["comfy_worker_0"]["is_default"] is True
+    assert paths.roots == (tmp_path / "a",)
+
+
+def test_sync_uses_prepared_model_paths_and_writes_no_second_yaml(
+        hf_server: HFServer, tmp_path: Path) -> None:
+    files = serve_loras(hf_server, 1)
+    s = settings_for(hf_server, tmp_path)
+    write_lock_file(s.lock_path, files)
+    lock = load_lock(s.lock_path)
+    paths = prepare_model_paths(s, lock)  # what the worker does before booting ComfyUI
+    written = paths.extra_model_paths.read_text()
+    paths.extra_model_paths.unlink()
+
+    report = sync_models(s, lock=lock, paths=paths, progress=False)
+
+    assert report.extra_model_paths == paths.extra_model_paths
+    assert report.roots == paths.roots
+    assert not paths.extra_model_paths.exists(), "sync wrote the yaml a second time"
+    assert [f.action for f in report.files] == ["downloaded"]
+    assert "loras" in yaml.safe_load(written)["comfy_worker_0"]
 
 
 def test_model_roots_put_the_volume_first(tmp_path: Path) -> None:
@@ -235,3 +257,22 @@ def test_files_download_at_once_each_in_several_byte_ranges(tmp_path: Path) -> N
         # and the files themselves overlapped in time
         (a0, a1), (b0, b1), (c0, c1) = spans.values()
         assert max(a0, b0, c0) < min(a1, b1, c1)
+
+
+def test_a_mismatching_file_loses_its_record_before_it_is_replaced(
+        hf_server: HFServer, tmp_path: Path) -> None:
+    files = serve_loras(hf_server, 1)
+    served = files["loras/l0.safetensors"]
+    s = settings_for(hf_server, tmp_path)
+    write_lock_file(s.lock_path, files)
+    sync_models(s, progress=False)
+    target = tmp_path / "models" / "loras" / "l0.safetensors"
+    record = target.with_name(".l0.safetensors.verified")
+    stale = record.read_text()
+    target.write_bytes(b"\0" * served.size)  # same size, other bytes, new mtime
+    served.faults.status_always = 503  # the replacement cannot be fetched
+
+    with pytest.raises(DownloadFailed):
+        sync_models(s.replace(retries=0), progress=False)
+
+    assert not record.exists(), f"stale record survived: {stale}"

@@ -22,13 +22,14 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
 from comfy_worker.atomic_write import write_text_atomic
 from comfy_worker.errors import LockfileError
+from comfy_worker.jsontypes import json_text, json_type_name
 
 LOCK_VERSION = 1
 
@@ -55,11 +56,27 @@ _REPO_TYPES = ("model", "dataset", "space")
 
 @dataclass(frozen=True)
 class HfSource:
+    """A file in a Hugging Face repo at ``revision``.
+
+    In a lock the revision is always a 40-hex commit (:attr:`pinned`; validation and
+    :class:`LockEntry` insist). Before that, ``lock add`` holds a reference at a branch
+    or tag, asks the Hub for its commit and pins it with :meth:`at`.
+    """
+
     repo: str
     revision: str
     file: str
     repo_type: str = "model"
     type: str = field(default="huggingface", init=False)
+
+    @property
+    def pinned(self) -> bool:
+        """The revision is a commit, so the bytes can never change."""
+        return bool(_COMMIT.match(self.revision))
+
+    def at(self, commit: str) -> HfSource:
+        """This file at ``commit``."""
+        return replace(self, revision=commit)
 
     def describe(self) -> str:
         return f"hf://{self.repo}@{self.revision[:12]}/{self.file}"
@@ -96,6 +113,12 @@ class LockEntry:
     """Lower-case hex."""
     size: int
 
+    def __post_init__(self) -> None:
+        if isinstance(self.source, HfSource) and not self.source.pinned:
+            raise LockfileError(
+                f'"{self.path}": {self.source.describe()} is not pinned to a commit',
+                hint="`comfy-worker lock add` resolves a branch or tag to its commit")
+
     @property
     def folder(self) -> str:
         return self.path.split("/", 1)[0]
@@ -110,10 +133,6 @@ class Lockfile:
     models: tuple[LockEntry, ...] = ()
     extra_folders: tuple[str, ...] = ()
     version: int = LOCK_VERSION
-
-    @property
-    def total_size(self) -> int:
-        return sum(m.size for m in self.models)
 
     @property
     def folders(self) -> frozenset[str]:
@@ -151,6 +170,23 @@ class Lockfile:
 
 # --- validation (pure) ----------------------------------------------------------------
 
+_MISSING: Any = object()
+
+
+def _shown(value: object) -> str:
+    """A JSON value as a message shows it: ``missing``, ``null``, ``"main"``, ``12``."""
+    return "missing" if value is _MISSING else json_text(value)
+
+
+def _typed(value: object, expected: str) -> str:
+    """A value as a message shows it, naming its JSON type when that is not ``expected``:
+    ``"12" (a string)`` where a number belongs, ``"main"`` where a string does."""
+    kind = json_type_name(value)
+    if value is _MISSING or value is None or kind == expected:
+        return _shown(value)
+    return f"{json_text(value)} ({'an' if kind[0] in 'aeiou' else 'a'} {kind})"
+
+
 
 def allowed_folders(extra_folders: Iterable[str]) -> frozenset[str]:
     """Folders a lock entry's path may start with: ComfyUI's and the lock's extras."""
@@ -160,119 +196,129 @@ def allowed_folders(extra_folders: Iterable[str]) -> frozenset[str]:
 def validate_model_path(path: object, *, where: str, folders: frozenset[str]) -> str:
     """The normalised relative path, or a LockfileError naming what is wrong."""
     if not isinstance(path, str) or not path.strip():
-        raise LockfileError(f'{where}: field "path" is {path!r}',
+        raise LockfileError(f'{where}: field "path" is {_typed(path, "string")}',
                             hint='set "path" to FOLDER/NAME, e.g. "loras/style.safetensors"')
+    shown = json_text(path)
     if "\\" in path:
-        raise LockfileError(f'{where}: field "path" {path!r} contains a backslash',
+        raise LockfileError(f'{where}: field "path" {shown} contains a backslash',
                             hint="use forward slashes")
     if path.startswith("/") or re.match(r"^[A-Za-z]:", path):
         raise LockfileError(
-            f'{where}: field "path" {path!r} is absolute',
+            f'{where}: field "path" {shown} is absolute',
             hint='paths are relative to the models root, e.g. "checkpoints/model.safetensors"',
         )
     parts = path.split("/")
     if ".." in parts:
-        raise LockfileError(f'{where}: field "path" {path!r} contains ".."',
+        raise LockfileError(f'{where}: field "path" {shown} contains ".."',
                             hint="paths must stay inside the models root")
     if any(p in ("", ".") for p in parts):
-        raise LockfileError(f'{where}: field "path" {path!r} has an empty or "." segment',
+        raise LockfileError(f'{where}: field "path" {shown} has an empty or "." segment',
                             hint='write it as FOLDER/NAME without "//", "./" or a trailing "/"')
     if len(parts) < 2:
         raise LockfileError(
-            f'{where}: field "path" {path!r} names no models folder',
+            f'{where}: field "path" {shown} names no models folder',
             hint='prefix it with its folder, e.g. "checkpoints/' + parts[0] + '"',
         )
     if parts[0] not in folders:
         raise LockfileError(
-            f'{where}: field "path" {path!r}: unknown models folder "{parts[0]}"',
+            f'{where}: field "path" {shown}: unknown models folder "{parts[0]}"',
             hint=f"use one of {', '.join(sorted(KNOWN_FOLDERS))}, or add "
             f'"{parts[0]}" to the lock\'s top-level "extra_folders" for a custom node\'s folder',
         )
     if any(p.endswith((".incomplete", ".lock")) or p.startswith(".") for p in parts):
-        raise LockfileError(f'{where}: field "path" {path!r} uses a reserved name',
+        raise LockfileError(f'{where}: field "path" {shown} uses a reserved name',
                             hint='names may not start with "." or end in .incomplete/.lock')
     return str(PurePosixPath(path))
 
 
+def _unknown(raw: dict[str, Any], allowed: Iterable[str]) -> str | None:
+    """The unknown keys of ``raw`` as a JSON array, or None."""
+    unknown = sorted(set(raw) - set(allowed))
+    return json_text(unknown, limit=200) if unknown else None
+
+
 def _parse_source(raw: object, *, where: str) -> Source:
     if not isinstance(raw, dict):
-        raise LockfileError(f'{where}: field "source" is {raw!r}, expected an object',
-                            hint='e.g. {"type": "url", "url": "https://..."}')
-    kind = raw.get("type")
+        raise LockfileError(f'{where}: field "source" is {_typed(raw, "object")}, '
+                            "expected an object", hint='e.g. {"type": "url", "url": "https://..."}')
+    kind = raw.get("type", _MISSING)
     if kind == "huggingface":
-        repo = raw.get("repo")
+        repo = raw.get("repo", _MISSING)
         if not isinstance(repo, str) or not _REPO.match(repo):
-            raise LockfileError(f'{where}: field "source.repo" is {repo!r}',
+            raise LockfileError(f'{where}: field "source.repo" is {_typed(repo, "string")}',
                                 hint='use the Hugging Face repo id, "owner/name"')
-        revision = raw.get("revision")
+        revision = raw.get("revision", _MISSING)
         if not isinstance(revision, str) or not _COMMIT.match(revision):
             raise LockfileError(
-                f'{where}: field "source.revision" is {revision!r}, not a 40-hex commit',
+                f'{where}: field "source.revision" is {_typed(revision, "string")}, '
+                "not a 40-hex commit",
                 hint="pin a commit, not a branch or tag: `comfy-worker lock add "
                 f"hf://{repo}@{revision if isinstance(revision, str) else 'main'}/FILE` "
                 "resolves it",
             )
-        file = raw.get("file")
+        file = raw.get("file", _MISSING)
         if not isinstance(file, str) or not file or file.startswith("/") or ".." in file.split("/"):
-            raise LockfileError(f'{where}: field "source.file" is {file!r}',
+            raise LockfileError(f'{where}: field "source.file" is {_typed(file, "string")}',
                                 hint="set it to the file's path inside the repo")
         repo_type = raw.get("repo_type", "model")
         if repo_type not in _REPO_TYPES:
-            raise LockfileError(f'{where}: field "source.repo_type" is {repo_type!r}',
+            raise LockfileError(f'{where}: field "source.repo_type" is '
+                                f'{_typed(repo_type, "string")}',
                                 hint=f"use one of {', '.join(_REPO_TYPES)}")
-        unknown = set(raw) - {"type", "repo", "revision", "file", "repo_type"}
+        unknown = _unknown(raw, ("type", "repo", "revision", "file", "repo_type"))
         if unknown:
-            raise LockfileError(f'{where}: unknown field(s) in "source": {sorted(unknown)}',
+            raise LockfileError(f'{where}: unknown field(s) in "source": {unknown}',
                                 hint="remove them")
         return HfSource(repo=repo, revision=revision, file=file, repo_type=repo_type)
     if kind == "url":
-        url = raw.get("url")
+        url = raw.get("url", _MISSING)
         parts = urlsplit(url) if isinstance(url, str) else None
         if parts is None or parts.scheme not in ("https", "http") or not parts.netloc:
-            raise LockfileError(f'{where}: field "source.url" is {url!r}',
+            raise LockfileError(f'{where}: field "source.url" is {_typed(url, "string")}',
                                 hint="use an https:// URL")
-        unknown = set(raw) - {"type", "url"}
+        unknown = _unknown(raw, ("type", "url"))
         if unknown:
-            raise LockfileError(f'{where}: unknown field(s) in "source": {sorted(unknown)}',
+            raise LockfileError(f'{where}: unknown field(s) in "source": {unknown}',
                                 hint="remove them")
         return UrlSource(url=url)
-    raise LockfileError(f'{where}: field "source.type" is {kind!r}',
+    raise LockfileError(f'{where}: field "source.type" is {_typed(kind, "string")}',
                         hint='use "huggingface" or "url"')
 
 
 def parse_lock(data: object, *, origin: str = "models.lock.json") -> Lockfile:
     """Validate decoded JSON into a :class:`Lockfile` (pure)."""
     if not isinstance(data, dict):
-        raise LockfileError(f"{origin}: top level is {type(data).__name__}, expected an object",
+        raise LockfileError(f"{origin}: top level is {_typed(data, 'object')}, expected an object",
                             hint='start from {"version": 1, "models": []}')
-    version = data.get("version")
-    if version != LOCK_VERSION:
-        raise LockfileError(f'{origin}: field "version" is {version!r}',
+    version = data.get("version", _MISSING)
+    if version != LOCK_VERSION or isinstance(version, bool):
+        raise LockfileError(f'{origin}: field "version" is {_typed(version, "number")}',
                             hint=f"this worker reads version {LOCK_VERSION}")
-    unknown = set(data) - {"version", "models", "extra_folders"}
+    unknown = _unknown(data, ("version", "models", "extra_folders"))
     if unknown:
-        raise LockfileError(f"{origin}: unknown top-level field(s) {sorted(unknown)}",
+        raise LockfileError(f"{origin}: unknown top-level field(s) {unknown}",
                             hint='allowed: "version", "models", "extra_folders"')
     extra = data.get("extra_folders", [])
     if not isinstance(extra, list) or not all(
         isinstance(f, str) and re.match(r"^[\w.-]+$", f) and f not in (".", "..") for f in extra
     ):
-        raise LockfileError(f'{origin}: field "extra_folders" is {extra!r}',
-                            hint="a list of plain folder names, e.g. [\"ipadapter\"]")
+        raise LockfileError(f'{origin}: field "extra_folders" is {_typed(extra, "array")}',
+                            hint='an array of plain folder names, e.g. ["ipadapter"]')
     folders = allowed_folders(extra)
-    models = data.get("models")
+    models = data.get("models", _MISSING)
     if not isinstance(models, list):
-        raise LockfileError(f'{origin}: field "models" is {models!r}, expected a list',
-                            hint='add "models": [] ')
+        raise LockfileError(f'{origin}: field "models" is {_typed(models, "array")}, '
+                            "expected an array", hint='add "models": [] ')
     entries: list[LockEntry] = []
     seen: dict[str, int] = {}
     for i, raw in enumerate(models):
         where = f"{origin}: models[{i}]"
         if not isinstance(raw, dict):
-            raise LockfileError(f"{where} is {raw!r}, expected an object")
+            raise LockfileError(f"{where} is {_typed(raw, 'object')}, expected an object",
+                                hint='each entry is {"path", "source", "sha256", "size"}')
         if isinstance(raw.get("path"), str):
             where += f' ("{raw["path"]}")'
-        path = validate_model_path(raw.get("path"), where=where, folders=folders)
+        path = validate_model_path(raw.get("path", _MISSING), where=where, folders=folders)
         key = path.casefold()
         if key in seen:
             raise LockfileError(
@@ -280,23 +326,21 @@ def parse_lock(data: object, *, origin: str = "models.lock.json") -> Lockfile:
                 hint="each file may be locked once; remove one of them",
             )
         seen[key] = i
-        source = _parse_source(raw.get("source"), where=where)
-        sha = raw.get("sha256")
+        source = _parse_source(raw.get("source", _MISSING), where=where)
+        sha = raw.get("sha256", _MISSING)
         if not isinstance(sha, str) or not _SHA256.match(sha):
             raise LockfileError(
-                f'{where}: field "sha256" is {sha!r}, not 64 hex characters',
+                f'{where}: field "sha256" is {_typed(sha, "string")}, not 64 hex characters',
                 hint="use `comfy-worker lock add` to compute it, or `sha256sum FILE`",
             )
-        size = raw.get("size")
-        if size is None:
-            raise LockfileError(f'{where}: field "size" is missing',
-                                hint="set it to the file's size in bytes (`stat -c %s FILE`)")
+        size = raw.get("size", _MISSING)
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-            raise LockfileError(f'{where}: field "size" is {size!r}',
-                                hint="set it to the file's size in bytes, a whole number")
-        unknown = set(raw) - {"path", "source", "sha256", "size"}
+            raise LockfileError(f'{where}: field "size" is {_typed(size, "number")}',
+                                hint="set it to the file's size in bytes, a whole number "
+                                "(`stat -c %s FILE`)")
+        unknown = _unknown(raw, ("path", "source", "sha256", "size"))
         if unknown:
-            raise LockfileError(f"{where}: unknown field(s) {sorted(unknown)}",
+            raise LockfileError(f"{where}: unknown field(s) {unknown}",
                                 hint='allowed: "path", "source", "sha256", "size"')
         entries.append(LockEntry(path=path, source=source, sha256=sha.lower(), size=size))
     return Lockfile(models=tuple(entries), extra_folders=tuple(extra))
@@ -308,7 +352,7 @@ def load_lock(path: Path) -> Lockfile:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise LockfileError(
-            f"lock file {str(path)!r} does not exist",
+            f'lock file "{path}" does not exist',
             hint="pass --lock FILE (or COMFY_WORKER_LOCK), or create one with "
             "`comfy-worker lock add`",
         ) from None

@@ -13,9 +13,10 @@ Test modules import what they need (``tests/`` is on ``sys.path`` under pytest; 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -57,6 +58,14 @@ def write_lock_file(dest: Path, entries: dict[str, ServedFile]) -> Path:
     return dest
 
 
+def skip_or_fail(reason: str) -> NoReturn:
+    """Skip a test whose environment is missing something, but fail it under ``CI=true``
+    (CI must run every test)."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
 @pytest.fixture(name="hf_server")
 def hf_server_fixture() -> Iterator[HFServer]:
     """A started :class:`HFServer` on 127.0.0.1, stopped after the test."""
@@ -74,6 +83,7 @@ __all__ = [
     "iter_random_bytes",
     "lock_entry",
     "safetensors_bytes",
+    "skip_or_fail",
     "write_lock_file",
     "write_random_file",
 ]

@@ -15,8 +15,9 @@ use to download a file:
 
 Fault injection per file (:class:`Faults`): answer a status N times (``fail_times``,
 ``fail_status``), always answer a status (``status_always``), flip a byte in N
-responses (``corrupt_times``), cut the connection after some bytes N times
-(``cut_times``, ``cut_after``), go silent mid-body (``stall_times``). Repos can be
+responses (``corrupt_times``, ``corrupt_at``), cut the connection after some bytes N
+times (``cut_times``, ``cut_after``, ``cut_start`` for one range), go silent mid-body
+(``stall_times``). Repos can be
 gated (:meth:`HFServer.gate`): no token → 401, a token without access → 403.
 Bandwidth caps per connection and in total (``per_connection_bps``, ``total_bps``)
 make it usable for throughput benchmarks.
@@ -34,15 +35,19 @@ Usage::
 
 or the pytest fixture ``hf_server`` from :mod:`support` (a started server).
 
+Requests are logged just before their last bytes go out, so a client holding a whole
+response always finds it counted.
+
 Caution: ``hf_transfer.download`` holds the GIL for the whole download, so it must not
-run in the process that hosts this server (it would deadlock). ``comfy_worker.sync``
-runs hf_transfer in a child process; a benchmark should host the server in its own
-process (see ``benchmarks/sync_throughput.py``).
+run in the process that hosts this server (it would deadlock); a benchmark should host
+the server in its own process anyway, so that it does not share the client's GIL (see
+``benchmarks/sync_throughput.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import re
@@ -70,10 +75,14 @@ class Faults:
     status_always: int | None = None
     """Answer this status to every request for the file (HEAD and GET)."""
     corrupt_times: int = 0
-    """Flip the byte at ``size // 2`` in this many GET responses that cover it (-1: always)."""
+    """Flip the byte at ``corrupt_at`` in this many GET responses that cover it (-1: always)."""
+    corrupt_at: int | None = None
+    """The offset of the flipped byte (default: ``size // 2``)."""
     cut_times: int = 0
-    """Close the connection after ``cut_after`` body bytes in this many GET responses."""
+    """Close the connection after ``cut_after`` body bytes in this many GET responses
+    (longer than that, and starting at ``cut_start`` when that is set)."""
     cut_after: int = 4096
+    cut_start: int | None = None
     stall_times: int = 0
     """Send ``stall_after`` body bytes, then nothing for ``stall_seconds`` (or until the
     server stops), in this many GET responses, then close the connection."""
@@ -357,9 +366,16 @@ class HFServer:
                 return 404, "EntryNotFound", None, commit
             return 200, None, self._files[key], commit
 
-    def _record(self, rec: RequestRecord) -> None:
+    def _record(self, rec: RequestRecord) -> int:
         with self._lock:
             self._log.append(rec)
+            return len(self._log) - 1
+
+    def _amend(self, index: int, *, body_bytes: int) -> None:
+        with self._lock:
+            if index < len(self._log):  # (unless reset_counters ran meanwhile)
+                self._log[index] = dataclasses.replace(
+                    self._log[index], body_bytes=body_bytes, ended=time.monotonic())
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -437,8 +453,8 @@ class _Handler(BaseHTTPRequestHandler):
                 if self._fault_status(served, head=head):
                     return
                 location = f"{self.hub.cdn_endpoint}/cdn-lfs/{served.sha256}"
-                self._send_headers(302, {**extra, "Location": location, "Content-Length": "0"})
                 self._record(served, 302, 0)
+                self._send_headers(302, {**extra, "Location": location, "Content-Length": "0"})
                 return
         else:
             blob = served.read(0, served.size)
@@ -447,8 +463,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     # --- responses ------------------------------------------------------------------
 
-    def _record(self, served: ServedFile | None, status: int, body: int) -> None:
-        self.hub._record(RequestRecord(
+    def _record(self, served: ServedFile | None, status: int, body: int) -> int:
+        """Log this request. Called *before* the response's last bytes go out, so a
+        client that has the whole response always finds it counted (afterwards it would
+        race the client); :meth:`_amend` corrects a body that was then cut short."""
+        return self.hub._record(RequestRecord(
             method=self.command, path=self.path, status=status,
             key=served.key if served else None, range=self.headers.get("Range"),
             body_bytes=body, authorization="Authorization" in self.headers,
@@ -468,10 +487,10 @@ class _Handler(BaseHTTPRequestHandler):
             headers["X-Error-Code"] = code
         if commit:
             headers["X-Repo-Commit"] = commit
+        self._record(served, status, 0)
         self._send_headers(status, headers)
         if not head:
             self.wfile.write(body)
-        self._record(served, status, 0)
 
     def _fault_status(self, served: ServedFile, *, head: bool) -> bool:
         """Answer an injected status; True when it did."""
@@ -501,8 +520,8 @@ class _Handler(BaseHTTPRequestHandler):
         if rng == "invalid":
             headers["Content-Range"] = f"bytes */{size}"
             headers["Content-Length"] = "0"
-            self._send_headers(416, headers)
             self._record(served, 416, 0)
+            self._send_headers(416, headers)
             return
         if isinstance(rng, tuple):
             start, end = rng
@@ -512,21 +531,22 @@ class _Handler(BaseHTTPRequestHandler):
             start, end, status = 0, size - 1, 200
         length = end - start + 1 if size else 0
         headers["Content-Length"] = str(length)
-        self._send_headers(status, headers)
-        if head:
+        if head or length == 0:
             self._record(served, status, 0)
+            self._send_headers(status, headers)
             return
-        sent = self._send_body(served, start, length)
-        self._record(served, status, sent)
+        self._send_headers(status, headers)
+        self._send_body(served, status, start, length)
 
-    def _send_body(self, served: ServedFile, start: int, length: int) -> int:
+    def _send_body(self, served: ServedFile, status: int, start: int, length: int) -> int:
         f = served.faults
-        corrupt_at = served.size // 2
+        corrupt_at = served.size // 2 if f.corrupt_at is None else f.corrupt_at
         with self.hub._lock:
             corrupt = f.corrupt_times != 0 and start <= corrupt_at < start + length
             if corrupt and f.corrupt_times > 0:
                 f.corrupt_times -= 1
-            cut = f.cut_times > 0 and length > f.cut_after
+            cut = (f.cut_times > 0 and length > f.cut_after
+                   and f.cut_start in (None, start))
             if cut:
                 f.cut_times -= 1
             stall = not cut and f.stall_times > 0 and length > f.stall_after
@@ -539,9 +559,12 @@ class _Handler(BaseHTTPRequestHandler):
         if rates:  # about 10 ms of the slowest cap per write: smooth, yet few syscalls
             chunk = max(8 * 1024, min(_CHUNK, int(min(rates) / 100)))
         fh = open(served.source, "rb") if served.source is not None else None  # noqa: SIM115
+        logged: int | None = None
         try:
             while sent < limit:
                 n = min(chunk, limit - sent)
+                if logged is None and sent + n == limit:  # the last write: count it first
+                    logged = self._record(served, status, limit)
                 for limiter in (self.conn_limiter, self.hub.total_limiter):
                     if limiter is not None:
                         limiter.take(n)
@@ -567,6 +590,10 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             if fh is not None:
                 fh.close()
+            if logged is None:
+                self._record(served, status, sent)
+            elif sent != limit:
+                self.hub._amend(logged, body_bytes=sent)
         if stall:
             self.hub._stopping.wait(f.stall_seconds)
         if cut or stall:

@@ -18,10 +18,8 @@ from comfy_worker.lockfile import (
     validate_model_path,
     write_lock,
 )
-from comfy_worker.sync import verify
+from comfy_worker.sync.check import verify_file
 from comfy_worker.sync.paths import STATE_DIR
-from comfy_worker.sync.plan import Check, check_for
-from comfy_worker.sync.record import Record, read_record, write_record
 
 log = logging.getLogger(__name__)
 
@@ -43,43 +41,14 @@ def lock_add(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def verify_file(target: Path, sha256: str, size: int, path: str, *, fast: bool,
-                state_dir: Path | None) -> tuple[bool, str]:
-    """(ok, how or why) for one file against its lock entry; records a full hash."""
-    try:
-        st = os.stat(target)
-    except FileNotFoundError:
-        st = None
-    rec = read_record(target, state_dir) if st is not None else None
-    check = check_for(st, rec, sha256=sha256, size=size, path=path, fast=fast)
-    if check is Check.MISSING:
-        return False, "missing"
-    if check is Check.TRUSTED:
-        return True, "record (size + mtime unchanged since verified)"
-    if check is Check.WRONG_SIZE:
-        assert st is not None
-        return False, f"size {st.st_size}, expected {size}"
-    if check is Check.HEADER:
-        ok, reason = verify.safetensors_header_ok(target, size)
-        if ok:
-            return True, reason
-        log.info("%s: fast check failed (%s): hashing", target, reason)
-    actual = verify.sha256_file(target)
-    if actual != sha256:
-        return False, f"sha256 {actual}, expected {sha256}"
-    write_record(target, Record.of(os.stat(target), actual), state_dir)
-    return True, "sha256"
-
-
 def lock_verify(args: argparse.Namespace, settings: Settings) -> int:
     lock = load_lock(Path(args.lock) if args.lock else settings.lock_path)
     root = Path(args.dir)
     state_dir = Path(os.path.abspath(settings.models_dir)) / STATE_DIR
     results: list[dict[str, Any]] = []
     for entry in lock.models:
-        ok, how = verify_file(root / entry.path, entry.sha256, entry.size, entry.path,
-                              fast=args.fast, state_dir=state_dir)
-        results.append({"path": entry.path, "ok": ok, "check": how})
+        verdict = verify_file(root / entry.path, entry, fast=args.fast, state_dir=state_dir)
+        results.append({"path": entry.path, "ok": verdict.ok, "check": verdict.detail})
     bad = [r for r in results if not r["ok"]]
     if args.json:
         print(json.dumps({"dir": str(root), "ok": not bad, "files": results}, indent=2))

@@ -4,17 +4,21 @@ See ``docs/ARCHITECTURE.md`` for the interface and README.md ("Models") for user
 """
 
 from comfy_worker.sync.paths import (
+    ModelPaths,
     extra_model_paths_location,
     model_roots,
+    prepare_model_paths,
     write_extra_model_paths,
 )
 from comfy_worker.sync.run import FileResult, SyncReport, sync_models
 
 __all__ = [
     "FileResult",
+    "ModelPaths",
     "SyncReport",
     "extra_model_paths_location",
     "model_roots",
+    "prepare_model_paths",
     "sync_models",
     "write_extra_model_paths",
 ]

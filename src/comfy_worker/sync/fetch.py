@@ -2,38 +2,42 @@
 
 Hugging Face sources: ``hf_hub_url`` + ``get_hf_file_metadata`` (``HF_ENDPOINT``,
 ``HF_TOKEN``) give the final location (the CDN URL the Hub redirects to), the size and
-the LFS sha256. The bytes come from ``hf_transfer.download`` on that location, several
-byte ranges at once, run in a child process (it holds the GIL while it works). URL
-sources take the same path after a HEAD; a server without range support gets a plain
-streamed download instead.
+the LFS sha256. The bytes come from a :class:`~comfy_worker.sync.download.Download` of
+that location: several byte ranges at once, sha256 computed as they land. URL sources
+take the same path after a HEAD; a server without range support is streamed in one GET.
 
 Failures become the errors in :mod:`comfy_worker.errors`; transient ones (5xx, 429,
-cut connections, timeouts) become :class:`Transient` so the caller can retry.
+cut or stalled connections, timeouts) become :class:`Transient` so the caller can retry.
+Anything else (a bug) propagates as it is.
 """
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import hashlib
-import json
+import importlib
 import logging
 import os
-import queue
 import re
 import shutil
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 from urllib.parse import urlsplit
 
 from comfy_worker.config import Settings
 from comfy_worker.errors import DiskFull, GatedModel, ModelNotFound, SyncError
 from comfy_worker.lockfile import HfSource, Source, UrlSource
+from comfy_worker.sync.download import (
+    Cancelled,
+    Download,
+    Gate,
+    Transient,
+    Tuning,
+    is_transient_network_error,
+)
 
 log = logging.getLogger(__name__)
 # huggingface_hub's HTTP client logs every request at INFO; keep our per-file lines readable.
@@ -41,17 +45,8 @@ for _name in ("httpx2", "httpx"):
     if logging.getLogger(_name).level == logging.NOTSET:
         logging.getLogger(_name).setLevel(logging.WARNING)
 
-_CHILD = Path(__file__).with_name("_hf_transfer_child.py")
 _TIMEOUT = (10.0, 60.0)
 MIB = 1024 * 1024
-
-
-class Transient(Exception):
-    """A failure worth retrying (5xx, 429, cut connection, timeout)."""
-
-
-class Cancelled(Exception):
-    """The sync was cancelled (another file failed, or an interrupt)."""
 
 
 @dataclass(frozen=True)
@@ -92,16 +87,6 @@ def chunk_size_for(size: int, connections: int) -> int:
     return max(MIB, min(8 * MIB, per))
 
 
-def status_from_message(message: str) -> int | None:
-    """The HTTP status in an hf_transfer error message, e.g. ``(503 Service ...)``."""
-    m = re.search(r"HTTP status (?:client|server) error \((\d{3})", message)
-    return int(m.group(1)) if m else None
-
-
-def is_disk_full(message: str) -> bool:
-    return "os error 28" in message or "No space left on device" in message
-
-
 def space_shortfall(free: int, needed: int) -> int:
     """Bytes missing to store ``needed`` bytes with ``free`` available (0 when it fits)."""
     return max(0, needed - free)
@@ -138,6 +123,32 @@ def http_error(status: int, *, path: str, source: Source, settings: Settings,
                      hint="check the source in the lock")
 
 
+def _hub_transient_types() -> tuple[type[BaseException], ...]:
+    """Network failures of huggingface_hub's HTTP client (httpx2 in huggingface_hub 2,
+    httpx in 1) that are worth retrying: timeouts, connection errors, a server that
+    closed the connection, a failing proxy."""
+    found: list[type[BaseException]] = []
+    for name in ("httpx2", "httpx"):
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        found += [mod.TimeoutException, mod.NetworkError, mod.RemoteProtocolError,
+                  mod.ProxyError]
+    return tuple(found)
+
+
+def network_error(exc: BaseException, *, path: str, source: Source) -> Transient | SyncError:
+    """The error for a failed request: Transient when retrying can help, else a
+    SyncError naming the file (an invalid URL, too many redirects, a TLS failure)."""
+    what = f"{source.describe()}: {type(exc).__name__}: {exc}"
+    if is_transient_network_error(exc):
+        return Transient(what)
+    return SyncError(f'"{path}": {what}',
+                     hint="check the source in the lock, the network's proxy and TLS "
+                     "settings (REQUESTS_CA_BUNDLE), and the system clock")
+
+
 # --- locating ---------------------------------------------------------------------
 
 
@@ -148,14 +159,18 @@ def hub_headers(settings: Settings) -> dict[str, str]:
     return dict(build_hf_headers(token=token, library_name="comfy-worker"))
 
 
-def hf_metadata(repo: str, file: str, revision: str, repo_type: str, settings: Settings,
-                *, path: str, source: Source) -> Remote:
-    """HEAD the file on the Hub (following its redirects to the CDN location)."""
+def hf_metadata(source: HfSource, settings: Settings, *, path: str) -> Remote:
+    """HEAD the file on the Hub (following its redirects to the CDN location).
+
+    ``source`` may be unpinned (a branch, for ``lock add``); ``Remote.commit`` then
+    names the commit the branch points at.
+    """
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
     from huggingface_hub.errors import HfHubHTTPError
 
-    url = hf_hub_url(repo, file, repo_type=None if repo_type == "model" else repo_type,
-                     revision=revision, endpoint=settings.hf_endpoint)
+    url = hf_hub_url(source.repo, source.file,
+                     repo_type=None if source.repo_type == "model" else source.repo_type,
+                     revision=source.revision, endpoint=settings.hf_endpoint)
     token = settings.hf_token.reveal() if settings.hf_token else False
     try:
         meta = get_hf_file_metadata(url, token=token, endpoint=settings.hf_endpoint,
@@ -164,7 +179,7 @@ def hf_metadata(repo: str, file: str, revision: str, repo_type: str, settings: S
         status = exc.response.status_code if exc.response is not None else 0
         err = http_error(status, path=path, source=source, settings=settings)
         raise err from None
-    except Exception as exc:  # httpx connection errors, timeouts
+    except _hub_transient_types() as exc:
         raise Transient(f"{source.describe()}: {type(exc).__name__}: {exc}") from None
     location = meta.location or url
     etag = meta.etag or ""
@@ -182,7 +197,7 @@ def url_metadata(url: str, settings: Settings, *, path: str, source: Source) -> 
     try:
         r = requests.head(url, headers=headers, allow_redirects=True, timeout=_TIMEOUT)
     except requests.RequestException as exc:
-        raise Transient(f"{url}: {type(exc).__name__}: {exc}") from None
+        raise network_error(exc, path=path, source=source) from None
     if r.status_code in (405, 501):  # no HEAD here: a plain streamed GET will do
         return Remote(url=url, headers=headers, size=None, ranges=False)
     if r.status_code >= 400:
@@ -197,8 +212,7 @@ def url_metadata(url: str, settings: Settings, *, path: str, source: Source) -> 
 
 def locate(source: Source, settings: Settings, *, path: str) -> Remote:
     if isinstance(source, HfSource):
-        return hf_metadata(source.repo, source.file, source.revision, source.repo_type,
-                           settings, path=path, source=source)
+        return hf_metadata(source, settings, path=path)
     return url_metadata(source.url, settings, path=path, source=source)
 
 
@@ -224,24 +238,6 @@ def check_free_space(directory: Path, needed: int, *, what: str) -> None:
         )
 
 
-def check_landed(path: Path, size: int, *, entry_path: str) -> None:
-    """Raise DiskFull when a downloaded file's bytes cannot all be on disk.
-
-    hf_transfer writes through a buffered async file and can drop a failed write
-    (ENOSPC) without an error; the file then has holes and a wrong sha256. Called only
-    after a hash mismatch: holes larger than the free space left mean the disk filled
-    up (a compressing filesystem, or one that reports no blocks, may show fewer blocks,
-    but then a matching hash never gets here).
-    """
-    st = os.stat(path)
-    allocated = st.st_blocks * 512
-    if allocated >= size:
-        return
-    free = shutil.disk_usage(path.parent).free
-    if free < size - allocated:
-        raise disk_full_error(path.parent, size, path=entry_path)
-
-
 def disk_full_error(directory: Path, needed: int, *, path: str) -> DiskFull:
     free = shutil.disk_usage(existing_ancestor(directory)).free
     return DiskFull(
@@ -254,173 +250,109 @@ def disk_full_error(directory: Path, needed: int, *, path: str) -> DiskFull:
 # --- downloading --------------------------------------------------------------------
 
 
-class Children:
-    """The running download processes, so a cancel can stop them all."""
+class Downloads:
+    """The downloads running in one sync, so a cancel can stop them all."""
 
-    def __init__(self) -> None:
+    def __init__(self, gate: Gate) -> None:
+        self.gate = gate
         self._lock = threading.Lock()
-        self._procs: set[subprocess.Popen[str]] = set()
+        self._running: set[Download] = set()
         self.cancelled = threading.Event()
 
-    def add(self, proc: subprocess.Popen[str]) -> None:
+    def add(self, download: Download) -> None:
         with self._lock:
-            self._procs.add(proc)
+            self._running.add(download)
             if self.cancelled.is_set():
-                proc.kill()
+                download.cancel()
 
-    def discard(self, proc: subprocess.Popen[str]) -> None:
+    def discard(self, download: Download) -> None:
         with self._lock:
-            self._procs.discard(proc)
+            self._running.discard(download)
 
     def cancel(self) -> None:
         with self._lock:
             self.cancelled.set()
-            for proc in self._procs:
-                with contextlib.suppress(OSError):
-                    proc.kill()
+            running = list(self._running)
+        for download in running:
+            download.cancel()
+
+
+def tuning_for(settings: Settings, size: int | None) -> Tuning:
+    connections = max(1, settings.connections)
+    return Tuning(connections=connections,
+                  chunk_size=chunk_size_for(size or 0, connections),
+                  retries=max(1, settings.retries), stall_timeout=settings.stall_timeout,
+                  connect_timeout=_TIMEOUT[0])
 
 
 def transfer(remote: Remote, dest: Path, settings: Settings, *, path: str, source: Source,
-             on_bytes: Callable[[int], None], children: Children) -> str | None:
-    """Download ``remote`` into ``dest``. Returns the sha256 when it was computed on the
-    way (streamed downloads), else None (the caller hashes the file)."""
-    if children.cancelled.is_set():
-        raise Cancelled()
-    if remote.ranges and remote.size:
-        _hf_transfer(remote, dest, settings, path=path, source=source, on_bytes=on_bytes,
-                     children=children)
-        return None
-    return _stream(remote, dest, settings, path=path, source=source, on_bytes=on_bytes,
-                   children=children)
-
-
-class StallWatch:
-    """Notices a download that has received nothing for ``timeout`` seconds: no chunk
-    finished and the file's allocated blocks did not grow (hf_transfer preallocates a
-    sparse file, so blocks track bytes written)."""
-
-    def __init__(self, path: Path, timeout: float) -> None:
-        self.path = path
-        self.timeout = timeout
-        self.blocks = -1
-        self.last = time.monotonic()
-
-    def progressed(self) -> None:
-        self.last = time.monotonic()
-
-    def stalled(self) -> bool:
-        try:
-            blocks = os.stat(self.path).st_blocks
-        except OSError:
-            blocks = self.blocks
-        if blocks != self.blocks:
-            self.blocks = blocks
-            self.progressed()
-        return time.monotonic() - self.last > self.timeout
-
-
-def _hf_transfer(remote: Remote, dest: Path, settings: Settings, *, path: str,
-                 source: Source, on_bytes: Callable[[int], None], children: Children) -> None:
-    assert remote.size
-    spec = {
-        "url": remote.url, "filename": str(dest), "headers": remote.headers,
-        "max_files": settings.connections,
-        "chunk_size": chunk_size_for(remote.size, settings.connections),
-        "parallel_failures": max(1, settings.connections // 2),
-        "max_retries": max(1, settings.retries),
-        "parent": os.getpid(),
-    }
-    proc = subprocess.Popen([sys.executable, str(_CHILD)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    children.add(proc)
-    lines: queue.Queue[str | None] = queue.Queue()
-    stderr_lines: list[str] = []
-
-    def pump(stream: IO[str], sink: Callable[[str], None]) -> None:
-        for line in stream:
-            sink(line.strip())
-        lines.put(None)
-
-    message = ""
-    done = stalled = False
-    try:
-        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-        proc.stdin.write(json.dumps(spec))
-        proc.stdin.close()
-        threading.Thread(target=pump, args=(proc.stdout, lines.put), daemon=True).start()
-        threading.Thread(target=pump, args=(proc.stderr, stderr_lines.append),
-                         daemon=True).start()
-        watch = StallWatch(dest, settings.stall_timeout)
-        open_streams = 2
-        while open_streams:
-            try:
-                line = lines.get(timeout=min(1.0, settings.stall_timeout))
-            except queue.Empty:
-                if watch.stalled():
-                    stalled = True
-                    proc.kill()  # hf_transfer waits forever on a silent connection
-                    break
-                continue
-            if line is None:
-                open_streams -= 1
-            elif line.isdigit():
-                watch.progressed()
-                on_bytes(int(line))
-            elif line == "done":
-                done = True
-            elif line.startswith("error "):
-                message = json.loads(line[len("error "):])
-        rc = proc.wait()
-    finally:
-        children.discard(proc)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    stderr = "\n".join(stderr_lines)
-    if stalled and not children.cancelled.is_set():
-        raise Transient(f"{source.describe()}: no data for {settings.stall_timeout:g} s "
-                        "(stalled connection)")
-    if children.cancelled.is_set():
-        raise Cancelled()
-    if done and rc == 0:
-        return
-    if not message:
-        tail = stderr.strip().splitlines()
-        message = tail[-1] if tail else f"download process exited with {rc}"
-    log.debug("hf_transfer failed for %s: %s", path, message)
-    if is_disk_full(message):
-        raise disk_full_error(dest.parent, remote.size, path=path)
-    status = status_from_message(message)
-    if status is not None:
-        raise http_error(status, path=path, source=source, settings=settings)
-    raise Transient(f"{source.describe()}: {message}")
-
-
-def _stream(remote: Remote, dest: Path, settings: Settings, *, path: str, source: Source,
-            on_bytes: Callable[[int], None], children: Children) -> str:
-    """One streamed GET, hashed on the way (for servers without range support)."""
+             on_bytes: Callable[[int], None], downloads: Downloads,
+             priority: int = 0) -> str:
+    """Download ``remote`` into ``dest`` (which exists); return the file's sha256,
+    computed while the bytes arrived."""
     import requests
+
+    download = Download(
+        remote.url, remote.headers, dest, size=remote.size, ranges=remote.ranges,
+        http_error=lambda status: http_error(status, path=path, source=source,
+                                             settings=settings),
+        describe=source.describe(), tuning=tuning_for(settings, remote.size),
+        gate=downloads.gate, priority=priority, on_bytes=on_bytes)
+    downloads.add(download)
+    try:
+        t0 = time.monotonic()
+        sha = download.run()
+        log.debug('"%s": %d bytes in %.2f s, %d bytes hashed after the last one, '
+                  "%d range retries", path, download.received, time.monotonic() - t0,
+                  download.tail_hashed or 0, download.range_retries)
+        return sha
+    except requests.RequestException as exc:  # not a network failure: TLS, bad URL
+        raise network_error(exc, path=path, source=source) from None
+    except OSError as exc:
+        if isinstance(exc, SyncError):
+            raise
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise disk_full_error(dest.parent, remote.size or 0, path=path) from None
+        raise
+    finally:
+        downloads.discard(download)
+
+
+@dataclass(frozen=True)
+class Streamed:
+    sha256: str
+    size: int
+
+
+def stream(remote: Remote, settings: Settings, *, path: str, source: Source,
+           sink: Callable[[bytes], object] | None = None,
+           on_bytes: Callable[[int], None] | None = None,
+           cancelled: threading.Event | None = None) -> Streamed:
+    """GET ``remote`` in one stream, sha256 on the way; each block also goes to ``sink``.
+
+    Raises the mapped HTTP error, :class:`Transient` for a cut, stalled or refused
+    connection or a short body, :class:`Cancelled` when ``cancelled`` is set.
+    """
+    import requests
+
     h = hashlib.sha256()
     got = 0
     try:
-        with requests.get(remote.url, headers=remote.headers, stream=True,
-                          timeout=(_TIMEOUT[0], settings.stall_timeout)) as r:
+        with requests.get(remote.url, headers={**remote.headers, "Accept-Encoding": "identity"},
+                          stream=True, timeout=(_TIMEOUT[0], settings.stall_timeout)) as r:
             if r.status_code >= 400:
                 raise http_error(r.status_code, path=path, source=source, settings=settings)
-            with open(dest, "wb") as fh:
-                for block in r.iter_content(chunk_size=MIB):
-                    if children.cancelled.is_set():
-                        raise Cancelled()
-                    fh.write(block)
-                    h.update(block)
-                    got += len(block)
+            for block in r.iter_content(chunk_size=MIB):
+                if cancelled is not None and cancelled.is_set():
+                    raise Cancelled()
+                if sink is not None:
+                    sink(block)
+                h.update(block)
+                got += len(block)
+                if on_bytes is not None:
                     on_bytes(len(block))
     except requests.RequestException as exc:
-        raise Transient(f"{source.describe()}: {type(exc).__name__}: {exc}") from None
-    except OSError as exc:
-        if exc.errno == 28:
-            raise disk_full_error(dest.parent, remote.size or got, path=path) from None
-        raise
+        raise network_error(exc, path=path, source=source) from None
     if remote.size is not None and got != remote.size:
         raise Transient(f"{source.describe()}: got {got} of {remote.size} bytes")
-    return h.hexdigest()
+    return Streamed(h.hexdigest(), got)

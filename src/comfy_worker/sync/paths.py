@@ -5,13 +5,15 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from comfy_worker.atomic_write import write_text_atomic
 from comfy_worker.config import Settings
-from comfy_worker.lockfile import KNOWN_FOLDERS
+from comfy_worker.errors import SyncError
+from comfy_worker.lockfile import KNOWN_FOLDERS, Lockfile
 
 STATE_DIR = ".comfy-worker"
 """Our own files inside the local models root (the yaml, records for read-only roots)."""
@@ -68,7 +70,37 @@ def yaml_document(roots: Sequence[Path], folders: Iterable[str]) -> dict[str, di
 def write_extra_model_paths(roots: Sequence[Path], folders: Iterable[str], dest: Path) -> Path:
     """Write a ComfyUI ``extra_model_paths.yaml`` mapping ``folders`` under every root.
 
-    Atomic: a reader sees the old file or the new one.
+    Atomic: a reader sees the old file or the new one. Use :func:`prepare_model_paths`;
+    this stays public only until the worker calls that.
     """
     text = yaml.safe_dump(yaml_document(roots, folders), sort_keys=False)
     return write_text_atomic(Path(dest), text)
+
+
+@dataclass(frozen=True)
+class ModelPaths:
+    """Where ComfyUI finds the models of one lock."""
+
+    roots: tuple[Path, ...]
+    """Model roots, highest priority first (see :func:`model_roots`)."""
+    extra_model_paths: Path
+    """The yaml for ComfyUI's ``--extra-model-paths-config``."""
+
+
+def prepare_model_paths(settings: Settings, lock: Lockfile) -> ModelPaths:
+    """Compute the model roots and write ComfyUI's ``extra_model_paths.yaml`` for them.
+
+    The one writer of that yaml (at :func:`extra_model_paths_location`). Needs only the
+    settings and the lock, so the worker calls it before it boots ComfyUI and hands the
+    result to :func:`~comfy_worker.sync.sync_models`, which then writes nothing again.
+    """
+    roots = model_roots(settings)
+    dest = extra_model_paths_location(settings)
+    try:
+        write_extra_model_paths(roots, lock.folders, dest)
+    except OSError as exc:
+        raise SyncError(
+            f"cannot write {dest}: {exc.strerror or exc}",
+            hint="make the models dir writable (--models-dir / COMFY_WORKER_MODELS_DIR)",
+        ) from None
+    return ModelPaths(roots=tuple(roots), extra_model_paths=dest)

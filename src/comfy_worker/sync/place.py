@@ -13,7 +13,6 @@ import errno
 import fcntl
 import logging
 import os
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,28 +51,6 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-class BackgroundFsync:
-    """fsync a file in a thread (the disk writes while the CPU hashes); ``wait()``
-    re-raises its error (e.g. ENOSPC or EIO at writeback) in the caller."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.error: OSError | None = None
-        self._thread = threading.Thread(target=self._run, name="fsync", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            fsync_file(self.path)
-        except OSError as exc:
-            self.error = exc
-
-    def wait(self) -> None:
-        self._thread.join()
-        if self.error is not None:
-            raise self.error
-
-
 def fsync_dir(directory: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(directory, os.O_RDONLY)
@@ -86,7 +63,7 @@ def fsync_dir(directory: Path) -> None:
 def publish(tmp: Path, target: Path) -> os.stat_result:
     """Make a verified temp file the final file: fsync, atomic rename, fsync the dir.
 
-    (Cheap when the file was fsynced already, as ``download`` does while hashing.)
+    (Cheap: the download started writing the file back while it ran.)
     """
     fsync_file(tmp)
     os.chmod(tmp, 0o644)

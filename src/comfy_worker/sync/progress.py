@@ -1,18 +1,26 @@
 """Progress: one log line per file, and an aggregate bar on a terminal.
 
-The bar (bytes, MB/s, ETA) is drawn on stderr only when stderr is a TTY; logs and the
-``--json`` summary stay clean for machines.
+The bar (bytes, MB/s, ETA) is drawn by ``tqdm`` on stderr only when stderr is a TTY;
+logs and the ``--json`` summary stay clean for machines. While the bar is shown, log
+records are written above it (``tqdm.contrib.logging``), so lines and bar never mix.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
+import os
 import sys
 import threading
-import time
 from typing import TextIO
 
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
 log = logging.getLogger(__name__)
+
+BAR_FORMAT = "{percentage:3.0f}%|{bar}| {n_fmt}B/{total_fmt}B  {rate_fmt}  ETA {remaining}"
 
 
 def human_bytes(n: float) -> str:
@@ -23,19 +31,18 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
-def render_bar(done: int, total: int, elapsed: float, width: int = 30) -> str:
-    """``[#####.....] 1.2/4.0 GiB  245.3 MB/s  ETA 11s`` (pure)."""
-    frac = min(1.0, done / total) if total else 1.0
-    filled = int(frac * width)
-    rate = done / elapsed if elapsed > 0 else 0.0
-    eta = (total - done) / rate if rate > 0 else float("inf")
-    eta_s = f"{eta:.0f}s" if eta != float("inf") else "--"
-    return (f"[{'#' * filled}{'.' * (width - filled)}] {human_bytes(done)}/"
-            f"{human_bytes(total)}  {rate / 1e6:.1f} MB/s  ETA {eta_s}")
+def _screen(stream: TextIO) -> tuple[int, int]:
+    """The terminal's (columns, lines); one that reports 0 (a fresh pty, some container
+    consoles) gets 100 x 24, where tqdm would hide its bar."""
+    try:
+        size = os.get_terminal_size(stream.fileno())
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return 100, 24
+    return size.columns or 100, size.lines or 24
 
 
 class Progress:
-    """Thread-safe byte counter with an optional bar thread."""
+    """Thread-safe byte counter with an optional bar."""
 
     def __init__(self, total: int, *, bar: bool | None = None, stream: TextIO | None = None
                  ) -> None:
@@ -43,45 +50,35 @@ class Progress:
         self.total = total
         self.done = 0
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._t0 = time.monotonic()
         isatty = getattr(self.stream, "isatty", lambda: False)()
         self.bar = isatty if bar is None else bar
-        self._thread: threading.Thread | None = None
+        self._tqdm: tqdm | None = None
+        self._logs = contextlib.ExitStack()
 
     def add(self, n: int) -> None:
+        """``n`` more bytes arrived (negative: a failed attempt's bytes are dropped)."""
         with self._lock:
             self.done += n
+            if self._tqdm is not None:
+                self._tqdm.update(n)
 
     def start(self) -> Progress:
         if self.bar and self.total > 0:
-            self._thread = threading.Thread(target=self._run, name="sync-progress",
-                                            daemon=True)
-            self._thread.start()
+            cols, lines = _screen(self.stream)
+            self._tqdm = tqdm(total=self.total, file=self.stream, unit="B", unit_scale=True,
+                              unit_divisor=1000, bar_format=BAR_FORMAT, mininterval=0.25,
+                              ncols=cols, nrows=lines, leave=True)
+            self._logs.enter_context(logging_redirect_tqdm(tqdm_class=tqdm))
         return self
-
-    def _draw(self) -> None:
-        with self._lock:
-            done = self.done
-        self.stream.write("\r" + render_bar(done, self.total, time.monotonic() - self._t0)
-                          + "\x1b[K")
-        self.stream.flush()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.25):
-            self._draw()
 
     def file_done(self, path: str, action: str, nbytes: int, seconds: float) -> None:
         rate = f"{nbytes / seconds / 1e6:.1f} MB/s" if action == "downloaded" and seconds > 0 \
             else "-"
-        if self.bar and self._thread is not None:
-            self.stream.write("\r\x1b[K")
         log.info("%-10s %s (%s, %.2f s, %s)", action, path, human_bytes(nbytes), seconds, rate)
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=1)
-            self._draw()
-            self.stream.write("\n")
-            self.stream.flush()
+        self._logs.close()
+        with self._lock:
+            if self._tqdm is not None:
+                self._tqdm.close()
+                self._tqdm = None

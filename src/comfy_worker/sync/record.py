@@ -101,6 +101,11 @@ def write_record(target: Path, record: Record, state_dir: Path | None = None) ->
         log.debug("cannot write a record for %s: %s", target, exc)
 
 
-def remove_record(target: Path) -> None:
-    with contextlib.suppress(OSError):
-        record_path(target).unlink()
+def remove_record(target: Path, state_dir: Path | None = None) -> None:
+    """Forget ``target``'s record, beside it and under ``state_dir`` (best effort)."""
+    paths = [record_path(target)]
+    if state_dir is not None:
+        paths.append(fallback_record_path(target, state_dir))
+    for path in paths:
+        with contextlib.suppress(OSError):
+            path.unlink()

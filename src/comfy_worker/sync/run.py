@@ -3,8 +3,8 @@
 A thin map over :class:`FileSync`, one locked file each, safe to run concurrently:
 look for the file in each model root (volume first), trust it by its record or verify
 it, else download it under a per-file lock into the volume (when writable) or the local
-models dir, verify, publish. ``settings.jobs`` downloads run at once; hashing a finished
-file does not hold a download slot, so it overlaps the next file's download.
+models dir (its sha256 computed as the bytes land), check the hash, publish.
+``settings.jobs`` files download at once, each over ``settings.connections`` ranges.
 """
 
 from __future__ import annotations
@@ -28,18 +28,13 @@ from comfy_worker.errors import (
     SyncError,
 )
 from comfy_worker.lockfile import LockEntry, Lockfile, load_lock
-from comfy_worker.sync import fetch, verify
-from comfy_worker.sync.paths import (
-    STATE_DIR,
-    extra_model_paths_location,
-    model_roots,
-    temp_path,
-    write_extra_model_paths,
-)
-from comfy_worker.sync.place import BackgroundFsync, can_write, file_lock, publish
-from comfy_worker.sync.plan import Check, action_for, backoff_seconds, check_for, download_root
+from comfy_worker.sync import check, fetch
+from comfy_worker.sync.download import Gate
+from comfy_worker.sync.paths import STATE_DIR, ModelPaths, prepare_model_paths, temp_path
+from comfy_worker.sync.place import can_write, file_lock, publish
+from comfy_worker.sync.plan import action_for, backoff_seconds, download_root
 from comfy_worker.sync.progress import Progress
-from comfy_worker.sync.record import Record, read_record, remove_record, write_record
+from comfy_worker.sync.record import Record, write_record
 
 log = logging.getLogger(__name__)
 
@@ -97,61 +92,29 @@ class FileSync:
             and can_write(self.volume_models))
         self.state_dir = Path(os.path.abspath(settings.models_dir)) / STATE_DIR
         self.slots = threading.Semaphore(max(1, settings.jobs))
-        self.children = fetch.Children()
+        # One pool of connections for all files (see download.Gate): a future scheduler
+        # raises a file's priority to give it the bandwidth first.
+        self.downloads = fetch.Downloads(
+            Gate(max(1, settings.jobs) * max(1, settings.connections)))
 
     # --- existing files ---------------------------------------------------------------
 
-    def _stat(self, target: Path) -> os.stat_result | None:
-        try:
-            st = os.stat(target)
-        except FileNotFoundError:
-            return None
-        except NotADirectoryError:
-            return None
-        return st if os.path.isfile(target) else None
-
     def trusted(self, entry: LockEntry, target: Path) -> bool:
         """A record vouches for the file: no byte is read."""
-        st = self._stat(target)
-        rec = read_record(target, self.state_dir) if st is not None else None
-        return check_for(st, rec, sha256=entry.sha256, size=entry.size, path=entry.path,
-                         fast=False) is Check.TRUSTED
+        return check.trusted(target, entry, state_dir=self.state_dir)
 
     def verify_existing(self, entry: LockEntry, target: Path) -> bool:
-        st = self._stat(target)
-        rec = read_record(target, self.state_dir) if st is not None else None
-        check = check_for(st, rec, sha256=entry.sha256, size=entry.size, path=entry.path,
-                          fast=self.settings.fast_verify)
-        if check is Check.MISSING:
-            return False
-        if check is Check.TRUSTED:
-            return True
-        if check is Check.WRONG_SIZE:
-            assert st is not None
-            log.warning("%s: %d bytes, the lock says %d: not the locked file", target,
-                        st.st_size, entry.size)
-            return False
-        if check is Check.HEADER:
-            ok, reason = verify.safetensors_header_ok(target, entry.size)
-            if ok:
-                log.debug("%s: trusted by %s (fast verify)", target, reason)
-                return True
-            log.warning("%s: fast check failed (%s): hashing it", target, reason)
-        sha = verify.sha256_file(target)
-        if sha == entry.sha256:
-            assert st is not None
-            write_record(target, Record.of(os.stat(target), sha), self.state_dir)
-            return True
-        log.warning("%s: sha256 %s, the lock says %s: not the locked file", target, sha,
-                    entry.sha256)
-        remove_record(target)
-        return False
+        verdict = check.verify_file(target, entry, fast=self.settings.fast_verify,
+                                    state_dir=self.state_dir)
+        if verdict.present and not verdict.ok:
+            log.warning("%s: %s: not the locked file", target, verdict.detail)
+        return verdict.ok
 
     # --- one file ---------------------------------------------------------------------
 
     def run(self, entry: LockEntry) -> FileResult:
         t0 = time.monotonic()
-        if self.children.cancelled.is_set():
+        if self.downloads.cancelled.is_set():
             raise fetch.Cancelled()
 
         def done(root: Path, action: str | None = None) -> FileResult:
@@ -168,7 +131,7 @@ class FileSync:
             shadowing: list[Path] = []  # wrong files ComfyUI might still find first
             for root in self.roots:  # present but not vouched for: verify (once, locked)
                 target = root / entry.path
-                if self._stat(target) is None:
+                if not os.path.isfile(target):
                     continue
                 if can_write(target.parent):
                     with file_lock(target, on_wait=f"waiting for another sync of {target}"):
@@ -186,7 +149,7 @@ class FileSync:
             target.parent.mkdir(parents=True, exist_ok=True)
             with file_lock(target, on_wait=f"{target}: another sync is downloading it; "
                            "waiting to reuse it"):
-                if self._stat(target) is not None and self.verify_existing(entry, target):
+                if self.verify_existing(entry, target):
                     return done(self.dest_root)  # another worker fetched it meanwhile
                 remove_stale_temps(target)
                 self.download(entry, target)
@@ -194,7 +157,7 @@ class FileSync:
         except OSError as exc:
             if isinstance(exc, SyncError):
                 raise
-            if exc.errno == errno.ENOSPC:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise fetch.disk_full_error(self.dest_root, entry.size, path=entry.path) \
                     from None
             raise SyncError(f'"{entry.path}": {exc.strerror or exc}: {exc.filename or ""}',
@@ -210,7 +173,7 @@ class FileSync:
                 delay = backoff_seconds(attempt)
                 log.warning('"%s": attempt %d of %d failed (%s); retrying in %.1f s',
                             entry.path, attempt, attempts, last, delay)
-                if self.children.cancelled.wait(delay):
+                if self.downloads.cancelled.wait(delay):
                     raise fetch.Cancelled()
             tmp = temp_path(target)
             received = 0
@@ -231,28 +194,14 @@ class FileSync:
                         hint="re-pin it with `comfy-worker lock add SOURCE --path "
                         f"{entry.path} --replace` if the change is intended")
                 with self.slots:
-                    t_dl = time.monotonic()
                     fetch.check_free_space(target.parent, entry.size,
                                            what=f'"{entry.path}"')
                     os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+                    # The sha256 is computed as the bytes land: no hashing after the last.
                     sha = fetch.transfer(remote, tmp, self.settings, path=entry.path,
                                          source=entry.source, on_bytes=on_bytes,
-                                         children=self.children)
-                    log.debug('"%s": transferred in %.2f s', entry.path, time.monotonic() - t_dl)
-                # Hashing holds no download slot: the next download runs meanwhile.
-                # The disk writes the file back (fsync) while the CPU hashes it.
-                syncer = BackgroundFsync(tmp)
-                try:
-                    if sha is None:
-                        t_hash = time.monotonic()
-                        sha = verify.sha256_file(tmp)
-                        log.debug('"%s": sha256 in %.2f s', entry.path,
-                                  time.monotonic() - t_hash)
-                finally:
-                    syncer.wait()
+                                         downloads=self.downloads)
                 if sha != entry.sha256:
-                    # Holes the free space could not fill: a write hit ENOSPC unreported.
-                    fetch.check_landed(tmp, entry.size, entry_path=entry.path)
                     actual = sha
                     last = ModelHashMismatch(f"sha256 {sha}, expected {entry.sha256}")
                     continue
@@ -298,25 +247,20 @@ def _missing_bytes(lock: Lockfile, roots: list[Path]) -> int:
 
 
 def sync_models(settings: Settings, *, lock: Lockfile | None = None,
-                progress: bool | None = None) -> SyncReport:
+                paths: ModelPaths | None = None, progress: bool | None = None) -> SyncReport:
     """Make every locked file present and verified. Raises ``SyncError`` subclasses.
 
-    ``lock=None`` loads ``settings.lock_path``; ``progress=None`` draws the bar only
-    when stderr is a terminal.
+    ``lock=None`` loads ``settings.lock_path``. ``paths=None`` writes ComfyUI's
+    ``extra_model_paths.yaml`` first (:func:`prepare_model_paths`); a caller that did
+    that already passes its result. ``progress=None`` draws the bar only when stderr
+    is a terminal.
     """
     t0 = time.monotonic()
     if lock is None:
         lock = load_lock(settings.lock_path)
-    roots = model_roots(settings)
-    try:
-        yaml_path = write_extra_model_paths(
-            roots, lock.folders,
-            extra_model_paths_location(settings))
-    except OSError as exc:
-        raise SyncError(
-            f"cannot write {extra_model_paths_location(settings)}: {exc.strerror or exc}",
-            hint="make the models dir writable (--models-dir / COMFY_WORKER_MODELS_DIR)",
-        ) from None
+    if paths is None:
+        paths = prepare_model_paths(settings, lock)
+    roots = list(paths.roots)
     missing = _missing_bytes(lock, roots)
     bar = Progress(missing, bar=progress)
     sync = FileSync(settings, roots, bar)
@@ -341,17 +285,18 @@ def sync_models(settings: Settings, *, lock: Lockfile | None = None,
                             results[futures[fut].path] = fut.result()
                         elif not isinstance(exc, fetch.Cancelled):
                             errors.append(exc)
-                    if errors and not sync.children.cancelled.is_set():
-                        sync.children.cancel()  # stop the other downloads: fail fast
+                    if errors and not sync.downloads.cancelled.is_set():
+                        sync.downloads.cancel()  # stop the other downloads: fail fast
             except BaseException:
-                sync.children.cancel()
+                sync.downloads.cancel()
                 raise
     finally:
         bar.stop()
     if errors:
         raise errors[0]
     files = tuple(results[m.path] for m in lock.models)
-    report = SyncReport(files=files, roots=tuple(roots), extra_model_paths=yaml_path,
+    report = SyncReport(files=files, roots=paths.roots,
+                        extra_model_paths=paths.extra_model_paths,
                         seconds=time.monotonic() - t0)
     log.info("synced %d files in %.2f s (%d bytes downloaded)", len(files), report.seconds,
              report.downloaded_bytes)

@@ -132,7 +132,3 @@ def header_structure_ok(header: object, data_len: int) -> tuple[bool, str]:
     if pos != data_len:
         return False, f"tensors end at {pos}, data section is {data_len} bytes"
     return True, "ok"
-
-
-def is_safetensors(path: str) -> bool:
-    return path.endswith(".safetensors")

@@ -1,0 +1,622 @@
+"""One file's download: byte ranges over parallel connections, sha256 as the bytes land.
+
+A :class:`Download` splits the file into ranges (parts) and runs up to ``connections``
+threads. Each thread takes the lowest part nobody holds, GETs it with a ``Range``
+header, and ``pwrite``s each block at its offset. A part's bytes are written strictly
+in order, so every part has a written prefix that never changes again: a cut or
+stalled connection, a pause or a yield resumes the part from that prefix's end (a new
+``Range`` request), never rewriting a byte.
+
+The hash follows the file, not the network: the calling thread hashes the contiguous
+written prefix of the file (all parts before the first unfinished one, plus that one's
+written prefix) as it grows, reading it back from the page cache while it is still
+there. When the last byte is written only the last few blocks remain to hash, so the
+sha256 adds no tail to the download. Since the hash covers the bytes in the file, not
+the bytes received, a write that never landed cannot pass.
+
+Why not hf_transfer (0.1.9): its progress callback reports only a byte count per
+finished chunk, in completion order, without the chunk's offset; a failed chunk is
+downloaded and written again from its start, over bytes already written; and a failed
+write (ENOSPC) can be dropped silently. Nothing outside it can tell which bytes of the
+file are final, so a hash cannot follow it soundly. Python threads do the same job at
+the same speed here: socket reads, ``pwrite`` and ``hashlib`` all release the GIL.
+
+While the hash advances, :class:`Writeback` asks the kernel to start writing the hashed
+prefix to disk (``sync_file_range``), so the fsync before the rename finds little left.
+
+Bandwidth can be shared by priority (for a scheduler of downloads): all downloads of a
+sync draw connection slots from one :class:`Gate`; when slots run out, waiting downloads
+get them highest priority first, and a running download gives its slots up at the next
+block while a higher-priority one waits. :meth:`Download.pause` / :meth:`~Download.resume`
+stop and restart one download the same way, keeping every byte already written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import heapq
+import http.client
+import itertools
+import logging
+import os
+import re
+import socket
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from comfy_worker.sync.plan import backoff_seconds
+
+log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+BLOCK = MIB
+"""Bytes per read and write: few enough calls at 300 MB/s, a short wait to yield or pause."""
+_HASH_BUFFER = 4 * MIB
+
+
+class Transient(Exception):
+    """A failure worth retrying (5xx, 429, cut connection, timeout, stall)."""
+
+
+class Cancelled(Exception):
+    """The download was cancelled (another file failed, or an interrupt)."""
+
+
+def is_transient_network_error(exc: BaseException) -> bool:
+    """A connection error, timeout or cut stream from requests/urllib3/the socket layer:
+    worth retrying. TLS failures (certificates) and malformed requests are not."""
+    import requests
+    import urllib3
+
+    if isinstance(exc, requests.exceptions.SSLError | urllib3.exceptions.SSLError):
+        return False
+    return isinstance(exc, requests.ConnectionError | requests.Timeout
+                      | requests.exceptions.ChunkedEncodingError
+                      | urllib3.exceptions.ProtocolError | urllib3.exceptions.TimeoutError
+                      | http.client.IncompleteRead | ConnectionError | TimeoutError)
+
+
+# --- sharing connections --------------------------------------------------------------
+
+
+class Gate:
+    """Connection slots shared by downloads, granted highest priority first.
+
+    Every range request holds one slot. A download that runs below the priority of a
+    waiting one gives its slots up at its next block (:meth:`must_yield`), so a high
+    priority download gets the bandwidth within a block's time.
+    """
+
+    def __init__(self, slots: int) -> None:
+        self._free = max(1, slots)
+        self._cond = threading.Condition()
+        self._waiting: list[tuple[int, int]] = []  # heap of (-priority, arrival)
+        self._seq = itertools.count()
+
+    def acquire(self, priority: int, stop: threading.Event) -> bool:
+        """Wait for a slot; False (no slot) once ``stop`` is set."""
+        with self._cond:
+            ticket = (-priority, next(self._seq))
+            heapq.heappush(self._waiting, ticket)
+            try:
+                while not (self._free > 0 and self._waiting[0] == ticket):
+                    if stop.is_set():
+                        return False
+                    self._cond.wait(0.5)
+                heapq.heappop(self._waiting)
+                self._free -= 1
+                return True
+            finally:
+                if ticket in self._waiting:  # gave up
+                    self._waiting.remove(ticket)
+                    heapq.heapify(self._waiting)
+                self._cond.notify_all()
+
+    def release(self) -> None:
+        with self._cond:
+            self._free += 1
+            self._cond.notify_all()
+
+    def must_yield(self, priority: int) -> bool:
+        """A download of higher priority waits for a slot."""
+        with self._cond:
+            return bool(self._waiting) and -self._waiting[0][0] > priority
+
+    def wake(self) -> None:
+        """Let waiters re-check their stop flags now."""
+        with self._cond:
+            self._cond.notify_all()
+
+
+# --- writeback ------------------------------------------------------------------------
+
+
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn  # type: ignore[no-any-return]
+
+
+_sync_file_range = _load_sync_file_range()
+
+
+class Writeback:
+    """Starts writing a file's finished prefix to disk while the download goes on.
+
+    Each time the prefix has grown by ``step`` bytes, a thread asks the kernel to start
+    writing it back (Linux ``sync_file_range(SYNC_FILE_RANGE_WRITE)``, asynchronous;
+    elsewhere, or where the filesystem refuses it, ``fdatasync``). The final fsync then
+    only waits for the last ``step`` bytes. Errors are left to that fsync to report.
+    """
+
+    def __init__(self, fd: int, *, step: int = 32 * MIB) -> None:
+        self.fd = fd
+        self.step = step
+        self._target = 0
+        self._done = 0
+        self._closed = False
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="writeback", daemon=True)
+        self._thread.start()
+
+    def advance(self, upto: int) -> None:
+        with self._cond:
+            if upto - self._done >= self.step:
+                self._target = upto
+                self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join()
+
+    def _run(self) -> None:
+        use_range = _sync_file_range is not None
+        while True:
+            with self._cond:
+                while self._target <= self._done and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                start, end = self._done, self._target
+                self._done = end
+            try:
+                if use_range and _sync_file_range is not None:
+                    if _sync_file_range(self.fd, start, end - start, _SYNC_FILE_RANGE_WRITE):
+                        err = ctypes.get_errno()
+                        if err in (22, 29, 38, 95):  # EINVAL ESPIPE ENOSYS EOPNOTSUPP
+                            use_range = False
+                            os.fdatasync(self.fd)
+                        else:
+                            raise OSError(err, os.strerror(err))
+                else:
+                    os.fdatasync(self.fd)
+            except OSError as exc:  # the final fsync reports it, if it matters
+                log.debug("writeback stopped: %s", exc)
+                return
+
+
+# --- one download ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tuning:
+    connections: int = 8
+    """Parallel range requests (threads) for this file."""
+    chunk_size: int = 8 * MIB
+    """Bytes per range (part)."""
+    retries: int = 3
+    """Retries of a part that fails without progress (progress resets the count)."""
+    stall_timeout: float = 60.0
+    """Seconds a connection may deliver nothing before it is dropped and the part resumed."""
+    connect_timeout: float = 10.0
+
+
+class _Part:
+    __slots__ = ("end", "held", "start", "written")
+
+    def __init__(self, start: int, end: int | None) -> None:
+        self.start = start
+        self.end = end  # exclusive; None: until the server closes (size unknown)
+        self.written = 0
+        self.held = False
+
+    @property
+    def length(self) -> int | None:
+        return None if self.end is None else self.end - self.start
+
+    @property
+    def done(self) -> bool:
+        return self.end is not None and self.start + self.written >= self.end
+
+
+class _Yielded(Exception):
+    """A worker gave its part back (pause, or a higher priority download waits)."""
+
+
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+
+
+class Download:
+    """One file from one URL into ``dest`` (which exists), hashed on the way.
+
+    ``ranges`` with a known ``size``: parts of ``tuning.chunk_size`` over up to
+    ``tuning.connections`` connections, each part resumed where it stopped after a cut,
+    a stall, a 5xx or a pause. Otherwise one plain GET, which cannot resume: any failure
+    fails the download (:class:`Transient` when the caller may retry it from scratch).
+
+    ``http_error(status)`` maps an HTTP error status to the exception to raise (a
+    :class:`Transient` for 5xx/429 is retried). :meth:`run` blocks and returns the
+    sha256 of the file; it raises that, :class:`Transient`, :class:`Cancelled`, or an
+    ``OSError`` from writing (ENOSPC: the disk is full).
+    """
+
+    def __init__(self, url: str, headers: Mapping[str, str], dest: Path, *,
+                 size: int | None, ranges: bool, http_error: Callable[[int], Exception],
+                 describe: str = "", tuning: Tuning | None = None, gate: Gate | None = None,
+                 priority: int = 0, on_bytes: Callable[[int], None] | None = None) -> None:
+        self.url = url
+        self.headers = {**headers, "Accept-Encoding": "identity"}
+        self.dest = Path(dest)
+        self.size = size
+        self.tuning = tuning or Tuning()
+        self.ranged = bool(ranges and size)
+        self.http_error = http_error
+        self.describe = describe or url
+        self.gate = gate or Gate(self.tuning.connections)
+        self._priority = priority
+        self.on_bytes = on_bytes
+        if self.ranged:
+            assert size is not None
+            step = max(1, self.tuning.chunk_size)
+            self._parts = [_Part(a, min(a + step, size)) for a in range(0, size, step)]
+        else:
+            self._parts = [_Part(0, size)]
+        self._first = 0  # index of the first unfinished part
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._running = threading.Event()  # cleared while paused
+        self._running.set()
+        self._error: BaseException | None = None
+        self._responses: set[Any] = set()
+        self._received = 0
+        self._hashed = 0
+        self._hashed_at_last_byte: int | None = None
+        self._workers_done = False  # (a stream of unknown size)
+        self._finished = False
+        self.range_retries = 0
+        """Range requests that failed and were resumed."""
+
+    # --- state for a scheduler --------------------------------------------------------
+
+    @property
+    def received(self) -> int:
+        """Bytes written to the file so far (each byte once)."""
+        return self._received
+
+    @property
+    def hashed(self) -> int:
+        """Bytes of the file's prefix hashed so far."""
+        return self._hashed
+
+    @property
+    def tail_hashed(self) -> int | None:
+        """Bytes hashed after the last byte was written (None until then): the wait
+        the hash added to the download."""
+        if self._hashed_at_last_byte is None:
+            return None
+        return self._hashed - self._hashed_at_last_byte
+
+    @property
+    def priority(self) -> int:
+        return self._priority
+
+    @priority.setter
+    def priority(self, value: int) -> None:
+        """Takes effect at each part's next connection slot."""
+        self._priority = value
+        self.gate.wake()
+
+    @property
+    def paused(self) -> bool:
+        return not self._running.is_set()
+
+    def pause(self) -> None:
+        """Stop at the next block of each connection, keeping every byte written; the
+        connections' slots go back to the gate."""
+        self._running.clear()
+
+    def resume(self) -> None:
+        self._running.set()
+
+    def cancel(self) -> None:
+        """Stop now: open connections are shut down; :meth:`run` raises Cancelled."""
+        self._stop.set()
+        self._running.set()
+        with self._cond:
+            responses = list(self._responses)
+            self._cond.notify_all()
+        for r in responses:
+            _abort(r)
+        self.gate.wake()
+
+    # --- running ----------------------------------------------------------------------
+
+    def run(self) -> str:
+        fd = os.open(self.dest, os.O_RDWR)
+        try:
+            workers = [threading.Thread(target=self._work, args=(fd,), daemon=True,
+                                        name=f"download-{i}")
+                       for i in range(min(self.tuning.connections, len(self._parts)))]
+            for t in workers:
+                t.start()
+            writeback = Writeback(fd)
+            try:
+                digest = self._hash(fd, writeback)
+            except BaseException as exc:
+                self._fail(exc)
+                raise
+            finally:
+                with self._cond:
+                    self._finished = True  # errors of stragglers no longer matter
+                writeback.close()
+                self._stop.set()
+                self._running.set()
+                self.gate.wake()
+                for t in workers:
+                    t.join()
+            if self.size is not None and self._received != self.size:
+                raise Transient(f"{self.describe}: got {self._received} of {self.size} bytes")
+            return digest
+        finally:
+            os.close(fd)
+
+    def _fail(self, exc: BaseException) -> None:
+        """Record the first error and stop everything."""
+        with self._cond:
+            if self._finished:
+                return
+            if self._error is None:
+                self._error = exc
+            self._cond.notify_all()
+        if not self._stop.is_set():
+            self.cancel()
+
+    def _frontier(self) -> tuple[int, bool]:
+        """(end of the contiguous written prefix, every part finished); under _cond."""
+        while self._first < len(self._parts) and self._parts[self._first].done:
+            self._first += 1
+        if self._first == len(self._parts):
+            last = self._parts[-1]
+            return last.start + last.written, True
+        part = self._parts[self._first]
+        # A stream of unknown size ends when its one worker is done.
+        return part.start + part.written, part.end is None and self._workers_done
+
+    def _hash(self, fd: int, writeback: Writeback) -> str:
+        h = hashlib.sha256()
+        buf = bytearray(_HASH_BUFFER)
+        view = memoryview(buf)
+        while True:
+            with self._cond:
+                while True:
+                    if self._error is not None:
+                        raise self._error
+                    if self._stop.is_set():
+                        raise Cancelled()
+                    upto, finished = self._frontier()
+                    if upto > self._hashed or finished:
+                        break
+                    self._cond.wait(1.0)
+            while self._hashed < upto:
+                n = os.preadv(fd, [view[:min(len(buf), upto - self._hashed)]], self._hashed)
+                if n <= 0:
+                    raise OSError(f"{self.dest}: shorter than the {upto} bytes written")
+                h.update(view[:n])
+                self._hashed += n
+            writeback.advance(self._hashed)
+            if finished and self._hashed >= upto:
+                return h.hexdigest()
+
+    def _work(self, fd: int) -> None:
+        import requests
+        from requests.adapters import HTTPAdapter
+
+        session = requests.Session()
+        session.mount("http://", HTTPAdapter(pool_connections=1, pool_maxsize=1,
+                                             max_retries=0))
+        session.mount("https://", HTTPAdapter(pool_connections=1, pool_maxsize=1,
+                                              max_retries=0))
+        try:
+            while not self._stop.is_set():
+                self._running.wait()
+                if self._stop.is_set():
+                    break
+                part = self._take()
+                if part is None:
+                    break
+                try:
+                    if not self.gate.acquire(self._priority, self._stop):
+                        break
+                    try:
+                        self._fetch_part(session, fd, part)
+                    finally:
+                        self.gate.release()
+                except _Yielded:
+                    pass
+                finally:
+                    with self._cond:
+                        part.held = False
+                        self._cond.notify_all()
+        except BaseException as exc:
+            self._fail(exc)
+        finally:
+            session.close()
+            if not self.ranged:
+                with self._cond:
+                    self._workers_done = True
+                    if self._hashed_at_last_byte is None:
+                        self._hashed_at_last_byte = self._hashed
+                    self._cond.notify_all()
+
+    def _take(self) -> _Part | None:
+        """The lowest part nobody holds, or None when all are done or held."""
+        with self._cond:
+            for part in self._parts[self._first:]:
+                if not part.held and not part.done:
+                    part.held = True
+                    return part
+        return None
+
+    def _fetch_part(self, session: Any, fd: int, part: _Part) -> None:
+        failures = 0
+        while not part.done:
+            before = part.written
+            try:
+                self._get(session, fd, part)
+                if part.end is None:  # size unknown: the server closed the stream
+                    return
+            except Transient as exc:
+                if not self.ranged:
+                    raise  # a plain GET cannot resume: the caller restarts the file
+                failures = 1 if part.written > before else failures + 1
+                if failures > self.tuning.retries:
+                    raise Transient(f"{exc} (bytes {part.start + part.written}-"
+                                    f"{(part.end or 0) - 1}, {self.tuning.retries} "
+                                    "retries)") from None
+                self.range_retries += 1
+                delay = backoff_seconds(failures)
+                log.warning("%s: %s; resuming at byte %d in %.1f s", self.describe, exc,
+                            part.start + part.written, delay)
+                if self._stop.wait(delay):
+                    raise Cancelled() from None
+
+    def _get(self, session: Any, fd: int, part: _Part) -> None:
+        """One request for the rest of ``part``: write what arrives, in order."""
+        import requests
+
+        offset = part.start + part.written
+        headers = dict(self.headers)
+        if self.ranged:
+            assert part.end is not None
+            headers["Range"] = f"bytes={offset}-{part.end - 1}"
+        t = self.tuning
+        try:
+            r = session.get(self.url, headers=headers, stream=True,
+                            timeout=(t.connect_timeout, t.stall_timeout))
+        except requests.RequestException as exc:
+            raise self._network_error(exc) from None
+        with self._cond:
+            self._responses.add(r)
+        try:
+            if self._stop.is_set():
+                raise Cancelled()
+            if r.status_code >= 400:
+                raise self.http_error(r.status_code)
+            self._check_status(r, offset, part)
+            self._read_into(r, fd, part)
+            r.raw.release_conn()  # the body was read to its end: keep the connection
+        finally:
+            with self._cond:
+                self._responses.discard(r)
+            r.close()
+
+    def _check_status(self, r: Any, offset: int, part: _Part) -> None:
+        if not self.ranged:
+            if r.status_code != 200:
+                raise Transient(f"{self.describe}: answered {r.status_code} to a plain GET")
+            return
+        assert part.end is not None
+        if r.status_code == 200 and offset == 0 and part.end == self.size:
+            return  # the whole file, which is what was asked for
+        if r.status_code != 206:
+            raise Transient(f"{self.describe}: answered {r.status_code} to a range request "
+                            "(expected 206)")
+        m = _CONTENT_RANGE.fullmatch(r.headers.get("Content-Range", ""))
+        if (m is None or int(m.group(1)) != offset or int(m.group(2)) != part.end - 1
+                or (m.group(3) != "*" and int(m.group(3)) != self.size)):
+            raise Transient(f"{self.describe}: asked for bytes {offset}-{part.end - 1} of "
+                            f"{self.size}, got Content-Range "
+                            f"{r.headers.get('Content-Range')!r}")
+
+    def _read_into(self, r: Any, fd: int, part: _Part) -> None:
+        while True:
+            left = part.length - part.written if part.length is not None else BLOCK
+            if left <= 0:
+                return
+            if self._stop.is_set():
+                raise Cancelled()
+            if not self._running.is_set() or self.gate.must_yield(self._priority):
+                raise _Yielded()
+            try:
+                data = r.raw.read(min(BLOCK, left), decode_content=False)
+            except Exception as exc:
+                if self._stop.is_set():
+                    raise Cancelled() from None
+                if is_transient_network_error(exc):
+                    raise self._network_error(exc) from None
+                raise
+            if not data:
+                if part.length is None:
+                    return  # the end of a stream of unknown size
+                if self._stop.is_set():
+                    raise Cancelled()
+                raise Transient(f"{self.describe}: connection closed after "
+                                f"{part.start + part.written} bytes")
+            self._write(fd, part, data)
+
+    def _write(self, fd: int, part: _Part, data: bytes) -> None:
+        view = memoryview(data)
+        offset = part.start + part.written
+        while view:
+            n = os.pwrite(fd, view, offset)
+            if n <= 0:
+                raise OSError(f"{self.dest}: write returned {n}")
+            view = view[n:]
+            offset += n
+        with self._cond:
+            part.written += len(data)
+            self._received += len(data)
+            if self._received == self.size:
+                self._hashed_at_last_byte = self._hashed
+            self._cond.notify_all()
+        if self.on_bytes is not None:
+            self.on_bytes(len(data))
+
+    def _network_error(self, exc: BaseException) -> Exception:
+        import requests
+        import urllib3
+
+        if isinstance(exc, requests.ConnectTimeout | urllib3.exceptions.ConnectTimeoutError):
+            return Transient(f"{self.describe}: no connection within "
+                             f"{self.tuning.connect_timeout:g} s")
+        if isinstance(exc, requests.Timeout | urllib3.exceptions.ReadTimeoutError
+                      | socket.timeout):
+            return Transient(f"{self.describe}: no data for {self.tuning.stall_timeout:g} s "
+                             "(stalled connection)")
+        if is_transient_network_error(exc):
+            return Transient(f"{self.describe}: {type(exc).__name__}: {exc}")
+        return exc if isinstance(exc, Exception) else RuntimeError(str(exc))
+
+
+def _abort(response: Any) -> None:
+    """Shut down a response's socket, so a thread blocked reading it wakes at once."""
+    conn = getattr(getattr(response, "raw", None), "connection", None)
+    sock = getattr(conn, "sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
