@@ -102,7 +102,7 @@ def test_comfyui_boots_while_the_models_are_still_syncing(tmp_path: Path) -> Non
             worker.stop()
     assert comfy_started < sync_end, "ComfyUI was launched only after the sync finished"
     assert "syncing models" in reasons  # ComfyUI was up, the sync still running
-    yaml_text = (tmp_path / "work" / "extra_model_paths.yaml").read_text()
+    yaml_text = (tmp_path / "models" / ".comfy-worker" / "extra_model_paths.yaml").read_text()
     assert str(tmp_path / "models") in yaml_text and "checkpoints" in yaml_text
     assert worker.readiness() == Readiness(Phase.STOPPED, "stopped")
 

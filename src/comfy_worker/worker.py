@@ -1,8 +1,8 @@
 """The worker: model sync and ComfyUI boot at the same time, then one job at a time.
 
-ComfyUI is launched with an ``extra_model_paths.yaml`` computed from the settings alone
-(:func:`comfy_worker.sync.model_roots`), so it can boot while the models are still
-being synced; ComfyUI sees files that appear later without a restart. The worker is
+ComfyUI is launched with an ``extra_model_paths.yaml`` computed from the settings and
+the lock alone (:func:`comfy_worker.sync.prepare_model_paths`), so it can boot while the
+models are still being synced; ComfyUI sees files that appear later without a restart. The worker is
 ready when both are done. Its state is one :class:`~comfy_worker.readiness.Readiness`
 value that every entrypoint reads.
 """
@@ -20,7 +20,6 @@ from dataclasses import replace
 from pathlib import Path
 
 from comfy_worker import sync as model_sync
-from comfy_worker.comfy.folder_markers import write_markers
 from comfy_worker.comfy.process import ComfyProcess, LaunchConfig, State, gpu_present
 from comfy_worker.comfy.recycle import process_rss, restart_reason
 from comfy_worker.config import Settings
@@ -37,7 +36,7 @@ from comfy_worker.job.connection import comfy_connections
 from comfy_worker.job.delivery import LazyDelivery
 from comfy_worker.job.inputs import fetch_url_images, read_job_file, unwrap_request
 from comfy_worker.job.preflight import Available
-from comfy_worker.lockfile import KNOWN_FOLDERS, Lockfile, load_lock
+from comfy_worker.lockfile import Lockfile, load_lock
 from comfy_worker.readiness import Phase, Readiness
 
 log = logging.getLogger(__name__)
@@ -52,6 +51,7 @@ class Worker:
         self.work_dir = Path(settings.work_dir) if settings.work_dir is not None else \
             Path(tempfile.mkdtemp(prefix="comfy-worker-"))
         self.comfy: ComfyProcess | None = None
+        self.paths: model_sync.ModelPaths | None = None
         self.runner: JobRunner | None = None
         self.timings: dict[str, float] = {}
         """``sync_s``, ``boot_s`` and ``ready_s`` (both done) of :meth:`start`."""
@@ -92,12 +92,8 @@ class Worker:
                 read_job_file(self.settings.warmup, setting="COMFY_WORKER_WARMUP"))
         lock = self._load_lock()
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        folders = lock.folders | KNOWN_FOLDERS
-        markers = write_markers(self.work_dir / "folder-markers", folders)
-        roots = [*model_sync.model_roots(self.settings), markers]
-        yaml_path = model_sync.write_extra_model_paths(
-            roots, folders, self.work_dir / "extra_model_paths.yaml")
-        self.comfy = ComfyProcess(self._launch_config(Path(yaml_path)))
+        self.paths = model_sync.prepare_model_paths(self.settings, lock, folder_markers=True)
+        self.comfy = ComfyProcess(self._launch_config(self.paths.extra_model_paths))
         connect = comfy_connections(self.comfy, uuid.uuid4().hex,
                                     ready_timeout=self.settings.boot_timeout)
         self.runner = JobRunner(connect, LazyDelivery(self.settings),
@@ -130,7 +126,7 @@ class Worker:
         self._started.set()
 
     def _sync(self, lock: Lockfile) -> None:
-        model_sync.sync_models(self.settings, lock=lock)
+        model_sync.sync_models(self.settings, lock=lock, paths=self.paths)
 
     def _boot(self) -> None:
         assert self.comfy is not None and self.runner is not None

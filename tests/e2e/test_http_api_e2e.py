@@ -195,17 +195,6 @@ def _children(pid: int) -> set[int]:
     return found
 
 
-def test_sigterm_stops_the_server_and_comfyui_with_exit_0(served: Served) -> None:
-    comfyui = _children(served.proc.pid)
-    assert comfyui, "ComfyUI should run as a child of the server"
-    served.proc.send_signal(signal.SIGTERM)
-    assert served.proc.wait(60) == 0
-    assert not [pid for pid in comfyui if Path(f"/proc/{pid}").exists()
-                and "zombie" not in Path(f"/proc/{pid}/status").read_text()]
-    with pytest.raises(requests.ConnectionError):
-        requests.get(f"{served.url}/health", timeout=2)
-
-
 def test_a_string_input_with_an_image_by_url_runs_as_a_real_client_sends_it(
         served: Served) -> None:
     import http.server
@@ -247,3 +236,14 @@ def test_a_string_input_with_an_image_by_url_runs_as_a_real_client_sends_it(
     assert gone.status_code == 422, gone.text
     assert gone.json()["reference"] == "input-fetch-failed"
     assert "abc" not in gone.text and "from-url.png" in gone.json()["error"]
+
+
+def test_sigterm_stops_the_server_and_comfyui_with_exit_0(served: Served) -> None:
+    comfyui = _children(served.proc.pid)
+    assert comfyui, "ComfyUI should run as a child of the server"
+    served.proc.send_signal(signal.SIGTERM)
+    assert served.proc.wait(60) == 0
+    assert not [pid for pid in comfyui if Path(f"/proc/{pid}").exists()
+                and "zombie" not in Path(f"/proc/{pid}/status").read_text()]
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{served.url}/health", timeout=2)

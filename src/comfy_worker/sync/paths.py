@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from comfy_worker.atomic_write import write_text_atomic
+from comfy_worker.comfy.folder_markers import write_markers
 from comfy_worker.config import Settings
 from comfy_worker.errors import SyncError
 from comfy_worker.lockfile import KNOWN_FOLDERS, Lockfile
@@ -70,8 +71,8 @@ def yaml_document(roots: Sequence[Path], folders: Iterable[str]) -> dict[str, di
 def write_extra_model_paths(roots: Sequence[Path], folders: Iterable[str], dest: Path) -> Path:
     """Write a ComfyUI ``extra_model_paths.yaml`` mapping ``folders`` under every root.
 
-    Atomic: a reader sees the old file or the new one. Use :func:`prepare_model_paths`;
-    this stays public only until the worker calls that.
+    Atomic: a reader sees the old file or the new one. Callers use
+    :func:`prepare_model_paths`.
     """
     text = yaml.safe_dump(yaml_document(roots, folders), sort_keys=False)
     return write_text_atomic(Path(dest), text)
@@ -85,22 +86,33 @@ class ModelPaths:
     """Model roots, highest priority first (see :func:`model_roots`)."""
     extra_model_paths: Path
     """The yaml for ComfyUI's ``--extra-model-paths-config``."""
+    marker_root: Path | None = None
+    """The root of the folder markers (:mod:`comfy_worker.comfy.folder_markers`), listed
+    last in the yaml; no models live there."""
 
 
-def prepare_model_paths(settings: Settings, lock: Lockfile) -> ModelPaths:
+def prepare_model_paths(settings: Settings, lock: Lockfile, *,
+                        folder_markers: bool = False) -> ModelPaths:
     """Compute the model roots and write ComfyUI's ``extra_model_paths.yaml`` for them.
 
     The one writer of that yaml (at :func:`extra_model_paths_location`). Needs only the
     settings and the lock, so the worker calls it before it boots ComfyUI and hands the
     result to :func:`~comfy_worker.sync.sync_models`, which then writes nothing again.
+    ``folder_markers``: also write a marker per folder under
+    ``MODELS_DIR/.comfy-worker/folder-markers`` and list that root last, so ComfyUI's
+    ``/object_info`` tells which loader reads which folder.
     """
     roots = model_roots(settings)
     dest = extra_model_paths_location(settings)
+    folders = lock.folders | KNOWN_FOLDERS
+    markers = dest.parent / "folder-markers" if folder_markers else None
     try:
-        write_extra_model_paths(roots, lock.folders, dest)
+        if markers is not None:
+            write_markers(markers, folders)
+        write_extra_model_paths([*roots, *([markers] if markers else [])], folders, dest)
     except OSError as exc:
         raise SyncError(
             f"cannot write {dest}: {exc.strerror or exc}",
             hint="make the models dir writable (--models-dir / COMFY_WORKER_MODELS_DIR)",
         ) from None
-    return ModelPaths(roots=tuple(roots), extra_model_paths=dest)
+    return ModelPaths(roots=tuple(roots), extra_model_paths=dest, marker_root=markers)
