@@ -309,41 +309,55 @@ def parse_lock(data: object, *, origin: str = "models.lock.json") -> Lockfile:
     if not isinstance(models, list):
         raise LockfileError(f'{origin}: field "models" is {_typed(models, "array")}, '
                             "expected an array", hint='add "models": [] ')
+    return Lockfile(models=parse_entries(models, where=f"{origin}: models", folders=folders),
+                    extra_folders=tuple(extra))
+
+
+def parse_entries(raw_entries: list[Any], *, where: str, folders: frozenset[str]
+                  ) -> tuple[LockEntry, ...]:
+    """Validate a list of entries (a lock's ``models``, or a job's ``models``): each by
+    :func:`parse_entry`, and no path twice (case-insensitively)."""
     entries: list[LockEntry] = []
     seen: dict[str, int] = {}
-    for i, raw in enumerate(models):
-        where = f"{origin}: models[{i}]"
-        if not isinstance(raw, dict):
-            raise LockfileError(f"{where} is {_typed(raw, 'object')}, expected an object",
-                                hint='each entry is {"path", "source", "sha256", "size"}')
-        if isinstance(raw.get("path"), str):
-            where += f' ("{raw["path"]}")'
-        path = validate_model_path(raw.get("path", _MISSING), where=where, folders=folders)
-        key = path.casefold()
+    for i, raw in enumerate(raw_entries):
+        entry = parse_entry(raw, where=f"{where}[{i}]", folders=folders)
+        key = entry.path.casefold()
         if key in seen:
             raise LockfileError(
-                f'{where}: duplicate path "{path}" (also models[{seen[key]}])',
-                hint="each file may be locked once; remove one of them",
+                f'{where}[{i}] ("{entry.path}"): duplicate path "{entry.path}" (also '
+                f"{where.rsplit(': ', 1)[-1]}[{seen[key]}])",
+                hint="each file may be listed once; remove one of them",
             )
         seen[key] = i
-        source = _parse_source(raw.get("source", _MISSING), where=where)
-        sha = raw.get("sha256", _MISSING)
-        if not isinstance(sha, str) or not _SHA256.match(sha):
-            raise LockfileError(
-                f'{where}: field "sha256" is {_typed(sha, "string")}, not 64 hex characters',
-                hint="use `comfy-worker lock add` to compute it, or `sha256sum FILE`",
-            )
-        size = raw.get("size", _MISSING)
-        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-            raise LockfileError(f'{where}: field "size" is {_typed(size, "number")}',
-                                hint="set it to the file's size in bytes, a whole number "
-                                "(`stat -c %s FILE`)")
-        unknown = _unknown(raw, ("path", "source", "sha256", "size"))
-        if unknown:
-            raise LockfileError(f"{where}: unknown field(s) {unknown}",
-                                hint='allowed: "path", "source", "sha256", "size"')
-        entries.append(LockEntry(path=path, source=source, sha256=sha.lower(), size=size))
-    return Lockfile(models=tuple(entries), extra_folders=tuple(extra))
+        entries.append(entry)
+    return tuple(entries)
+
+
+def parse_entry(raw: object, *, where: str, folders: frozenset[str]) -> LockEntry:
+    """One lock entry ``{"path", "source", "sha256", "size"}``, validated (pure)."""
+    if not isinstance(raw, dict):
+        raise LockfileError(f"{where} is {_typed(raw, 'object')}, expected an object",
+                            hint='each entry is {"path", "source", "sha256", "size"}')
+    if isinstance(raw.get("path"), str):
+        where += f' ("{raw["path"]}")'
+    path = validate_model_path(raw.get("path", _MISSING), where=where, folders=folders)
+    source = _parse_source(raw.get("source", _MISSING), where=where)
+    sha = raw.get("sha256", _MISSING)
+    if not isinstance(sha, str) or not _SHA256.match(sha):
+        raise LockfileError(
+            f'{where}: field "sha256" is {_typed(sha, "string")}, not 64 hex characters',
+            hint="use `comfy-worker lock add` to compute it, or `sha256sum FILE`",
+        )
+    size = raw.get("size", _MISSING)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise LockfileError(f'{where}: field "size" is {_typed(size, "number")}',
+                            hint="set it to the file's size in bytes, a whole number "
+                            "(`stat -c %s FILE`)")
+    unknown = _unknown(raw, ("path", "source", "sha256", "size"))
+    if unknown:
+        raise LockfileError(f"{where}: unknown field(s) {unknown}",
+                            hint='allowed: "path", "source", "sha256", "size"')
+    return LockEntry(path=path, source=source, sha256=sha.lower(), size=size)
 
 
 def load_lock(path: Path) -> Lockfile:

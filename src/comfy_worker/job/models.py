@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from comfy_worker.lockfile import LockEntry
+from comfy_worker.errors import JobInputInvalid
+from comfy_worker.lockfile import LockEntry, Lockfile
 
 
 def name_in_folder(path: str) -> str:
@@ -40,3 +41,24 @@ def needed_entries(workflow: Mapping[str, Any], entries: Sequence[LockEntry]
         for entry in by_name.get(value, ()):
             wanted[entry.path] = entry
     return tuple(e for e in entries if e.path in wanted)
+
+
+def request_models(models: Sequence[LockEntry], lock: Lockfile) -> tuple[LockEntry, ...]:
+    """The job's own models that are not simply locked ones.
+
+    An entry whose path the lock pins with the same sha256 is the locked file (fetched as
+    such); one that pins it with another sha256 is refused, naming both: a job must not
+    replace a locked file under its name.
+    """
+    brought: list[LockEntry] = []
+    for i, entry in enumerate(models):
+        locked = lock.entry(entry.path)
+        if locked is None:
+            brought.append(entry)
+        elif locked.sha256 != entry.sha256:
+            raise JobInputInvalid(
+                f'models[{i}] ("{entry.path}"): the lock pins this path to sha256 '
+                f"{locked.sha256} ({locked.source.describe()}), the job to {entry.sha256}",
+                hint="use another path for the job's own file (e.g. a sub-folder), or drop "
+                "the entry to use the locked file")
+    return tuple(brought)

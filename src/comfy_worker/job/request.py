@@ -6,7 +6,10 @@ changes::
     {"workflow": {...API format...} | "<the same as a JSON string>",
      "images": [{"name": "in.png", "image": "<base64, data: URI prefix allowed>"},
                 {"name": "b.png", "url": "https://host/b.png"}],     # or by URL
-     "timeout": 120}                                    # optional, seconds
+     "timeout": 120,                                    # optional, seconds
+     "models": [{"path": "loras/u123.safetensors",         # optional: models the job
+                 "source": {"type": "url", "url": "https://..."},   # brings, each a lock
+                 "sha256": "<64 hex>", "size": 1234}]}              # entry
 
 The whole input may also be that object as a JSON string (worker-comfyui's clients send
 it so). Images given by URL are fetched later (:mod:`comfy_worker.job.inputs`).
@@ -23,8 +26,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from comfy_worker.errors import JobInputInvalid
+from comfy_worker.errors import JobInputInvalid, LockfileError
 from comfy_worker.jsontypes import json_type_name
+from comfy_worker.lockfile import KNOWN_FOLDERS, LockEntry, parse_entries
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,8 @@ class JobRequest:
     workflow: dict[str, Any]
     images: tuple[InputImage, ...] = ()
     timeout: float = 600.0
+    models: tuple[LockEntry, ...] = ()
+    """Models the job brings (lock entries, validated by the lock's rules)."""
 
 
 _DATA_URI = re.compile(r"^data:[\w.+/-]*(;[\w=.+-]+)*;base64,", re.I)
@@ -185,9 +191,26 @@ def parse_timeout(raw: object, default: float) -> float:
     return float(raw)
 
 
-def parse_job_input(raw: object, *, default_timeout: float) -> JobRequest:
+def parse_models(raw: object, *, folders: frozenset[str]) -> tuple[LockEntry, ...]:
+    """A job's ``models``: lock entries, checked by exactly the lock's rules (folder, no
+    absolute path, no ``..``, a 40-hex commit, 64-hex sha256, a size)."""
+    if not raw:
+        return ()
+    if not isinstance(raw, list):
+        raise JobInputInvalid(f'field "models" is {json_type_name(raw)}, expected an array',
+                              hint='send [{"path": "loras/x.safetensors", "source": {...}, '
+                              '"sha256": "...", "size": N}]')
+    try:
+        return parse_entries(raw, where="models", folders=folders)
+    except LockfileError as exc:
+        raise JobInputInvalid(exc.message, hint=exc.hint) from None
+
+
+def parse_job_input(raw: object, *, default_timeout: float,
+                    folders: frozenset[str] = KNOWN_FOLDERS) -> JobRequest:
     """Validate a job's ``input`` (an object, or one as a JSON string). Raises
-    :class:`JobInputInvalid`."""
+    :class:`JobInputInvalid`. ``folders``: the model folders a job's ``models`` may use
+    (ComfyUI's and the lock's ``extra_folders``)."""
     if isinstance(raw, str):
         try:
             raw = json.loads(raw)
@@ -200,4 +223,5 @@ def parse_job_input(raw: object, *, default_timeout: float) -> JobRequest:
                               hint='send {"input": {"workflow": {...}}}')
     return JobRequest(workflow=parse_workflow(raw.get("workflow")),
                       images=parse_images(raw.get("images")),
-                      timeout=parse_timeout(raw.get("timeout"), default_timeout))
+                      timeout=parse_timeout(raw.get("timeout"), default_timeout),
+                      models=parse_models(raw.get("models"), folders=folders))
