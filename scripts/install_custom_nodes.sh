@@ -10,8 +10,8 @@
 #
 # Each node is fetched at exactly COMMIT (a shallow fetch of that commit, else a full
 # clone), checked (HEAD must equal COMMIT), its .git removed, then its requirements.txt
-# installed with torch/torchvision/torchaudio held at their installed versions (so a node
-# cannot swap the CUDA build of torch). A node with install.py gets it run with PYTHON, as
+# installed with every package already installed held at its version (constraints: in the
+# image that is the hash-pinned lock, so a node cannot swap torch or a ComfyUI dependency). A node with install.py gets it run with PYTHON, as
 # ComfyUI-Manager does. Fails on the first error, naming the node.
 set -euo pipefail -f
 
@@ -31,11 +31,11 @@ command -v git >/dev/null 2>&1 || die "git not found (install it, or build with 
 "$PYTHON" -c "import sys" 2>/dev/null || die "PYTHON=$PYTHON does not run"
 mkdir -p "$DEST"
 
-# Hold torch & co. at what is installed.
+# Hold every installed package at its version (in the image: exactly the hash-pinned
+# lock), so a node can add packages but never move one ComfyUI or torch depends on.
 constraints=$(mktemp)
 trap 'rm -f "$constraints"' EXIT
-"$PYTHON" -m pip freeze 2>/dev/null | grep -i -E '^(torch|torchvision|torchaudio)==' \
-    > "$constraints" || true
+"$PYTHON" -m pip list --format=freeze 2>/dev/null > "$constraints" || true
 
 lineno=0
 count=0

@@ -16,6 +16,9 @@
 # Environment:
 #   PYTHON              interpreter that creates the venv (default python3; >= 3.10)
 #   VASTAI_VERSION      default 1.9.1
+#   VASTAI_LOCK         a hash-pinned requirements file (requirements/vast-pyworker.lock):
+#                       installed with --require-hashes --no-deps instead of resolving
+#                       vastai==VASTAI_VERSION (the image does this)
 #   PIP_*               passed to pip as usual (PIP_FIND_LINKS, PIP_CERT, PIP_INDEX_URL, ...)
 #
 # Idempotent: a stamp records the installed vastai version; a second run only re-checks.
@@ -31,13 +34,21 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
 
-if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "vastai==$VASTAI_VERSION" ]; then
-    echo "install_vast_pyworker: installing vastai==$VASTAI_VERSION into $VENV"
+WANT="vastai==$VASTAI_VERSION"
+[ -n "${VASTAI_LOCK:-}" ] && WANT="lock $(sha256sum "$VASTAI_LOCK" | cut -c1-16)"
+if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
     rm -f "$STAMP"
-    # setuptools: vastai's backend imports distutils, gone from the stdlib in Python 3.12.
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
-        "vastai==$VASTAI_VERSION" setuptools
-    echo "vastai==$VASTAI_VERSION" > "$STAMP"
+    if [ -n "${VASTAI_LOCK:-}" ]; then
+        echo "install_vast_pyworker: installing $VASTAI_LOCK into $VENV"
+        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+            --require-hashes --no-deps -r "$VASTAI_LOCK"
+    else
+        echo "install_vast_pyworker: installing vastai==$VASTAI_VERSION into $VENV"
+        # setuptools: vastai's backend imports distutils, gone from the stdlib in Python 3.12.
+        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+            "vastai==$VASTAI_VERSION" setuptools
+    fi
+    echo "$WANT" > "$STAMP"
 fi
 
 # Imported from its module: `from vastai import Worker` hides an ImportError behind None.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Make a local stand-in for the CUDA base image, for builds and tests on machines that
-# reach no container registry: a minimal Debian bookworm (Python 3.11, pip, venv,
-# CA certificates) made with debootstrap and imported into Docker.
+# Make a local stand-in for the image's OS base (debian:bookworm-slim + Debian's python3),
+# for builds and tests on machines that reach no container registry: a minimal Debian
+# bookworm (Python 3.11, pip, venv, CA certificates) made with debootstrap and imported
+# into Docker. Same OS, Python build and glibc as the released image's base.
 #
 #   scripts/make_base_image.sh [IMAGE]        default IMAGE: comfy-worker-testbase:bookworm
 #
@@ -19,7 +20,7 @@ MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 PACKAGES="python3,python3-venv,python3-pip,ca-certificates${EXTRA_PACKAGES:+,$EXTRA_PACKAGES}"
 
 if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then
-    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
     exit 0
 fi
 if [ "${FORCE:-0}" != "1" ] && docker image inspect "$IMAGE" >/dev/null 2>&1; then

@@ -2,9 +2,11 @@
 
 Tests that need Docker take the ``docker_client`` or ``worker_image`` fixture and carry
 the ``container`` marker; without a reachable daemon they are skipped with the reason
-"no Docker daemon reachable" (CI has none: the build takes minutes on 2 cores).
+"no Docker daemon reachable" (CI has none: the build takes minutes on 2 cores). With
+CI=true and a reachable daemon, a missing prerequisite (the test base, offline inputs)
+fails instead of skipping; only the opt-in GPU build still skips.
 
-``worker_image`` builds with ``./build.sh`` on a locally made base image
+``worker_image`` builds the CPU flavour with ``./build.sh`` on a locally made base image
 (``scripts/make_base_image.sh``: debootstrap + docker import; no registry needed), CPU
 torch and, where this machine has them, offline inputs: a torch wheel directory, the
 host's CA bundle (TLS-intercepting proxies), a ComfyUI source tree. build.sh reuses the
@@ -16,6 +18,9 @@ rerun costs seconds. Override with env:
                                 made by scripts/make_base_image.sh when missing)
   COMFY_WORKER_TEST_WHEELS      wheel dir holding a CPU torch (default: pip's find-links)
   COMFY_WORKER_TEST_CA          CA bundle to trust in the build (default: PIP_CERT)
+  COMFY_WORKER_TEST_GPU_IMAGE=1 also build the GPU flavour (``gpu_image``: torch 2.9.1 and
+                                its nvidia-* wheels from PyPI; ~3.5 GB download, opt-in)
+  COMFY_WORKER_TEST_GPU_IMAGE_REF  use this GPU image as is (no build)
 """
 
 from __future__ import annotations
@@ -24,17 +29,25 @@ import contextlib
 import os
 import shutil
 import subprocess
-import sys
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from container_helpers import (
+    comfyui_source,
+    cpu_torch_wheel_dir,
+    host_ca_bundle,
+    skip_unless_ci,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_BASE_IMAGE = "comfy-worker-testbase:bookworm"
 TEST_IMAGE_NAME = "comfy-worker-test"
+GPU_TEST_IMAGE_NAME = "comfy-worker-gpu-test"
+GPU_OPT_IN = "COMFY_WORKER_TEST_GPU_IMAGE"
 NO_DAEMON = "no Docker daemon reachable"
 
 
@@ -59,45 +72,23 @@ def docker_client() -> Iterator[Any]:
     client.close()
 
 
-def _pip_config(key: str) -> str | None:
-    proc = subprocess.run([sys.executable, "-m", "pip", "config", "get", key],
-                          capture_output=True, text=True)
-    return proc.stdout.strip() or None if proc.returncode == 0 else None
-
-
-def _cpu_torch_wheel_dir() -> Path | None:
-    candidates = [_env("COMFY_WORKER_TEST_WHEELS"), _env("PIP_FIND_LINKS"),
-                  _pip_config("global.find-links")]
-    for raw in candidates:
-        for part in (raw or "").split():
-            d = Path(part.removeprefix("file://"))
-            # The test base is Debian bookworm: Python 3.11 → cp311 wheels.
-            if d.is_dir() and any(d.glob("torch-*+cpu-cp311-*.whl")):
-                return d
-    return None
-
-
-def _torch_pin(wheels: Path) -> str:
-    wheel = sorted(wheels.glob("torch-*+cpu-cp311-*.whl"))[-1]
-    version = wheel.name.split("-")[1]
-    return f"torch=={version} torchvision"
-
-
-def _build_command() -> list[str]:
-    cmd = [str(REPO / "build.sh"), "--image", TEST_IMAGE_NAME,
+def _build_command(*, gpu: bool = False) -> list[str]:
+    cmd = [str(REPO / "build.sh"), "--image", GPU_TEST_IMAGE_NAME if gpu else TEST_IMAGE_NAME,
            "--base-image", _env("COMFY_WORKER_TEST_BASE_IMAGE") or TEST_BASE_IMAGE,
-           "--cpu", "--skip-custom-nodes",
+           "--skip-custom-nodes",
            # The debootstrap base has Python, venv, pip and CA certificates: no apt.
            "--build-arg", "APT_PACKAGES=python3 python3-venv ca-certificates"]
-    wheels = _cpu_torch_wheel_dir()
-    if wheels is not None:
-        cmd += ["--wheels", str(wheels), "--torch", _torch_pin(wheels)]
-    ca = _env("COMFY_WORKER_TEST_CA") or _env("PIP_CERT") or _pip_config("global.cert")
-    if ca and Path(ca).is_file():
-        cmd += ["--ca-cert", ca]
-    src = _env("COMFYUI_DIR") or str(REPO / ".comfyui" / "ComfyUI")
-    if Path(src, "main.py").is_file():
-        cmd += ["--comfyui-src", src]
+    if not gpu:
+        cmd.append("--cpu")
+        wheels = cpu_torch_wheel_dir()
+        if wheels is not None:
+            cmd += ["--wheels", str(wheels)]
+    ca = host_ca_bundle()
+    if ca is not None:
+        cmd += ["--ca-cert", str(ca)]
+    src = comfyui_source()
+    if src is not None:
+        cmd += ["--comfyui-src", str(src)]
     if not (REPO / "scripts" / "install_vast_pyworker.sh").is_file():
         cmd += ["--build-arg", "VAST_PYWORKER=0"]
     return cmd
@@ -112,24 +103,44 @@ def _ensure_test_base(client: Any) -> None:
     except Exception:
         pass
     if shutil.which("debootstrap") is None or os.geteuid() != 0:
-        pytest.skip(f"no {TEST_BASE_IMAGE} image and scripts/make_base_image.sh needs root "
-                    "and debootstrap")
+        skip_unless_ci(f"no {TEST_BASE_IMAGE} image and scripts/make_base_image.sh needs root "
+                       "and debootstrap")
     subprocess.run([str(REPO / "scripts" / "make_base_image.sh"), TEST_BASE_IMAGE], check=True)
+
+
+def _build(client: Any, *, gpu: bool) -> str:
+    _ensure_test_base(client)
+    started = time.monotonic()
+    proc = subprocess.run(_build_command(gpu=gpu), cwd=REPO, capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.fail(f"build.sh failed ({proc.returncode}):\n{proc.stderr[-6000:]}")
+    assert "does not extend" not in proc.stderr, proc.stderr[-3000:]
+    image = proc.stdout.strip().splitlines()[-1]
+    print(f"build.sh built {image} in {time.monotonic() - started:.0f} s")
+    _remove_older_test_images(client, image)
+    return image
 
 
 @pytest.fixture(scope="session")
 def worker_image(docker_client: Any) -> str:
-    """The worker image reference, built (or reused) once per session."""
+    """The (CPU) worker image reference, built (or reused) once per session."""
     given = _env("COMFY_WORKER_TEST_IMAGE")
     if given:
         return given
-    _ensure_test_base(docker_client)
-    proc = subprocess.run(_build_command(), cwd=REPO, capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.fail(f"build.sh failed ({proc.returncode}):\n{proc.stderr[-6000:]}")
-    image = proc.stdout.strip().splitlines()[-1]
-    _remove_older_test_images(docker_client, image)
-    return image
+    return _build(docker_client, gpu=False)
+
+
+@pytest.fixture(scope="session")
+def gpu_image(docker_client: Any) -> str:
+    """The GPU flavour, built from the test base with torch 2.9.1 and its nvidia-* wheels
+    from PyPI. Opt-in: ~3.5 GB of downloads and ~9 GB of disk."""
+    given = _env("COMFY_WORKER_TEST_GPU_IMAGE_REF")
+    if given:
+        return given
+    if _env(GPU_OPT_IN) != "1":
+        pytest.skip(f"the GPU image build is opt-in: set {GPU_OPT_IN}=1 (downloads ~3.5 GB "
+                    "of torch/CUDA wheels from PyPI; ~6 min and ~9 GB of disk)")
+    return _build(docker_client, gpu=True)
 
 
 def _remove_older_test_images(client: Any, keep: str) -> None:
@@ -138,7 +149,7 @@ def _remove_older_test_images(client: Any, keep: str) -> None:
     test session may be using them), stay."""
     keep_id = client.images.get(keep).id
     cutoff = datetime.now(UTC) - timedelta(hours=2)
-    for image in client.images.list(name=TEST_IMAGE_NAME):
+    for image in client.images.list(name=keep.rsplit(":", 1)[0]):
         created = datetime.fromisoformat(image.attrs["Created"][:19]).replace(tzinfo=UTC)
         if image.id == keep_id or created > cutoff:
             continue

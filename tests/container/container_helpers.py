@@ -8,7 +8,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import struct
+import subprocess
+import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +21,51 @@ import numpy as np
 from safetensors.numpy import save
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def skip_unless_ci(reason: str) -> None:
+    """Skip for a missing prerequisite, but fail under CI=true: once a Docker daemon is
+    reachable there, every container test must run."""
+    import pytest
+
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true and a Docker daemon is reachable, but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def _pip_config(key: str) -> str | None:
+    proc = subprocess.run([sys.executable, "-m", "pip", "config", "get", key],
+                          capture_output=True, text=True)
+    return proc.stdout.strip() or None if proc.returncode == 0 else None
+
+
+def cpu_torch_wheel_dir() -> Path | None:
+    """A directory holding a CPU torch wheel for the image's Python 3.11, if this machine
+    has one (COMFY_WORKER_TEST_WHEELS, else pip's find-links)."""
+    candidates = [os.environ.get("COMFY_WORKER_TEST_WHEELS"), os.environ.get("PIP_FIND_LINKS"),
+                  _pip_config("global.find-links")]
+    for raw in candidates:
+        for part in (raw or "").split():
+            d = Path(part.removeprefix("file://"))
+            if d.is_dir() and any(d.glob("torch-*+cpu-cp311-*.whl")):
+                return d
+    return None
+
+
+def host_ca_bundle() -> Path | None:
+    """The CA bundle pip trusts here (a TLS-intercepting proxy's CA is in it)."""
+    for raw in (os.environ.get("COMFY_WORKER_TEST_CA"), os.environ.get("PIP_CERT"),
+                _pip_config("global.cert")):
+        if raw and Path(raw).is_file():
+            return Path(raw)
+    return None
+
+
+def comfyui_source() -> Path | None:
+    """A ComfyUI source tree on this machine (COMFYUI_DIR, else ./.comfyui/ComfyUI)."""
+    src = Path(os.environ.get("COMFYUI_DIR") or REPO / ".comfyui" / "ComfyUI")
+    return src if (src / "main.py").is_file() else None
 
 
 def compact_upscaler(*, nf: int = 8, num_conv: int = 2, scale: int = 2, seed: int = 0) -> bytes:

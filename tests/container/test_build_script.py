@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-BASE_INPUTS = ["build.sh", "Dockerfile.base", "Dockerfile", "custom_nodes.txt", "pyproject.toml",
-               "scripts/image", "scripts/install_custom_nodes.sh", "scripts/start.sh"]
+BASE_INPUTS = ["build.sh", "Dockerfile", "custom_nodes.txt", "pyproject.toml", "requirements",
+               "scripts/image", "scripts/install_custom_nodes.sh", "scripts/start.sh",
+               ".build-inputs/README.md"]
 
 
 @pytest.fixture
@@ -81,10 +82,54 @@ def test_base_hash_changes_with_every_base_input(tree: Path) -> None:
 
 def test_worker_only_files_do_not_rebuild_the_base(tree: Path) -> None:
     before = _hash(tree)
-    for rel in ("Dockerfile", "scripts/start.sh", "pyproject.toml"):
+    # The Dockerfile's worker stage is its end: appending changes only that stage.
+    for rel in ("Dockerfile", "scripts/start.sh", "pyproject.toml", "requirements/worker.lock",
+                "requirements/vast-pyworker.lock", "scripts/image/lock_deps.sh",
+                "scripts/image/check_image.py"):
         path = tree / rel
         path.write_text(path.read_text() + "\n# worker-side change\n")
     assert _hash(tree) == before
+    assert _hash(tree, "--cpu") == _hash(tree, "--cpu")
+
+
+def test_the_base_stage_and_the_flavours_lock_are_base_inputs(tree: Path) -> None:
+    gpu, cpu = _hash(tree), _hash(tree, "--cpu")
+    assert gpu != cpu
+    lock = tree / "requirements" / "comfyui-gpu.lock"
+    lock.write_text(lock.read_text() + "\n# changed\n")
+    assert _hash(tree) != gpu
+    assert _hash(tree, "--cpu") == cpu  # the CPU base does not copy the GPU lock
+    dockerfile = tree / "Dockerfile"
+    text = dockerfile.read_text()
+    dockerfile.write_text(text.replace("FROM ${BASE_IMAGE} AS base",
+                                       "FROM ${BASE_IMAGE} AS base\nENV CHANGED=1", 1))
+    assert _hash(tree, "--cpu") != cpu
+
+
+def test_the_hash_reads_exactly_the_files_the_base_stage_copies() -> None:
+    """build.sh's hash and the Dockerfile's base-stage COPY lines must name the same files,
+    or an unhashed change would hide behind an "up to date" base."""
+    dockerfile = (REPO / "Dockerfile").read_text()
+    base_stage = dockerfile.split("AS worker", 1)[0]
+    copied = set()
+    for line in re.findall(r"^COPY (.+)$", base_stage, flags=re.M):
+        copied.update(line.split()[:-1])
+    build = (REPO / "build.sh").read_text()
+    hashed = build.split("base_hash() {", 1)[1].split("\n}", 1)[0]
+    for source in copied:
+        source = source.rstrip("/").replace("comfyui-${FLAVOR}.lock", "comfyui-$FLAVOR.lock")
+        assert source in hashed, f"the base stage copies {source}, build.sh does not hash it"
+    # and .dockerignore lets each of them into the context
+    ignore = (REPO / ".dockerignore").read_text()
+    allowed = [line[1:].rstrip("/") for line in ignore.splitlines() if line.startswith("!")]
+    for source in copied:
+        assert any(source.startswith(a) for a in allowed), f".dockerignore drops {source}"
+
+
+def test_lock_deps_is_documented_and_delegates(tree: Path) -> None:
+    proc = _build(tree, "--lock-deps", "--comfyui-src", "/nonexistent")
+    assert proc.returncode == 2
+    assert "no requirements.txt" in proc.stderr
 
 
 def test_local_inputs_are_checked_before_any_build(tree: Path, tmp_path: Path) -> None:

@@ -173,3 +173,57 @@ def test_start_script_never_traces_or_dumps_the_environment() -> None:
     code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
     for forbidden in ("set -x", "xtrace", "printenv", "env |", "export -p", "declare -p"):
         assert forbidden not in code
+
+
+OPEN_WARNING = "COMFY_WORKER_API_TOKEN is unset"
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "203.0.113.7", "10.1.2.3", "my-host"])
+def test_local_mode_warns_once_on_a_public_address_without_a_token(
+    recorder: Path, tmp_path: Path, host: str
+) -> None:
+    proc, record = _start(recorder, tmp_path, COMFY_WORKER_HOST=host)
+    assert proc.returncode == 0, proc.stderr
+    assert record["argv"][:3] == ["serve", "--host", host]
+    assert proc.stderr.count(OPEN_WARNING) == 1
+    assert f"{host}:8000" in proc.stderr
+
+
+def test_default_local_mode_warns_because_it_listens_on_all_addresses(
+    recorder: Path, tmp_path: Path
+) -> None:
+    proc, _ = _start(recorder, tmp_path)
+    assert proc.stderr.count(OPEN_WARNING) == 1
+    assert "0.0.0.0:8000" in proc.stderr
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.1.2.3", "localhost", "::1"])
+def test_local_mode_on_loopback_does_not_warn(recorder: Path, tmp_path: Path, host: str) -> None:
+    proc, _ = _start(recorder, tmp_path, COMFY_WORKER_HOST=host)
+    assert proc.returncode == 0, proc.stderr
+    assert OPEN_WARNING not in proc.stderr
+
+
+def test_local_mode_with_a_token_does_not_warn_and_never_prints_it(
+    recorder: Path, tmp_path: Path
+) -> None:
+    proc, record = _start(recorder, tmp_path, COMFY_WORKER_API_TOKEN=SECRET)
+    assert record["argv"][:3] == ["serve", "--host", "0.0.0.0"]
+    assert OPEN_WARNING not in proc.stderr  # _start also checks SECRET is not printed
+
+
+def test_a_host_argument_decides_the_warning(recorder: Path, tmp_path: Path) -> None:
+    proc, record = _start(recorder, tmp_path, "--host", "127.0.0.1",
+                          COMFY_WORKER_HOST="0.0.0.0")
+    assert record["argv"][-2:] == ["--host", "127.0.0.1"]
+    assert OPEN_WARNING not in proc.stderr
+    proc, _ = _start(recorder, tmp_path, "--host=0.0.0.0", "--port", "9001",
+                     COMFY_WORKER_HOST="127.0.0.1")
+    assert proc.stderr.count(OPEN_WARNING) == 1 and "0.0.0.0:9001" in proc.stderr
+
+
+def test_other_modes_never_warn_about_the_http_api(recorder: Path, tmp_path: Path) -> None:
+    proc, _ = _start(recorder, tmp_path, RUNPOD_ENDPOINT_ID="abc")
+    assert OPEN_WARNING not in proc.stderr
+    proc, _ = _start(recorder, tmp_path, MODE="vast", COMFY_WORKER_VOLUME=str(tmp_path))
+    assert OPEN_WARNING not in proc.stderr
