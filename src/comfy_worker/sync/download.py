@@ -358,15 +358,16 @@ class Download:
     # --- running ----------------------------------------------------------------------
 
     def run(self) -> str:
+        """Download and hash (once per object); see the class for what it raises."""
         fd = os.open(self.dest, os.O_RDWR)
         try:
+            writeback = Writeback(fd)
             workers = [threading.Thread(target=self._work, args=(fd,), daemon=True,
                                         name=f"download-{i}")
                        for i in range(min(self.tuning.connections, len(self._parts)))]
-            for t in workers:
-                t.start()
-            writeback = Writeback(fd)
             try:
+                for t in workers:
+                    t.start()
                 digest = self._hash(fd, writeback)
             except BaseException as exc:
                 self._fail(exc)
@@ -379,7 +380,8 @@ class Download:
                 self._running.set()
                 self.gate.wake()
                 for t in workers:
-                    t.join()
+                    if t.ident is not None:
+                        t.join()
             if self.size is not None and self._received != self.size:
                 raise Transient(f"{self.describe}: got {self._received} of {self.size} bytes")
             return digest
