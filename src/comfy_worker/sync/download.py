@@ -35,9 +35,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import hashlib
 import heapq
-import http.client
 import itertools
 import logging
 import os
@@ -70,6 +70,8 @@ class Cancelled(Exception):
 def is_transient_network_error(exc: BaseException) -> bool:
     """A connection error, timeout or cut stream from requests/urllib3/the socket layer:
     worth retrying. TLS failures (certificates) and malformed requests are not."""
+    import http.client
+
     import requests
     import urllib3
 
@@ -139,7 +141,9 @@ class Gate:
 _SYNC_FILE_RANGE_WRITE = 2
 
 
-def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+@functools.cache
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """libc's ``sync_file_range`` (Linux), loaded on first use; None elsewhere."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         fn = libc.sync_file_range
@@ -148,9 +152,6 @@ def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
     fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
     fn.restype = ctypes.c_int
     return fn  # type: ignore[no-any-return]
-
-
-_sync_file_range = _load_sync_file_range()
 
 
 class Writeback:
@@ -185,7 +186,7 @@ class Writeback:
         self._thread.join()
 
     def _run(self) -> None:
-        use_range = _sync_file_range is not None
+        sync_file_range = _sync_file_range()
         while True:
             with self._cond:
                 while self._target <= self._done and not self._closed:
@@ -195,11 +196,11 @@ class Writeback:
                 start, end = self._done, self._target
                 self._done = end
             try:
-                if use_range and _sync_file_range is not None:
-                    if _sync_file_range(self.fd, start, end - start, _SYNC_FILE_RANGE_WRITE):
+                if sync_file_range is not None:
+                    if sync_file_range(self.fd, start, end - start, _SYNC_FILE_RANGE_WRITE):
                         err = ctypes.get_errno()
                         if err in (22, 29, 38, 95):  # EINVAL ESPIPE ENOSYS EOPNOTSUPP
-                            use_range = False
+                            sync_file_range = None
                             os.fdatasync(self.fd)
                         else:
                             raise OSError(err, os.strerror(err))
@@ -357,15 +358,16 @@ class Download:
     # --- running ----------------------------------------------------------------------
 
     def run(self) -> str:
+        """Download and hash (once per object); see the class for what it raises."""
         fd = os.open(self.dest, os.O_RDWR)
         try:
+            writeback = Writeback(fd)
             workers = [threading.Thread(target=self._work, args=(fd,), daemon=True,
                                         name=f"download-{i}")
                        for i in range(min(self.tuning.connections, len(self._parts)))]
-            for t in workers:
-                t.start()
-            writeback = Writeback(fd)
             try:
+                for t in workers:
+                    t.start()
                 digest = self._hash(fd, writeback)
             except BaseException as exc:
                 self._fail(exc)
@@ -378,7 +380,8 @@ class Download:
                 self._running.set()
                 self.gate.wake()
                 for t in workers:
-                    t.join()
+                    if t.ident is not None:
+                        t.join()
             if self.size is not None and self._received != self.size:
                 raise Transient(f"{self.describe}: got {self._received} of {self.size} bytes")
             return digest

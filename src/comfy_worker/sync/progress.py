@@ -13,10 +13,10 @@ import logging
 import os
 import sys
 import threading
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,9 @@ class Progress:
 
     def start(self) -> Progress:
         if self.bar and self.total > 0:
+            from tqdm import tqdm  # here: a warm start draws no bar and needs no tqdm
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
             cols, lines = _screen(self.stream)
             self._tqdm = tqdm(total=self.total, file=self.stream, unit="B", unit_scale=True,
                               unit_divisor=1000, bar_format=BAR_FORMAT, mininterval=0.25,
