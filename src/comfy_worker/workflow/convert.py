@@ -400,6 +400,11 @@ class _PromptBuilder:
 
     def _serialize_widget(self, node: Node, widget: Any, index: int) -> Any:
         spec = widget.spec
+        if spec.browser_only:
+            raise conversion_error(
+                node, f"cannot be converted outside the editor: {spec.browser_only}",
+                hint="replace it by a LoadImage node (and send the image with the job), or "
+                "export the workflow with Export (API) from the editor")
         value = widget.value
         if spec.serialize_undefined:
             return UNDEFINED

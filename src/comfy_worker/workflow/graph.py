@@ -147,7 +147,8 @@ def on_number_change(value: Any, opts: NumberOptions) -> Any:
     x = to_number(value)
     snapped = math_round(x / rnd) * rnd
     result = to_number(to_fixed(float(snapped), opts.precision))
-    result = max(opts.min, min(opts.max, result))
+    if not math.isnan(result):      # Math.min/Math.max keep NaN
+        result = min(max(result, opts.min), opts.max)
     return number_value(result)
 
 
@@ -596,6 +597,8 @@ class Loader:
         for node in list(root.iter_all()):
             if node.kind == "reroute":
                 reroute_connections_changed(node, self)
+            elif node.kind == "comfy":
+                _remote_first_load(node)
         return root
 
     def _configure_links(self, graph: Graph, doc: Mapping[str, Any], *, root_level: bool
@@ -907,6 +910,15 @@ def _remove_input(node: Node, index: int) -> None:
             link = graph.link(later.link)
             if link is not None and is_number(link.target_slot):
                 link.target_slot -= 1
+
+
+def _remote_first_load(node: Node) -> None:
+    """A COMBO whose options come from the server (``remote``) takes the first option the
+    server lists once that list arrives, right after loading. A fresh worker's folders are
+    empty, so the list is empty and the value becomes undefined (shown as its fallback)."""
+    for widget in node.widgets:
+        if widget.spec.remote:
+            widget.value = UNDEFINED
 
 
 def _legacy_widget_fixes(node: Node) -> None:

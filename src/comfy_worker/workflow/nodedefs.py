@@ -93,6 +93,8 @@ class WidgetSpec:
     number: NumberOptions | None = None
     upload: UploadTransform | None = None
     serialize_undefined: bool = False   # serializeValue() returns undefined
+    remote: bool = False            # options fetched from the server after loading
+    browser_only: str | None = None     # serializeValue needs the browser (why)
     values: tuple[Any, ...] | None = None
     spec: Mapping[str, Any] = field(default_factory=dict)   # the input spec it came from
 
@@ -294,10 +296,18 @@ def widgets_for(spec: Mapping[str, Any], node_name: str, existing: list[WidgetSp
             default = "Loading..."
         else:
             default = UNDEFINED
-        main = WidgetSpec(name, "combo", default, values=tuple(options), spec=spec)
+        remote = spec.get("remote")
+        main = WidgetSpec(name, "combo", default, values=tuple(options), spec=spec,
+                          remote=bool(remote))
+        made = [main]
+        if remote:
+            # useRemoteWidget: an auto-refresh toggle, then maybe a refresh button
+            made.append(WidgetSpec("Auto-refresh after generation", "toggle", False, api=False))
+            if isinstance(remote, dict) and remote.get("refresh_button"):
+                made.append(WidgetSpec("refresh", "button", "refresh"))
         if spec.get("control_after_generate"):
-            return [main, *control_widgets(spec, combo=True, filter_list=True)]
-        return [main]
+            made.extend(control_widgets(spec, combo=True, filter_list=True))
+        return made
     if wtype == "IMAGEUPLOAD":
         return [WidgetSpec(name, "button", "image", api=False, spec=spec)]
     if wtype == "AUDIOUPLOAD":
@@ -307,7 +317,8 @@ def widgets_for(spec: Mapping[str, Any], node_name: str, existing: list[WidgetSp
     if wtype == "AUDIO_RECORD":
         return [WidgetSpec(name, "audioUI", "", fixed_value=True, spec=spec)]
     if wtype == "WEBCAM":
-        return [WidgetSpec(name, "WEBCAM", "", fixed_value=True, spec=spec)]
+        return [WidgetSpec(name, "WEBCAM", "", fixed_value=True, spec=spec,
+                           browser_only="its image is a capture of the browser's camera")]
     if wtype == "PREVIEW_3D":
         return [WidgetSpec("image", "load3D", "", fixed_value=True, spec=spec)]
     if wtype == "LOAD_3D":
@@ -315,7 +326,8 @@ def widgets_for(spec: Mapping[str, Any], node_name: str, existing: list[WidgetSp
             WidgetSpec("upload 3d model", "button", "upload3dmodel", spec=spec),
             WidgetSpec("upload extra resources", "button", "uploadExtraResources", spec=spec),
             WidgetSpec("clear", "button", "clear", spec=spec),
-            WidgetSpec("image", "load3D", "", fixed_value=True, spec=spec),
+            WidgetSpec("image", "load3D", "", fixed_value=True, spec=spec,
+                       browser_only="its image is a render of the editor's 3D viewer"),
         ]
     if wtype == "COLOR":
         opts = spec.get("options") if isinstance(spec.get("options"), dict) else {}
