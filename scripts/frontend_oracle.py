@@ -33,6 +33,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +62,13 @@ _CONVERT_JS = """async ([wf, fixedRandom]) => {
     if (fixedRandom !== null) Math.random = () => fixedRandom;
     try {
         await window.app.loadGraphData(wf, true, false, null);
+        const d = new Date();
+        const now = [d.getFullYear(), d.getMonth() + 1, d.getDate(), d.getHours(),
+                     d.getMinutes(), d.getSeconds()];
         const out = (await window.app.graphToPrompt()).output;
         // undefined (a class_type the frontend cannot map) would vanish in transit
-        return JSON.parse(JSON.stringify(out, (k, v) => v === undefined ? "__undefined__" : v));
+        return {now, output: JSON.parse(JSON.stringify(out, (k, v) =>
+            (k === "class_type" && v === undefined) ? "__undefined__" : v))};
     } finally {
         Math.random = random;
     }
@@ -136,7 +141,14 @@ class FrontendOracle:
                 ) -> dict[str, Any]:
         """The API prompt the editor would queue for ``workflow``. ``fixed_random``: what
         ``Math.random()`` returns meanwhile (makes ``{a|b}`` dynamic prompts repeatable)."""
-        return self._page.evaluate(_CONVERT_JS, [dict(workflow), fixed_random])
+        return self.convert_timed(workflow, fixed_random=fixed_random)[0]
+
+    def convert_timed(self, workflow: Mapping[str, Any], *, fixed_random: float | None = None
+                      ) -> tuple[dict[str, Any], datetime]:
+        """:meth:`convert` plus the browser's local time when it converted (for
+        ``%date:...%`` replacements)."""
+        answer = self._page.evaluate(_CONVERT_JS, [dict(workflow), fixed_random])
+        return answer["output"], datetime(*answer["now"])
 
     def close(self) -> None:
         for closer in (getattr(self, "_browser", None), self._pw):
@@ -244,7 +256,8 @@ def cmd_fixtures(args: argparse.Namespace, url: str) -> int:
                                             "frontend_error": str(exc).splitlines()[0]}
                 log.warning("[%d/%d] %s: frontend error %s", i, len(templates), t.name, exc)
                 continue
-            shutil.copyfile(t.path, out / "templates" / f"{t.name}.json")
+            (out / "templates" / f"{t.name}.json.gz").write_bytes(
+                gzip.compress(t.path.read_bytes(), mtime=0))
             _gz_json(out / "expected" / f"{t.name}.json.gz", prompt)
             index["templates"][t.name] = {"package": t.package, "version": t.version}
             log.info("[%d/%d] %s: %d nodes (%.1f s)", i, len(templates), t.name, len(prompt),
@@ -252,6 +265,37 @@ def cmd_fixtures(args: argparse.Namespace, url: str) -> int:
     (out / "index.json").write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")
     log.info("%d templates compared, %d skipped", len(index["templates"]),
              len(index["skipped"]))
+    return 0
+
+
+def cmd_cases(args: argparse.Namespace, url: str) -> int:
+    """Record the frontend's answer for every case of tests/support/workflow_cases.py."""
+    sys.path.insert(0, str(REPO_ROOT / "tests"))
+    from support import workflow_cases as wc
+
+    out = Path(args.out) / "cases"
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("*.json.gz"):
+        old.unlink()
+    info = wc.object_info()
+    index = json.loads((Path(args.out) / "index.json").read_text(encoding="utf-8"))
+    cases = [(name, build()) for name, build in wc.CASES.items()]
+    cases += list(wc.random_cases(sorted(index["templates"]), args.random, info))
+    errors = 0
+    with FrontendOracle(url) as oracle:
+        for i, (name, (workflow, fixed_random)) in enumerate(cases, 1):
+            record: dict[str, Any] = {"workflow": workflow, "fixed_random": fixed_random}
+            try:
+                prompt, now = oracle.convert_timed(workflow, fixed_random=fixed_random)
+                record["expected"] = prompt
+                record["now"] = now.isoformat()
+            except Exception as exc:  # the frontend cannot queue it either: keep why
+                record["error"] = str(exc).splitlines()[0].replace("Page.evaluate: ", "")
+                errors += 1
+            _gz_json(out / f"{name}.json.gz", record)
+            log.info("[%d/%d] %s: %s", i, len(cases), name,
+                     "frontend error" if "error" in record else f"{len(prompt)} nodes")
+    log.info("%d cases recorded (%d the frontend rejects)", len(cases), errors)
     return 0
 
 
@@ -278,6 +322,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
     fx = sub.add_parser("fixtures", help="regenerate tests/fixtures/workflows")
     fx.add_argument("--out", default=str(FIXTURES))
+    cs = sub.add_parser("cases", help="record the frontend's answers for the test cases "
+                        "(tests/support/workflow_cases.py) into FIXTURES/cases")
+    cs.add_argument("--out", default=str(FIXTURES))
+    cs.add_argument("--random", type=int, default=40, help="random template variants")
     cv = sub.add_parser("convert", help="print the frontend's API prompt for files")
     cv.add_argument("files", nargs="+")
     args = p.parse_args(argv)
@@ -285,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     why = browser_available()
     if why:
         p.error(why)
-    run = cmd_fixtures if args.command == "fixtures" else cmd_convert
+    run = {"fixtures": cmd_fixtures, "cases": cmd_cases, "convert": cmd_convert}[args.command]
     if args.url:
         return run(args, args.url)
     if not args.comfyui_dir:

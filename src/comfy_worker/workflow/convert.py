@@ -140,10 +140,7 @@ class _Dto:
     # errors
 
     def _error(self, why: str, hint: str | None = None) -> WorkflowConversionError:
-        node = self.node
-        return WorkflowConversionError(
-            f'node {self.id} ("{node.type}"): {why}', hint=hint,
-            details=[{"node_id": self.id, "class_type": node.type, "message": why}])
+        return conversion_error(self.node, why, hint, node_id=self.id)
 
     def _key(self, kind: str, slot: Any) -> str:
         sub = self.subgraph_node.subgraph.id if self.subgraph_node and \
@@ -320,17 +317,14 @@ class _PromptBuilder:
                                                                           MODE_BYPASS):
                 continue
             if node.kind == "missing" or node.comfy_class is None:
-                raise WorkflowConversionError(
-                    f'node {dto.id} ("{node.type}"): node type "{node.type}" is not in '
-                    "this ComfyUI's /object_info",
-                    hint=_missing_hint(node.type),
-                    details=[{"node_id": dto.id, "class_type": node.type,
-                              "message": "unknown node type"}])
+                raise conversion_error(
+                    node, f'node type "{node.type}" is not in this ComfyUI\'s /object_info',
+                    _missing_hint(node.type), node_id=dto.id)
             inputs: dict[str, Any] = {}
-            for index, widget in enumerate(node.widgets):
+            for widget in node.widgets:
                 if not widget.name or not widget.api:
                     continue
-                value = self._serialize_widget(node, widget, index)
+                value = self._serialize_widget(dto, widget)
                 inputs[to_string(widget.name)] = _wrap(value)
             for index, (_, name, _) in enumerate(dto.inputs):
                 resolved = dto.resolve_input(index)
@@ -398,11 +392,13 @@ class _PromptBuilder:
                 for node in sub.nodes:
                     _copy_promoted(node)
 
-    def _serialize_widget(self, node: Node, widget: Any, index: int) -> Any:
+    def _serialize_widget(self, dto: _Dto, widget: Any) -> Any:
+        node = dto.node
         spec = widget.spec
         if spec.browser_only:
             raise conversion_error(
                 node, f"cannot be converted outside the editor: {spec.browser_only}",
+                node_id=dto.id,
                 hint="replace it by a LoadImage node (and send the image with the job), or "
                 "export the workflow with Export (API) from the editor")
         value = widget.value
@@ -414,7 +410,7 @@ class _PromptBuilder:
             if not isinstance(value, str):
                 raise conversion_error(node, f'widget "{to_string(widget.name)}" holds '
                                        f"{_json_type(value)}, not text",
-                                       hint="set filename_prefix to a string")
+                                       hint="set filename_prefix to a string", node_id=dto.id)
             return apply_text_replacements(value, all_nodes(self.root), self.now)
         return value
 

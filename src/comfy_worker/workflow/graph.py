@@ -14,6 +14,7 @@ is :func:`comfy_worker.workflow.convert.ui_to_api`.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -42,6 +43,8 @@ from comfy_worker.workflow.nodedefs import (
     build_node_def,
 )
 
+log = logging.getLogger(__name__)
+
 SUBGRAPH_INPUT_ID = -10
 SUBGRAPH_OUTPUT_ID = -20
 MODE_NEVER = 2
@@ -51,13 +54,26 @@ MODE_BYPASS = 4
 Config = tuple[Any, Mapping[str, Any]]
 
 
-def conversion_error(node: Node | None, why: str, hint: str | None = None
-                     ) -> WorkflowConversionError:
+def describe(node: Node) -> str:
+    """``"KSampler"``, or ``subgraph "name"`` for a subgraph node."""
+    if node.is_subgraph_node and node.subgraph is not None:
+        return f'subgraph "{to_string(node.subgraph.name or node.type)}"'
+    return f'"{node.type}"'
+
+
+def conversion_error(node: Node | None, why: str, hint: str | None = None, *,
+                     node_id: str | None = None) -> WorkflowConversionError:
+    """The error for ``node``: names its id (the flattened prompt id when known), its type
+    and why; ``details`` holds ``node_id``, ``class_type`` and ``message``."""
     if node is None:
         return WorkflowConversionError(why, hint=hint)
-    node_id = node.display_id()
+    where = ""
+    if node_id is None:
+        node_id = to_string(node.id)
+        if node.graph.is_subgraph:
+            where = f" in {node.graph.path_prefix[0]}" if node.graph.path_prefix else ""
     return WorkflowConversionError(
-        f'node {node_id} ("{node.type}"): {why}', hint=hint,
+        f"node {node_id} ({describe(node)}){where}: {why}", hint=hint,
         details=[{"node_id": node_id, "class_type": node.type, "message": why}])
 
 
@@ -570,7 +586,7 @@ class Loader:
         for sub_doc in sub_docs:     # all subgraphs exist before any is configured
             sub = Graph(root, sub_doc.get("id"))
             sub.name = sub_doc.get("name")
-            sub.path_prefix = [f"subgraph \"{to_string(sub_doc.get('name') or sub.id)}\""]
+            sub.path_prefix = [f'subgraph "{to_string(sub_doc.get("name") or sub.id)}"']
             _set_io(sub, sub_doc)
             with contextlib.suppress(TypeError):
                 root.subgraphs[sub_doc.get("id")] = sub
@@ -662,6 +678,11 @@ class Loader:
         values = data.get("widgets_values")
         if node.widgets and isinstance(values, list):
             stored = [w for w in node.widgets if w.stored]
+            if node.kind == "comfy" and len(values) != len(stored):
+                log.warning("node %s (%s): %d saved widget values for %d widgets; like the "
+                            "editor, %s", node.display_id(), node.type, len(values),
+                            len(stored), "extra values are ignored" if len(values) > len(stored)
+                            else "the missing ones keep their defaults")
             for widget, value in zip(stored, values, strict=False):
                 widget.value = value
         if node.kind == "subgraph":
