@@ -94,8 +94,12 @@ def validate_api_prompt(doc: Mapping[str, Any], *, field: str = "workflow"
                 hint='each node is {"class_type": "...", "inputs": {...}} (API format)')
         class_type = node.get("class_type")
         if not isinstance(class_type, str) or not class_type:
-            shown = "missing" if "class_type" not in node else \
-                f"{json_type(class_type)} {json.dumps(class_type)[:60]}"
+            if "class_type" not in node:
+                shown = "missing"
+            elif class_type is None or class_type == "":
+                shown = "null" if class_type is None else "an empty string"
+            else:
+                shown = f"{json_type(class_type)} {json.dumps(class_type)[:60]}"
             raise JobInputInvalid(
                 f'{where}: field "class_type" is {shown}, expected a string',
                 hint='each node is {"class_type": "...", "inputs": {...}} (API format)')
