@@ -36,6 +36,7 @@ from comfy_worker.workflow.jsvalue import (
     UNDEFINED,
     from_json,
     is_number,
+    json_type,
     loose_equals,
     parse_int,
     to_json,
@@ -77,7 +78,7 @@ def ui_to_api(ui: Mapping[str, Any], object_info: Mapping[str, Any], *,
     """
     if not isinstance(ui, Mapping):
         raise WorkflowConversionError(
-            f"a UI-format workflow is an object, got {_json_type(ui)}",
+            f"a UI-format workflow is an object, got {json_type(ui)}",
             hint='pass the JSON the editor saves ({"nodes": [...], "links": [...]})')
     if not isinstance(object_info, Mapping) or not object_info:
         raise WorkflowConversionError(
@@ -85,7 +86,7 @@ def ui_to_api(ui: Mapping[str, Any], object_info: Mapping[str, Any], *,
             hint="pass the /object_info of the ComfyUI that will run the workflow")
     if not isinstance(ui.get("nodes"), list):
         raise WorkflowConversionError(
-            f'field "nodes" is {_json_type(ui.get("nodes"))}, expected an array',
+            f'field "nodes" is {json_type(ui.get("nodes"))}, expected an array',
             hint="pass the JSON the editor saves with Workflow > Save")
     doc = from_json(dict(ui))
     when = now or datetime.now()
@@ -96,20 +97,6 @@ def ui_to_api(ui: Mapping[str, Any], object_info: Mapping[str, Any], *,
         raise WorkflowConversionError(
             "the workflow nests subgraphs or links too deeply to follow",
             hint="check the workflow for a subgraph that contains itself") from None
-
-
-def _json_type(value: Any) -> str:
-    if value is None or value is UNDEFINED:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if is_number(value):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list | tuple):
-        return "array"
-    return "object"
 
 
 # --- ExecutableNodeDTO ----------------------------------------------------------------------
@@ -409,7 +396,7 @@ class _PromptBuilder:
         if spec.text_replace:
             if not isinstance(value, str):
                 raise conversion_error(node, f'widget "{to_string(widget.name)}" holds '
-                                       f"{_json_type(value)}, not text",
+                                       f"{json_type(value)}, not text",
                                        hint="set filename_prefix to a string", node_id=dto.id)
             return apply_text_replacements(value, all_nodes(self.root), self.now)
         return value

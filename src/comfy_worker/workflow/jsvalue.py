@@ -75,6 +75,23 @@ def to_json(value: Any) -> Any:
     return value
 
 
+def json_type(value: Any) -> str:
+    """The JSON name of a value's type, for messages (never a Python type name)."""
+    if value is None or value is UNDEFINED:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if is_number(value):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list | tuple):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
 def is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 

@@ -14,26 +14,10 @@ from typing import Any
 
 from comfy_worker.errors import JobInputInvalid, WorkflowConversionError
 from comfy_worker.workflow.convert import is_ui_workflow, ui_to_api
+from comfy_worker.workflow.jsvalue import json_type
 
 ObjectInfo = Mapping[str, Any]
 ObjectInfoSource = ObjectInfo | Callable[[], ObjectInfo] | None
-
-
-def json_type(value: Any) -> str:
-    """The JSON name of a value's type (for messages)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list | tuple):
-        return "array"
-    if isinstance(value, Mapping):
-        return "object"
-    return type(value).__name__
 
 
 def parse_workflow_json(raw: object, *, field: str = "workflow") -> object:
