@@ -88,9 +88,9 @@ def ui_to_api(ui: Mapping[str, Any], object_info: Mapping[str, Any], *,
         raise WorkflowConversionError(
             f'field "nodes" is {json_type(ui.get("nodes"))}, expected an array',
             hint="pass the JSON the editor saves with Workflow > Save")
-    doc = from_json(dict(ui))
     when = now or datetime.now()
     try:
+        doc = from_json(dict(ui))
         root = Loader(object_info, when).load(doc)
         return _PromptBuilder(root, rng or random.Random(), when).build()
     except RecursionError:

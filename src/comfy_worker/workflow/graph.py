@@ -574,9 +574,11 @@ class Loader:
 
         definitions = doc.get("definitions") if isinstance(doc.get("definitions"), dict) else {}
         raw_subs = definitions.get("subgraphs") if isinstance(definitions, dict) else None
-        sub_docs = [d for d in raw_subs or [] if isinstance(d, dict)]
+        sub_docs = [d for d in raw_subs if isinstance(d, dict)] \
+            if isinstance(raw_subs, list) else []
         for node_doc in _iter_node_docs(doc, sub_docs):
-            renamed = TYPE_RENAMES.get(node_doc.get("type"))  # type: ignore[arg-type]
+            type_name = node_doc.get("type")
+            renamed = TYPE_RENAMES.get(type_name) if isinstance(type_name, str) else None
             if renamed:
                 node_doc["type"] = renamed
         doc = fix_bad_links(doc)

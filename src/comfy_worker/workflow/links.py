@@ -186,7 +186,11 @@ def _fix_bad_links(doc: dict[str, Any]) -> None:
                     return False
                 rec["links"].append(link_id)
                 outputs = node.setdefault("outputs", [])
+                if not isinstance(outputs, list):
+                    return True
                 i = _slot_index_of(index)
+                if i > len(outputs) + 64:       # a sparse slot no link resolution reaches
+                    return True
                 while len(outputs) <= i:
                     outputs.append({})
                 if not isinstance(outputs[i], dict):
@@ -284,5 +288,5 @@ def _fix_bad_links(doc: dict[str, Any]) -> None:
 def _slot_index_of(index: Any) -> int:
     try:
         return max(0, int(index))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return 0
