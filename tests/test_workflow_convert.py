@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.workflow_cases import FIXTURES, load_gz, object_info, template
+from support.workflow_cases import FIXTURES, damage, load_gz, object_info, template
 
-from comfy_worker.errors import WorkflowConversionError, WorkflowInvalid
+from comfy_worker.errors import WorkerError, WorkflowConversionError, WorkflowInvalid
 from comfy_worker.workflow.convert import is_ui_workflow, ui_to_api
 
 INDEX = json.loads((FIXTURES / "index.json").read_text(encoding="utf-8"))
@@ -390,3 +390,19 @@ def test_is_ui_workflow_tells_the_formats_apart() -> None:
     assert not is_ui_workflow(convert(template("default")))
     assert not is_ui_workflow({"nodes": {"1": {"class_type": "X"}}})
     assert not is_ui_workflow([])
+
+
+@pytest.mark.parametrize("block", range(4))
+def test_damaged_documents_give_a_result_or_a_worker_error_never_a_crash(block: int) -> None:
+    names = ["01_qwen_t2i_subgraphed", "sdxl_simple_example", "hidream_e1_1", "default",
+             "image_qwen_image_instantx_inpainting_controlnet"]
+    for seed in range(block * 80, block * 80 + 80):
+        rng = random.Random(seed)
+        wf = template(names[seed % len(names)])
+        for _ in range(rng.randint(1, 20)):
+            damage(wf, rng)
+        try:
+            result = ui_to_api(wf, OBJECT_INFO)
+        except WorkerError:
+            continue
+        json.dumps(result, allow_nan=False)     # valid JSON for ComfyUI

@@ -872,3 +872,31 @@ def random_cases(names: list[str], count: int, info: dict[str, Any], seed: int =
     for i in range(count):
         name = rng.choice(names)
         yield f"random_{name}_{i}", (random_variant(name, 1000 + i, info), None)
+
+
+# --- damaged documents --------------------------------------------------------------------------
+
+JUNK: tuple[Any, ...] = (None, 0, -1, 1.5, "x", "", [], {}, [1, 2], {"a": 1}, True, "5",
+                         2**70, float("nan"))
+
+
+def damage(doc: Any, rng: random.Random, depth: int = 0) -> None:
+    """Delete or replace one random value somewhere inside ``doc`` (in place)."""
+    if isinstance(doc, dict) and doc:
+        key = rng.choice(list(doc))
+        roll = rng.random()
+        if roll < 0.3:
+            del doc[key]
+        elif roll < 0.6 or depth > 6:
+            doc[key] = copy.deepcopy(rng.choice(JUNK))
+        else:
+            damage(doc[key], rng, depth + 1)
+    elif isinstance(doc, list) and doc:
+        index = rng.randrange(len(doc))
+        roll = rng.random()
+        if roll < 0.2:
+            del doc[index]
+        elif roll < 0.5 or depth > 6:
+            doc[index] = copy.deepcopy(rng.choice(JUNK))
+        else:
+            damage(doc[index], rng, depth + 1)
