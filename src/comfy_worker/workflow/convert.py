@@ -411,6 +411,10 @@ def _wrap(value: Any) -> Any:
 
 
 def _missing_hint(type_name: str) -> str:
+    if type_name in ("SetNode", "GetNode"):
+        return ("Set/Get nodes come from a custom node pack (KJNodes) whose editor extension "
+                "wires them; replace them by direct links, or export the workflow with "
+                "Export (API) from an editor that has the pack")
     if type_name.startswith(("workflow>", "workflow/")):
         return ("this is a legacy group node; open the workflow in the editor, convert the "
                 "group node to a subgraph and save again")
