@@ -29,6 +29,16 @@ if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
     fi
 fi
 
+# Chromium for the tests that drive ComfyUI's editor (tests/test_workflow_oracle.py):
+# Debian's package, installed when missing and this runs as root with apt-get (CI).
+if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 \
+        || { apt-get update -qq >/dev/null 2>&1 \
+             && apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1; } \
+        || echo "test.sh: could not install chromium; the browser tests will not run" >&2
+fi
+
 # A real ComfyUI for the end-to-end tests (skipped when COMFYUI_DIR is already set).
 if [ -z "${COMFYUI_DIR:-}" ] && [ -x scripts/setup_comfyui.sh ]; then
     scripts/setup_comfyui.sh

@@ -201,6 +201,16 @@ class WorkflowInvalid(JobError, ValueError):
     status = 422
 
 
+class WorkflowConversionError(WorkflowInvalid):
+    """A UI-format workflow (the editor's "Save") cannot be turned into an API prompt.
+
+    The message names the node id, its type and why (unknown node type, a link to a
+    missing node, a circular link, ...); ``details`` carries ``node_id``/``class_type``.
+    """
+
+    reference = "workflow-conversion-failed"
+
+
 class WorkflowExecutionError(JobError):
     """A node raised while the workflow ran."""
 

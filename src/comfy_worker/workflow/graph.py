@@ -1,0 +1,957 @@
+"""A UI-format workflow loaded the way the editor loads it (pure, in memory).
+
+This mirrors what ``app.loadGraphData`` leaves behind before ``graphToPrompt`` runs: node
+types renamed, subgraph definitions turned into node types, every node built from its
+``/object_info`` definition (sockets + widgets), saved inputs merged by name, widget values
+assigned slot by slot, links re-pointed at the right input index, promoted subgraph
+widgets created and filled, primitives and reroutes set up
+(:mod:`comfy_worker.workflow.virtual_nodes`).
+
+The classes here are internal working state, mutable like the editor's; the public surface
+is :func:`comfy_worker.workflow.convert.ui_to_api`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from comfy_worker.errors import WorkflowConversionError
+from comfy_worker.workflow.jsvalue import (
+    UNDEFINED,
+    is_number,
+    loose_equals,
+    math_round,
+    number_value,
+    property_key,
+    textarea_value,
+    to_fixed,
+    to_number,
+    to_string,
+)
+from comfy_worker.workflow.nodedefs import (
+    TYPE_RENAMES,
+    NodeDef,
+    NumberOptions,
+    WidgetSpec,
+    build_node_def,
+)
+
+log = logging.getLogger(__name__)
+
+SUBGRAPH_INPUT_ID = -10
+SUBGRAPH_OUTPUT_ID = -20
+MODE_NEVER = 2
+MODE_BYPASS = 4
+
+# An input spec as the editor's GET_CONFIG returns it: (type or option list, options).
+Config = tuple[Any, Mapping[str, Any]]
+
+
+def describe(node: Node) -> str:
+    """``"KSampler"``, or ``subgraph "name"`` for a subgraph node."""
+    if node.is_subgraph_node and node.subgraph is not None:
+        return f'subgraph "{to_string(node.subgraph.name or node.type)}"'
+    return f'"{node.type}"'
+
+
+def conversion_error(node: Node | None, why: str, hint: str | None = None, *,
+                     node_id: str | None = None) -> WorkflowConversionError:
+    """The error for ``node``: names its id (the flattened prompt id when known), its type
+    and why; ``details`` holds ``node_id``, ``class_type`` and ``message``."""
+    if node is None:
+        return WorkflowConversionError(why, hint=hint)
+    where = ""
+    if node_id is None:
+        node_id = to_string(node.id)
+        if node.graph.is_subgraph:
+            where = f" in {node.graph.path_prefix[0]}" if node.graph.path_prefix else ""
+    return WorkflowConversionError(
+        f"node {node_id} ({describe(node)}){where}: {why}", hint=hint,
+        details=[{"node_id": node_id, "class_type": node.type, "message": why}])
+
+
+# --- widgets ----------------------------------------------------------------------------
+
+
+class Cell:
+    """Where a widget keeps its value; DOM widgets' promoted copies share one."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+class Widget:
+    def __init__(self, spec: WidgetSpec, *, cell: Cell | None = None) -> None:
+        self.spec = spec
+        self.name: Any = spec.name
+        self.cell = cell if cell is not None else Cell(
+            textarea_value(spec.default) if spec.textarea else spec.default)
+        self._upload_raw: Any = None
+        self._upload_set = False
+
+    @property
+    def api(self) -> bool:
+        return self.spec.api
+
+    @property
+    def stored(self) -> bool:
+        return self.spec.stored
+
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
+
+    @property
+    def number(self) -> NumberOptions | None:
+        return self.spec.number
+
+    @property
+    def value(self) -> Any:
+        spec = self.spec
+        if spec.fixed_value:
+            return ""
+        if spec.upload is not None:
+            raw = self._upload_raw if self._upload_set else spec.upload.fallback
+            return _upload_transform(raw, spec.upload.folder, spec.upload.allow_batch,
+                                     spec.upload.fallback)
+        return self.cell.value
+
+    @value.setter
+    def value(self, v: Any) -> None:
+        spec = self.spec
+        if spec.fixed_value:
+            return
+        if spec.upload is not None:
+            self._upload_raw, self._upload_set = v, True
+            return
+        self.cell.value = textarea_value(v) if spec.textarea else v
+
+    def callback(self) -> None:
+        """The widget's change callback: number widgets round and clamp their value."""
+        if self.number is not None:
+            self.value = on_number_change(self.value, self.number)
+
+    def copy_for(self, name: Any) -> Widget:
+        """``createCopyForNode``: the promoted copy a subgraph node shows. A DOM widget's
+        copy shares the inner widget's element, so both hold one value."""
+        spec = WidgetSpec(**{**self.spec.__dict__, "name": name, "upload": None})
+        shared = self.spec.textarea or self.spec.fixed_value or self.spec.kind == "multiselect"
+        return Widget(spec, cell=self.cell if shared else Cell(self.value))
+
+
+def on_number_change(value: Any, opts: NumberOptions) -> Any:
+    """The editor's INT ``onValueChange`` / FLOAT ``onFloatValueChange``."""
+    if opts.is_int:
+        step = opts.step2 or 1
+        if step == 1:
+            return number_value(math_round(value))
+        offset = math.fmod(opts.min, step)
+        x = to_number(value)
+        return number_value(math_round((x - offset) / step) * step + offset)
+    rnd = opts.round
+    if not rnd:
+        return value
+    x = to_number(value)
+    snapped = math_round(x / rnd) * rnd
+    result = to_number(to_fixed(float(snapped), opts.precision))
+    if not math.isnan(result):      # Math.min/Math.max keep NaN
+        result = min(max(result, opts.min), opts.max)
+    return number_value(result)
+
+
+def _annotated(value: Any, folder: str) -> Any:
+    """``createAnnotatedPath(value, {rootFolder: folder})``."""
+    def annotation(text: str) -> str:
+        has = re.search(r"\[(input|output|temp)\]", text, re.IGNORECASE) is not None
+        return f" [{folder}]" if not has and folder != "input" else ""
+
+    if isinstance(value, str):
+        return value + annotation(value)
+    if isinstance(value, dict):
+        filename = value.get("filename")
+        filename = "" if filename is None else filename
+        sub = value.get("subfolder")
+        path = f"{to_string(sub)}/{to_string(filename)}" if sub else to_string(filename)
+        kind = value.get("type")
+        return path + (annotation(to_string(kind)) if kind else "")
+    return ""
+
+
+def _upload_transform(raw: Any, folder: str, allow_batch: bool, fallback: str) -> Any:
+    """The upload widget's value transform on its file COMBO."""
+    if not _truthy(raw):
+        return fallback
+    if isinstance(raw, list):
+        if allow_batch:
+            return [_annotated(v, folder) for v in raw]
+        return _annotated(raw[0] if raw else None, folder)
+    return _annotated(raw, folder)
+
+
+def _truthy(value: Any) -> bool:
+    """JavaScript truthiness (objects and arrays are truthy even when empty)."""
+    if value is None or value is UNDEFINED or value is False:
+        return False
+    if is_number(value):
+        return not (value == 0 or (isinstance(value, float) and math.isnan(value)))
+    if isinstance(value, str):
+        return value != ""
+    return True
+
+
+# --- slots, links ---------------------------------------------------------------------
+
+
+class WidgetMarker:
+    """An input's ``widget`` (``{name}``): the input feeds that widget. ``config`` is the
+    input spec the editor attaches (GET_CONFIG); ``custom`` a merged spec a primitive or a
+    reroute stored on it; ``proto`` the inner input a promoted subgraph input delegates to."""
+
+    def __init__(self, name: Any, config: Config | None = None) -> None:
+        self.name = name
+        self.config = config
+        self.custom: Config | None = None
+        self.proto: WidgetMarker | None = None
+
+    def get_config(self) -> Config | None:
+        if self.config is not None:
+            return self.config
+        return self.proto.get_config() if self.proto is not None else None
+
+    def get_custom(self) -> Config | None:
+        if self.custom is not None:
+            return self.custom
+        return self.proto.get_custom() if self.proto is not None else None
+
+
+@dataclass
+class InputSlot:
+    name: Any
+    type: Any
+    link: Any = None
+    widget: WidgetMarker | None = None
+
+
+@dataclass
+class OutputSlot:
+    name: Any
+    type: Any
+    links: list[Any] | None = None
+    widget: WidgetMarker | None = None      # PrimitiveNode: its first target's marker
+
+
+@dataclass
+class Link:
+    id: Any
+    type: Any
+    origin_id: Any
+    origin_slot: Any
+    target_id: Any
+    target_slot: Any
+
+    @property
+    def origin_is_io(self) -> bool:
+        return is_number(self.origin_id) and self.origin_id == SUBGRAPH_INPUT_ID
+
+    @property
+    def target_is_io(self) -> bool:
+        return is_number(self.target_id) and self.target_id == SUBGRAPH_OUTPUT_ID
+
+
+def link_from(item: Any, *, as_array: bool = True) -> Link | None:
+    """A saved link: ``[id, origin, origin_slot, target, target_slot, type]`` or object."""
+    if isinstance(item, list):
+        if len(item) < 5:
+            return None
+        typ = item[5] if len(item) > 5 else UNDEFINED
+        return Link(item[0], typ, item[1], item[2], item[3], item[4])
+    if isinstance(item, dict):
+        return Link(item.get("id"), item.get("type"), item.get("origin_id"),
+                    item.get("origin_slot"), item.get("target_id"), item.get("target_slot"))
+    return None
+
+
+@dataclass
+class ResolvedLink:
+    input_node: Node | None = None
+    input: InputSlot | None = None
+    output_node: Node | None = None
+    output: OutputSlot | None = None
+    subgraph_input: SubgraphIO | None = None
+    subgraph_output: SubgraphIO | None = None
+    link: Link | None = None
+
+
+def resolve_link(link: Link, graph: Graph) -> ResolvedLink:
+    """``LLink.resolve``: the nodes and slots at both ends of ``link`` in ``graph``."""
+    target = None if loose_equals(link.target_id, -1) else graph.node_by_id(link.target_id)
+    inp = _at(target.inputs, link.target_slot, wrap=False) if target is not None else None
+    sub_in = _at(graph.io_inputs, link.origin_slot, wrap=False) if (
+        link.origin_is_io and graph.is_subgraph) else None
+    if sub_in is not None:
+        return ResolvedLink(input_node=target, input=inp, subgraph_input=sub_in, link=link)
+    origin = None if loose_equals(link.origin_id, -1) else graph.node_by_id(link.origin_id)
+    out = _at(origin.outputs, link.origin_slot, wrap=False) if origin is not None else None
+    sub_out = _at(graph.io_outputs, link.target_slot, wrap=False) if (
+        link.target_is_io and graph.is_subgraph) else None
+    if sub_out is not None:
+        return ResolvedLink(output_node=origin, output=out, subgraph_output=sub_out, link=link)
+    return ResolvedLink(input_node=target, input=inp, output_node=origin, output=out,
+                        link=link)
+
+
+def _at(items: list[Any], index: Any, *, wrap: bool) -> Any:
+    """``items[index]`` (``wrap``: ``items.at(index)``) for a JSON index value."""
+    if isinstance(index, str):
+        if not re.fullmatch(r"\d+", index):
+            return None
+        index = int(index)
+        wrap = False
+    if not is_number(index):
+        return None
+    x = float(index)
+    if not math.isfinite(x) or (not wrap and not x.is_integer()):
+        return None
+    i = math.trunc(x)
+    if i < 0:
+        if not wrap:
+            return None
+        i += len(items)
+    return items[i] if 0 <= i < len(items) else None
+
+
+def is_valid_connection(a: Any, b: Any) -> bool:
+    """``LiteGraph.isValidConnection`` for two slot types."""
+    if a == "" or a == "*":
+        a = 0
+    if b == "" or b == "*":
+        b = 0
+    if not _truthy(a) or not _truthy(b) or loose_equals(a, b):
+        return True
+    sa, sb = to_string(a).lower(), to_string(b).lower()
+    if "," not in sa and "," not in sb:
+        return sa == sb
+    return any(is_valid_connection(x, y) for x in sa.split(",") for y in sb.split(","))
+
+
+# --- nodes ----------------------------------------------------------------------------
+
+
+class Node:
+    def __init__(self, graph: Graph, type_name: str, kind: str,
+                 definition: NodeDef | None = None) -> None:
+        self.graph = graph
+        self.id: Any = -1
+        self.type = type_name
+        self.kind = kind            # comfy | primitive | reroute | note | subgraph | missing
+        self.definition = definition
+        self.comfy_class: str | None = definition.name if definition else None
+        self.title: Any = definition.title if definition else UNDEFINED
+        self.mode: Any = 0
+        self.inputs: list[InputSlot] = []
+        self.outputs: list[OutputSlot] = []
+        self.widgets: list[Widget] = []
+        self.has_widgets = False            # PrimitiveNode: ``this.widgets`` exists
+        self.properties: dict[str, Any] = {}
+        self.widgets_values: Any = UNDEFINED
+        self.subgraph: Graph | None = None
+        # PrimitiveNode recreation state (``controlValues`` / ``lastType``)
+        self.control_values: list[Any] | None = None
+        self.last_type: Any = None
+
+    @property
+    def virtual(self) -> bool:
+        return self.kind in ("primitive", "reroute", "note", "subgraph")
+
+    @property
+    def is_subgraph_node(self) -> bool:
+        return self.kind == "subgraph"
+
+    def display_id(self) -> str:
+        return ":".join([*self.graph.path_prefix, to_string(self.id)])
+
+    def widget_named(self, name: Any) -> Widget | None:
+        for w in self.widgets:
+            if w.name == name and type(w.name) is type(name):
+                return w
+        return None
+
+    def widget_from_slot(self, slot: InputSlot) -> Widget | None:
+        """``getWidgetFromSlot``."""
+        return self.widget_named(slot.widget.name) if slot.widget is not None else None
+
+    def widget_value(self, name: str) -> tuple[bool, Any]:
+        w = self.widget_named(name)
+        return (True, w.value) if w is not None else (False, None)
+
+    def input_link(self, slot: int) -> Link | None:
+        """``getInputLink``."""
+        if 0 <= slot < len(self.inputs):
+            link_id = self.inputs[slot].link
+            if link_id is not None and link_id is not UNDEFINED:
+                return self.graph.link(link_id)
+        return None
+
+
+# --- graphs ---------------------------------------------------------------------------
+
+
+@dataclass
+class SubgraphIO:
+    name: Any
+    type: Any
+    link_ids: list[Any] = field(default_factory=list)
+
+
+class Graph:
+    def __init__(self, root: Graph | None, graph_id: Any = None) -> None:
+        self.root: Graph = root if root is not None else self
+        self.id = graph_id
+        self.nodes: list[Node] = []
+        self._by_id: dict[str, Node] = {}
+        self.links: dict[Any, Link] = {}
+        self.last_node_id: Any = 0
+        self.is_subgraph = root is not None
+        self.name: Any = None
+        self.io_inputs: list[SubgraphIO] = []
+        self.io_outputs: list[SubgraphIO] = []
+        self.subgraphs: dict[Any, Graph] = {}        # root only, definition order
+        self.path_prefix: list[str] = []             # for error messages
+        self.now: datetime = self.root.now if root is not None else datetime.now()
+
+    def node_by_id(self, node_id: Any) -> Node | None:
+        if node_id is None or node_id is UNDEFINED:
+            return None
+        return self._by_id.get(property_key(node_id))
+
+    def link(self, link_id: Any) -> Link | None:
+        """``getLink`` (a Map lookup: the id's type matters)."""
+        if link_id is None or link_id is UNDEFINED or isinstance(link_id, bool | list | dict):
+            return None
+        return self.links.get(link_id)
+
+    def link_by_property(self, link_id: Any) -> Link | None:
+        """``graph.links[id]`` (the editor's proxy parses the key as an integer)."""
+        text = to_string(link_id)
+        m = re.match(r"^\s*[+-]?\d+", text)
+        key: Any = int(m.group(0)) if m else text
+        return self.links.get(key)
+
+    def add(self, node: Node) -> None:
+        """``LGraph.add``: a missing or duplicate id gets ``++last_node_id``."""
+        node_id = node.id
+        if node_id is None or node_id is UNDEFINED or loose_equals(node_id, -1) \
+                or property_key(node_id) in self._by_id:
+            self.last_node_id = number_value(to_number(self.last_node_id) + 1)
+            node.id = self.last_node_id
+        elif is_number(node_id) and is_number(self.last_node_id) \
+                and self.last_node_id < node_id:
+            self.last_node_id = node_id
+        self.nodes.append(node)
+        self._by_id[property_key(node.id)] = node
+
+    def remove_link(self, link_id: Any) -> None:
+        with contextlib.suppress(TypeError):
+            self.links.pop(link_id, None)
+
+    def iter_all(self, depth: int = 0) -> Iterator[Node]:
+        """``forEachNode``: each subgraph node's inner nodes (recursively) before it."""
+        for node in list(self.nodes):
+            if node.is_subgraph_node and node.subgraph is not None and depth < 64:
+                yield from node.subgraph.iter_all(depth + 1)
+            yield node
+
+    def disconnect_input(self, node: Node, index: Any) -> None:
+        """``disconnectInput``: the input's link leaves the graph and its origin."""
+        slot = _at(node.inputs, index, wrap=False)
+        if slot is None or slot.link is None or slot.link is UNDEFINED:
+            return
+        link = self.link(slot.link)
+        slot.link = None
+        if link is None:
+            return
+        origin = self.node_by_id(link.origin_id)
+        out = _at(origin.outputs, link.origin_slot, wrap=False) if origin else None
+        if out is not None and out.links:
+            out.links = [x for x in out.links if not loose_equals(x, link.id)]
+        self.remove_link(link.id)
+
+
+def all_nodes(root: Graph) -> Iterator[Node]:
+    """``collectAllNodes``: each subgraph node's inner nodes (recursively) before it."""
+    return root.iter_all()
+
+
+# --- loading ------------------------------------------------------------------------------
+
+
+class Loader:
+    """Builds the in-memory graph of a UI-format document against ``/object_info``."""
+
+    def __init__(self, object_info: Mapping[str, Any], now: datetime) -> None:
+        self.object_info = object_info
+        self.now = now
+        self.root = Graph(None)
+        self.root.now = now
+        self._defs: dict[str, NodeDef] = {}
+        self.subgraph_docs: dict[Any, Mapping[str, Any]] = {}
+
+    def definition(self, type_name: str) -> NodeDef | None:
+        if type_name in self._defs:
+            return self._defs[type_name]
+        info = self.object_info.get(type_name)
+        if not isinstance(info, Mapping):
+            return None
+        try:
+            made = build_node_def(type_name, info)
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise WorkflowConversionError(
+                f'the /object_info entry of node type "{type_name}" is malformed: {exc}',
+                hint="pass the /object_info of the ComfyUI that will run the workflow") from None
+        self._defs[type_name] = made
+        return made
+
+    def create_node(self, graph: Graph, type_name: Any) -> Node | None:
+        """``LiteGraph.createNode``: None for a type nobody registered."""
+        if not isinstance(type_name, str):
+            type_name = to_string(type_name)
+        root = graph.root
+        if type_name in root.subgraphs:
+            node = Node(graph, type_name, "subgraph")
+            node.subgraph = root.subgraphs[type_name]
+            node.title = _subgraph_title(self.subgraph_docs.get(type_name))
+            return node
+        definition = self.definition(type_name)
+        if definition is not None:
+            node = Node(graph, type_name, "comfy", definition)
+            for slot in definition.inputs:
+                marker = WidgetMarker(slot.widget, slot.config) if slot.widget else None
+                node.inputs.append(InputSlot(slot.name, slot.type, None, marker))
+            for name, typ in definition.outputs:
+                node.outputs.append(OutputSlot(name, typ, None))
+            node.widgets = [Widget(spec) for spec in definition.widgets]
+            if definition.snr_property:
+                node.properties["Node name for S&R"] = type_name
+            return node
+        if type_name == "PrimitiveNode":
+            node = Node(graph, type_name, "primitive")
+            node.title = "Primitive"
+            node.outputs.append(OutputSlot("connect to widget input", "*", None))
+            node.properties["Run widget replace on values"] = False
+            return node
+        if type_name == "Reroute":
+            node = Node(graph, type_name, "reroute")
+            node.title = "Reroute"
+            node.properties.update({"showOutputText": False, "horizontal": False})
+            node.inputs.append(InputSlot("", "*", None))
+            node.outputs.append(OutputSlot("", "*", None))
+            return node
+        if type_name in ("Note", "MarkdownNote"):
+            node = Node(graph, type_name, "note")
+            node.title = "Note" if type_name == "Note" else "Markdown Note"
+            node.properties["text"] = ""
+            node.widgets = [Widget(WidgetSpec("text", "customtext", "", textarea=True))]
+            return node
+        return None
+
+    # documents
+
+    def load(self, doc: dict[str, Any]) -> Graph:
+        from comfy_worker.workflow.links import fix_bad_links
+        from comfy_worker.workflow.virtual_nodes import (
+            primitive_after_configure,
+            reroute_connections_changed,
+        )
+
+        definitions = doc.get("definitions") if isinstance(doc.get("definitions"), dict) else {}
+        raw_subs = definitions.get("subgraphs") if isinstance(definitions, dict) else None
+        sub_docs = [d for d in raw_subs if isinstance(d, dict)] \
+            if isinstance(raw_subs, list) else []
+        for node_doc in _iter_node_docs(doc, sub_docs):
+            type_name = node_doc.get("type")
+            renamed = TYPE_RENAMES.get(type_name) if isinstance(type_name, str) else None
+            if renamed:
+                node_doc["type"] = renamed
+        doc = fix_bad_links(doc)
+        root = self.root
+        self._configure_links(root, doc, root_level=True)
+        root.last_node_id = _last_node_id(doc)
+        for sub_doc in sub_docs:     # all subgraphs exist before any is configured
+            sub = Graph(root, sub_doc.get("id"))
+            sub.name = sub_doc.get("name")
+            sub.path_prefix = [f'subgraph "{to_string(sub_doc.get("name") or sub.id)}"']
+            _set_io(sub, sub_doc)
+            with contextlib.suppress(TypeError):
+                root.subgraphs[sub_doc.get("id")] = sub
+                self.subgraph_docs[sub_doc.get("id")] = sub_doc
+        for sub_doc in sub_docs:
+            sub = root.subgraphs.get(sub_doc.get("id"))
+            if sub is None or sub.nodes:
+                continue
+            self._configure_links(sub, sub_doc, root_level=False)
+            sub.last_node_id = _last_node_id(sub_doc)
+            self._configure_nodes(sub, sub_doc.get("nodes"))
+            _set_io(sub, sub_doc)
+        self._configure_nodes(root, doc.get("nodes"))
+        # the app's after-configure handler, then what runs on the next animation frame
+        _fix_link_input_slots(root, 0)
+        for node in list(root.iter_all()):
+            if node.kind == "comfy":
+                self._on_graph_configured(node)
+        for node in list(root.iter_all()):
+            if node.kind == "primitive":
+                primitive_after_configure(node, self)
+        for node in root.nodes:     # app.loadGraphData fixes the top-level nodes only
+            _legacy_widget_fixes(node)
+        for node in list(root.iter_all()):
+            if node.kind == "reroute":
+                reroute_connections_changed(node, self)
+            elif node.kind == "comfy":
+                _remote_first_load(node)
+        return root
+
+    def _configure_links(self, graph: Graph, doc: Mapping[str, Any], *, root_level: bool
+                         ) -> None:
+        raw = doc.get("links")
+        if isinstance(raw, dict):
+            raw = list(raw.values())
+        if not isinstance(raw, list):
+            return
+        for item in raw:
+            link = link_from(item)
+            if link is not None:
+                with contextlib.suppress(TypeError):
+                    graph.links[link.id] = link
+
+    def _configure_nodes(self, graph: Graph, raw_nodes: Any) -> None:
+        if not isinstance(raw_nodes, list):
+            return
+        configs: dict[str, tuple[Node, Mapping[str, Any]]] = {}
+        for raw in raw_nodes:
+            if not isinstance(raw, dict):
+                continue
+            node = self.create_node(graph, raw.get("type"))
+            if node is None:
+                node = Node(graph, to_string(raw.get("type")), "missing")
+            node.id = raw.get("id", UNDEFINED)
+            graph.add(node)
+            configs[property_key(node.id)] = (node, raw)
+        for node, raw in configs.values():
+            self._configure_node(node, raw)
+
+    # LGraphNode.configure and the per-class overrides
+
+    def _configure_node(self, node: Node, data: Mapping[str, Any]) -> None:
+        data = dict(data)
+        if node.kind == "subgraph" and node.subgraph is not None:
+            node.inputs = [InputSlot(io.name, io.type, None) for io in node.subgraph.io_inputs]
+            node.outputs = [OutputSlot(io.name, io.type, None)
+                            for io in node.subgraph.io_outputs]
+            self._promote_widgets(node)     # the markers the first configure leaves
+        if node.kind in ("comfy", "subgraph"):
+            data = self._merge_saved_slots(node, data)
+        if data.get("id") is not None:
+            node.id = data["id"]            # configure copies every key, the id too
+        if data.get("mode") is not None:
+            node.mode = data["mode"]
+        if isinstance(data.get("properties"), dict):
+            node.properties.update(data["properties"])
+        if data.get("title") is not None:
+            node.title = data["title"]
+        if data.get("widgets_values") is not None:
+            node.widgets_values = data["widgets_values"]
+        if isinstance(data.get("inputs"), list | dict):
+            node.inputs = _copy_over(node.inputs, data["inputs"], _input_from)
+        if isinstance(data.get("outputs"), list | dict):
+            node.outputs = _copy_over(node.outputs, data["outputs"], _output_from)
+        if not _truthy(data.get("title")):
+            node.title = self._class_title(node)
+        if node.kind == "subgraph":
+            self._promote_widgets(node)
+        values = data.get("widgets_values")
+        if node.widgets and isinstance(values, list):
+            stored = [w for w in node.widgets if w.stored]
+            if node.kind == "comfy" and len(values) != len(stored):
+                log.warning("node %s (%s): %d saved widget values for %d widgets; like the "
+                            "editor, %s", node.display_id(), node.type, len(values),
+                            len(stored), "extra values are ignored" if len(values) > len(stored)
+                            else "the missing ones keep their defaults")
+            for widget, value in zip(stored, values, strict=False):
+                widget.value = value
+        if node.kind == "subgraph":
+            _apply_proxy_widgets(node, data)
+
+    def _class_title(self, node: Node) -> Any:
+        if node.kind == "comfy" and node.definition is not None:
+            return node.definition.title
+        if node.kind == "subgraph":
+            return _subgraph_title(self.subgraph_docs.get(node.type))
+        return {"primitive": "Primitive", "reroute": "Reroute"}.get(node.kind, UNDEFINED) \
+            if node.kind != "note" else ("Note" if node.type == "Note" else "Markdown Note")
+
+    def _merge_saved_slots(self, node: Node, data: dict[str, Any]) -> dict[str, Any]:
+        """The ComfyNode ``configure`` override: saved inputs merged into the node's own
+        by name (keeping the own name, type and widget), saved outputs by position."""
+        saved = data.get("inputs") if isinstance(data.get("inputs"), list) else None
+        by_name: dict[Any, Any] = {}
+        for item in saved or []:
+            if isinstance(item, dict) and "name" in item:
+                with contextlib.suppress(TypeError):
+                    by_name[item["name"]] = item
+        own_names = {slot.name for slot in node.inputs}
+        merged: list[Any] = []
+        for slot in node.inputs:
+            item = by_name.get(slot.name)
+            merged.append(InputSlot(slot.name, slot.type, item.get("link"), slot.widget)
+                          if isinstance(item, dict) else slot)
+        extra = [item for item in saved or []
+                 if not (isinstance(item, dict) and item.get("name") in own_names)]
+        data["inputs"] = merged + extra
+        saved_out = data.get("outputs") if isinstance(data.get("outputs"), list) else []
+        outs: list[Any] = []
+        for i in range(max(len(node.outputs), len(saved_out))):
+            own = node.outputs[i] if i < len(node.outputs) else None
+            item = saved_out[i] if i < len(saved_out) else None
+            if own is not None:
+                outs.append(OutputSlot(own.name, own.type, _links_list(item.get("links")))
+                            if isinstance(item, dict) else own)
+            else:
+                outs.append(item)
+        data["outputs"] = outs
+        if node.kind == "comfy":
+            values = data.get("widgets_values")
+            data["widgets_values"] = _migrate_widget_values(node, [] if values is None
+                                                            else values)
+        return data
+
+    def _promote_widgets(self, node: Node) -> None:
+        """``SubgraphNode._internalConfigureAfterSlots``: an inner widget fed by a subgraph
+        input becomes a (promoted) widget of the subgraph node, named after the input."""
+        sub = node.subgraph
+        assert sub is not None
+        node.widgets = []
+        for slot in node.inputs:
+            io = next((s for s in sub.io_inputs if s.name == slot.name), None)
+            if io is None:
+                continue
+            for link_id in io.link_ids:
+                link = sub.link(link_id)
+                if link is None:
+                    continue
+                resolved = resolve_link(link, sub)
+                if resolved.input is None or resolved.input_node is None:
+                    continue
+                inner = resolved.input_node.widget_from_slot(resolved.input)
+                if inner is None:
+                    continue
+                node.widgets.append(inner.copy_for(io.name))
+                if slot.widget is None:
+                    slot.widget = WidgetMarker(io.name)
+                slot.widget.name = io.name
+                if resolved.input.widget is not None:
+                    slot.widget.proto = resolved.input.widget
+                break
+
+    def _on_graph_configured(self, node: Node) -> None:
+        """Comfy.WidgetInputs ``onGraphConfigured``: a widget socket gets its config; one
+        whose widget the node lacks is removed (iterating like ``for...of`` on an array
+        that shrinks)."""
+        i = 0
+        while i < len(node.inputs):
+            slot = node.inputs[i]
+            if slot.widget is not None:
+                if slot.widget.get_config() is None:
+                    slot.widget.config = _v1_config(self.object_info.get(node.type),
+                                                    slot.widget.name)
+                if node.widget_named(slot.widget.name) is None:
+                    _remove_input(node, i)
+            i += 1
+
+
+# --- helpers for loading ------------------------------------------------------------------
+
+
+def _iter_node_docs(doc: Mapping[str, Any], sub_docs: list[dict[str, Any]]
+                    ) -> Iterator[dict[str, Any]]:
+    for container in [doc, *sub_docs]:
+        nodes = container.get("nodes")
+        if isinstance(nodes, list):
+            yield from (n for n in nodes if isinstance(n, dict))
+
+
+def _set_io(sub: Graph, sub_doc: Mapping[str, Any]) -> None:
+    def ios(key: str) -> list[SubgraphIO]:
+        out = []
+        for item in sub_doc.get(key) or []:
+            if not isinstance(item, dict):
+                continue
+            ids = item.get("linkIds")
+            out.append(SubgraphIO(item.get("name"), item.get("type"),
+                                  list(ids) if isinstance(ids, list) else []))
+        return out
+    if isinstance(sub_doc.get("inputs"), list):
+        sub.io_inputs = ios("inputs")
+    if isinstance(sub_doc.get("outputs"), list):
+        sub.io_outputs = ios("outputs")
+
+
+def _subgraph_title(sub_doc: Mapping[str, Any] | None) -> Any:
+    if not sub_doc:
+        return UNDEFINED
+    return sub_doc.get("name") or sub_doc.get("id")
+
+
+def _last_node_id(doc: Mapping[str, Any]) -> Any:
+    state = doc.get("state")
+    if doc.get("version") != 0.4 and isinstance(state, dict) and "lastNodeId" in state:
+        return state["lastNodeId"]
+    value = doc.get("last_node_id")
+    return 0 if value is None else value
+
+
+def _v1_config(info: Any, name: Any) -> Config | None:
+    """``getConfig``: the input's spec as ``/object_info`` lists it."""
+    if not isinstance(info, Mapping) or not isinstance(info.get("input"), Mapping):
+        return None
+    for group in ("required", "optional"):
+        part = info["input"].get(group)
+        spec = part.get(name) if isinstance(part, Mapping) else None
+        if isinstance(spec, list) and spec:
+            opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+            return (spec[0], opts)
+    return None
+
+
+def _links_list(value: Any) -> list[Any] | None:
+    return list(value) if isinstance(value, list) else None
+
+
+def _input_from(item: Any) -> InputSlot:
+    if isinstance(item, InputSlot):
+        return item
+    if not isinstance(item, dict):
+        return InputSlot(UNDEFINED, UNDEFINED)
+    widget = item.get("widget")
+    marker = None
+    if isinstance(widget, dict):
+        marker = WidgetMarker(widget.get("name"))
+    elif widget is not None and widget is not False:
+        marker = WidgetMarker(UNDEFINED)
+    return InputSlot(item.get("name", UNDEFINED), item.get("type", UNDEFINED),
+                     item.get("link"), marker)
+
+
+def _output_from(item: Any) -> OutputSlot:
+    if isinstance(item, OutputSlot):
+        return item
+    if not isinstance(item, dict):
+        return OutputSlot(UNDEFINED, UNDEFINED)
+    widget = item.get("widget")
+    return OutputSlot(item.get("name", UNDEFINED), item.get("type", UNDEFINED),
+                      _links_list(item.get("links")),
+                      WidgetMarker(widget.get("name")) if isinstance(widget, dict) else None)
+
+
+def _copy_over(current: list[Any], saved: Any, make: Callable[[Any], Any]) -> list[Any]:
+    """``LiteGraph.cloneObject(saved, current)``: saved entries copied over by index."""
+    out = list(current)
+    items = saved if isinstance(saved, list) else [saved[k] for k in saved]
+    for i, item in enumerate(items):
+        if i < len(out):
+            out[i] = make(item) if item is not None else make(None)
+        else:
+            out.append(make(item))
+    return [make(x) if not isinstance(x, InputSlot | OutputSlot) else x for x in out]
+
+
+def _migrate_widget_values(node: Node, values: Any) -> Any:
+    """``migrateWidgetsValues``: drop values saved for inputs now marked forceInput."""
+    if not isinstance(values, list) or node.definition is None:
+        return values
+    names = {w.name for w in node.widgets}
+    inputs = [m for m in node.definition.migrate_inputs if m.name in names or m.force_input]
+    if sum(2 if m.counts_two else 1 for m in inputs) != len(values):
+        return values
+    return [v for i, v in enumerate(values)
+            if not (i < len(inputs) and inputs[i].force_input)]
+
+
+def _apply_proxy_widgets(node: Node, data: Mapping[str, Any]) -> None:
+    """The proxyWidgets ``onConfigure``: ``-1`` entries take their value by position."""
+    props = data.get("properties")
+    proxies = props.get("proxyWidgets") if isinstance(props, dict) else None
+    if isinstance(proxies, str):
+        import json
+        try:
+            proxies = json.loads(proxies)
+        except ValueError:
+            return
+    if not isinstance(proxies, list) or not all(
+            isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p)
+            for p in proxies):
+        return
+    values = data.get("widgets_values")
+    if not isinstance(values, list):
+        return
+    for i, value in enumerate(values):
+        if i >= len(proxies) or proxies[i][0] != "-1":
+            continue
+        w = node.widget_named(proxies[i][1])
+        if value is not None and w is not None:
+            w.value = value
+
+
+def _fix_link_input_slots(graph: Graph, depth: int) -> None:
+    """``fixLinkInputSlots``: a link's target_slot is the index its input now has."""
+    for node in graph.nodes:
+        for i, slot in enumerate(node.inputs):
+            if not _truthy(slot.link):
+                continue
+            link = graph.link(slot.link)
+            if link is not None:
+                link.target_slot = i
+        if node.is_subgraph_node and node.subgraph is not None and depth < 64:
+            _fix_link_input_slots(node.subgraph, depth + 1)
+
+
+def _remove_input(node: Node, index: int) -> None:
+    """``removeInput``: disconnect it, drop it, shift later links' target slots."""
+    graph = node.graph
+    graph.disconnect_input(node, index)
+    del node.inputs[index]
+    for later in node.inputs[index:]:
+        if _truthy(later.link):
+            link = graph.link(later.link)
+            if link is not None and is_number(link.target_slot):
+                link.target_slot -= 1
+
+
+def _remote_first_load(node: Node) -> None:
+    """A COMBO whose options come from the server (``remote``) takes the first option the
+    server lists once that list arrives, right after loading. A fresh worker's folders are
+    empty, so the list is empty and the value becomes undefined (shown as its fallback)."""
+    for widget in node.widgets:
+        if widget.spec.remote:
+            widget.value = UNDEFINED
+
+
+def _legacy_widget_fixes(node: Node) -> None:
+    for w in node.widgets:
+        if node.type in ("KSampler", "KSamplerAdvanced") and w.name == "sampler_name" \
+                and isinstance(w.value, str) and w.value.startswith("sample_"):
+            w.value = w.value[7:]
+        if node.type in ("KSampler", "KSamplerAdvanced", "PrimitiveNode") \
+                and w.name == "control_after_generate":
+            if w.value is True:
+                w.value = "randomize"
+            elif w.value is False:
+                w.value = "fixed"

@@ -1,0 +1,499 @@
+"""The editor's two value-carrying virtual nodes: PrimitiveNode and (legacy) Reroute (pure).
+
+A PrimitiveNode owns a widget copied from the first input it feeds (range merged over all
+the INT/FLOAT inputs it feeds, value clamped) and, before the prompt is built, writes its
+value into every input it feeds (``applyToGraph``). A Reroute passes a link through; right
+after loading, the editor walks each reroute chain, fixes its types and, when it ends in
+widget inputs, gives a primitive feeding it a fresh widget. Both are left out of the prompt.
+
+This follows the frontend's ``widgetInputs`` and ``rerouteNode`` extensions (1.32.9),
+including their quirks (a primitive inside a subgraph looks its links up in the top-level
+graph).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from comfy_worker.workflow.graph import (
+    Config,
+    InputSlot,
+    Node,
+    OutputSlot,
+    Widget,
+    WidgetMarker,
+    _at,
+    _truthy,
+    all_nodes,
+    conversion_error,
+    is_valid_connection,
+)
+from comfy_worker.workflow.jsvalue import UNDEFINED, is_number, to_number
+from comfy_worker.workflow.nodedefs import (
+    CORE_WIDGET_TYPES,
+    WidgetSpec,
+    control_widgets,
+    widgets_for,
+)
+from comfy_worker.workflow.prompt_text import apply_text_replacements
+
+if TYPE_CHECKING:
+    from comfy_worker.workflow.graph import Loader
+
+REPLACE_PROPERTY = "Run widget replace on values"
+_MERGE_IGNORED = frozenset({"default", "forceInput", "defaultInput", "control_after_generate",
+                            "multiline", "tooltip", "dynamicPrompts"})
+
+
+# --- input specs (the editor's mergeInputSpec family) -----------------------------------------
+
+
+def spec_type(config: Config) -> Any:
+    head = config[0]
+    return "COMBO" if isinstance(head, list) or head == "COMBO" else head
+
+
+def _combo_options(config: Config) -> list[Any]:
+    head, opts = config
+    options = opts.get("options") if head == "COMBO" else head
+    return list(options) if isinstance(options, list) else []
+
+
+def _strict(a: Any, b: Any) -> bool:
+    if isinstance(a, list | dict) or isinstance(b, list | dict):
+        return a is b
+    if type(a) is not type(b) and not (is_number(a) and is_number(b)
+                                       and not isinstance(a, bool) and not isinstance(b, bool)):
+        return False
+    if isinstance(a, float) and math.isnan(a):
+        return False
+    return bool(a == b)
+
+
+def _nil(v: Any) -> bool:
+    return v is None or v is UNDEFINED
+
+
+def _merge_common(a: Config, b: Config) -> Config | None:
+    t = spec_type(a)
+    o, i = a[1] or {}, b[1] or {}
+    for key in (set(o) | set(i)) - _MERGE_IGNORED:
+        x, y = o.get(key, UNDEFINED), i.get(key, UNDEFINED)
+        if not (_strict(x, y) or (_nil(x) and _nil(y))):
+            return None
+    return (t, {**o, **i})
+
+
+def _lcm(a: Any, b: Any) -> Any:
+    x, y = to_number(a), to_number(b)
+    g1, g2 = x, y
+    for _ in range(10000):
+        if g2 == 0:
+            break
+        g1, g2 = g2, math.fmod(g1, g2)
+    return abs(x * y) / g1 if g1 else math.nan
+
+
+def _merge_numeric(a: Config, b: Config) -> Config | None:
+    o, i = a[1] or {}, b[1] or {}
+
+    def rng(spec: Mapping[str, Any]) -> tuple[float, float]:
+        lo, hi = spec.get("min"), spec.get("max")
+        return (-math.inf if _nil(lo) else lo, math.inf if _nil(hi) else hi)
+
+    (alo, ahi), (blo, bhi) = rng(o), rng(i)
+    try:
+        if alo > bhi or ahi < blo:
+            return None
+    except TypeError:
+        return None
+    common = {"min": max(alo, blo), "max": min(ahi, bhi),
+              "step": _lcm(o.get("step", 1) if not _nil(o.get("step")) else 1,
+                           i.get("step", 1) if not _nil(i.get("step")) else 1)}
+    return _merge_common((a[0], {**o, **common}), (a[0], {**i, **common}))
+
+
+def _merge_combo(a: Config, b: Config) -> Config | None:
+    right = _combo_options(b)
+    common: list[Any] = []
+    for value in _combo_options(a):
+        if value in right and value not in common:
+            common.append(value)
+    if not common:
+        return None
+    return _merge_common(("COMBO", {**(a[1] or {}), "options": common}),
+                         ("COMBO", {**(b[1] or {}), "options": common}))
+
+
+def merge_input_spec(a: Config, b: Config) -> Config | None:
+    """``mergeInputSpec``: one spec both inputs accept, or None."""
+    t = spec_type(a)
+    if t != spec_type(b):
+        return None
+    if a[0] in ("INT", "FLOAT"):
+        return _merge_numeric(a, b)
+    if t == "COMBO":
+        return _merge_combo(a, b)
+    return _merge_common(a, b)
+
+
+def widget_config(slot: InputSlot | OutputSlot) -> Config:
+    """``getWidgetConfig``: a merged spec stored on the slot's widget, else its own."""
+    marker = slot.widget
+    if marker is not None:
+        custom = marker.get_custom()
+        if custom is not None:
+            return custom
+        config = marker.get_config()
+        if config is not None:
+            return config
+    return ("*", {})
+
+
+def merge_if_valid(slot: InputSlot | OutputSlot, other: Config, *, force: bool,
+                   recreate: Callable[[], Widget | None] | None,
+                   owner: Node | None = None) -> Mapping[str, Any]:
+    """``mergeIfValid``: store the merged spec on the slot's widget and, for a primitive,
+    re-make its widget (clamped to the merged range, then its change callback)."""
+    merged = merge_input_spec(widget_config(slot), other)
+    if merged is not None or force:
+        if merged is not None and slot.widget is not None:
+            slot.widget.custom = merged
+        widget = recreate() if recreate is not None else None
+        if widget is not None:
+            opts = widget.number
+            if opts is not None:
+                if _js_less(widget.value, opts.min):
+                    widget.value = opts.min
+                if _js_less(opts.max, widget.value):
+                    widget.value = opts.max
+            widget.callback()
+            if owner is not None:       # a primitive's callback also applies its value
+                apply_primitive(owner)
+    return merged[1] if merged is not None else {}
+
+
+def _js_less(a: Any, b: Any) -> bool:
+    if isinstance(a, str) and isinstance(b, str):
+        return a < b
+    x, y = to_number(a), to_number(b)
+    return not (math.isnan(x) or math.isnan(y)) and x < y
+
+
+def _v1_to_v2(config: Config, name: str) -> dict[str, Any]:
+    """``transformInputSpecV1ToV2(config, {name})``."""
+    head, opts = config
+    base = {"name": name, "isOptional": False, **(opts or {})}
+    if isinstance(head, list) or head == "COMBO":
+        return {"type": "COMBO", **base, "options": _combo_options(config)}
+    if isinstance(head, str):
+        return {"type": head, **base}
+    return {"type": "UNKNOWN", **base}
+
+
+# --- PrimitiveNode -------------------------------------------------------------------------
+
+
+def has_widgets(node: Node) -> bool:
+    """Whether ``node.widgets`` exists (an array) in the editor."""
+    return node.kind in ("comfy", "subgraph", "note") or node.has_widgets
+
+
+def primitive_after_configure(node: Node, loader: Loader) -> None:
+    """``onAfterGraphConfigured``: make the widget, take the saved values, merge ranges."""
+    out = node.outputs[0] if node.outputs else None
+    if out is None or not out.links or node.widgets:
+        return
+    _create(node, loader, recreating=False)
+    values = node.widgets_values
+    if node.has_widgets and _truthy(values) and isinstance(values, list):
+        for widget, value in zip(node.widgets, values, strict=False):
+            widget.value = value
+    _merge_widget_config(node, loader)
+
+
+def _create(node: Node, loader: Loader, *, recreating: bool) -> None:
+    """``#onFirstConnection``: the widget its first target input has."""
+    out = node.outputs[0]
+    if out.links is None:
+        on_last_disconnect(node)
+        return
+    graph = node.graph
+    link = graph.link_by_property(out.links[0]) if out.links else None
+    if link is None:
+        return
+    target = graph.node_by_id(link.target_id)
+    if target is None:
+        return
+    slot = _at(target.inputs, link.target_slot, wrap=False)
+    if slot is None:
+        return
+    if slot.widget is not None:
+        marker = slot.widget
+    elif isinstance(slot.type, str) and slot.type in CORE_WIDGET_TYPES:
+        marker = WidgetMarker(slot.name, (slot.type, {}))
+    else:
+        return
+    config = marker.get_config()
+    if config is None:
+        return
+    out.type = spec_type(config)
+    out.name = out.type
+    out.widget = marker
+    _make_widget(node, marker.get_custom() or config, target, marker.name, loader)
+
+
+def _make_widget(node: Node, config: Config, target: Node, name: Any, loader: Loader) -> None:
+    """``#createWidget``."""
+    head = "COMBO" if isinstance(config[0], list) else config[0]
+    specs = widgets_for(_v1_to_v2(config, "value"), node.type, []) \
+        if isinstance(head, str) and head in CORE_WIDGET_TYPES else None
+    if not specs:
+        specs = [WidgetSpec("value", str(head).lower(), None)]
+    node.has_widgets = True
+    made = [Widget(s) for s in specs]
+    node.widgets.extend(made)
+    main = made[0]
+    if has_widgets(target):
+        source = target.widget_named(name)
+        if source is not None:
+            main.value = source.value
+    opts = config[1] or {}
+    if not _truthy(opts.get("control_after_generate")) and main.kind in ("number", "combo"):
+        values = node.widgets_values if isinstance(node.widgets_values, list) else []
+        control = values[1] if len(values) > 1 and _truthy(values[1]) else "fixed"
+        node.widgets.extend(Widget(s) for s in control_widgets(
+            opts, combo=main.kind == "combo", filter_list=True, default=control))
+        extra = values[2] if len(values) > 2 else None
+        if _truthy(extra) and len(node.widgets) == 3:
+            node.widgets[2].value = extra
+    saved = node.control_values
+    if node.widgets and node.last_type == node.widgets[0].kind and saved is not None \
+            and len(saved) == len(node.widgets) - 1:
+        for i, value in enumerate(saved):
+            node.widgets[i + 1].value = value
+
+
+def _clear_widgets(node: Node) -> None:
+    """``#removeWidgets`` (remembers the control values for the re-made widget)."""
+    if node.has_widgets:
+        node.control_values = [w.value for w in node.widgets[1:]]
+        node.last_type = node.widgets[0].kind if node.widgets else None
+        node.widgets = []
+
+
+def on_last_disconnect(node: Node) -> None:
+    out = node.outputs[0]
+    out.type = "*"
+    out.name = "connect to widget input"
+    out.widget = None
+    _clear_widgets(node)
+
+
+def recreate_widget(node: Node, loader: Loader) -> Widget | None:
+    """``recreateWidget``: re-make the widget (new config), keep the values."""
+    values = [w.value for w in node.widgets] if node.has_widgets else None
+    _clear_widgets(node)
+    _create(node, loader, recreating=True)
+    if values and node.has_widgets:
+        for i, widget in enumerate(node.widgets):
+            widget.value = values[i] if i < len(values) else UNDEFINED
+    node.control_values = None
+    node.last_type = None
+    return node.widgets[0] if node.has_widgets and node.widgets else None
+
+
+def _merge_widget_config(node: Node, loader: Loader) -> None:
+    """``#mergeWidgetConfig``: an INT/FLOAT primitive takes the range all its targets
+    accept (the links are looked up in the top-level graph, as the editor does)."""
+    out = node.outputs[0]
+    links = out.links or []
+    had_custom = out.widget is not None and out.widget.get_custom() is not None
+    if had_custom and out.widget is not None:
+        out.widget.custom = None
+    if len(links) < 2 and had_custom:
+        if links:
+            recreate_widget(node, loader)
+        return
+    config = out.widget.get_config() if out.widget is not None else None
+    if config is None or config[0] not in ("INT", "FLOAT"):
+        return
+    root = node.graph.root
+    for link_id in list(links):
+        link = root.link_by_property(link_id)
+        if link is None:
+            continue
+        target = root.node_by_id(link.target_id)
+        if target is None:
+            continue
+        slot = _at(target.inputs, link.target_slot, wrap=False)
+        if slot is None or slot.widget is None:
+            continue
+        other = slot.widget.get_config()
+        if other is not None:
+            merge_if_valid(out, other, force=had_custom,
+                           recreate=lambda: recreate_widget(node, loader), owner=node)
+
+
+def apply_primitive(node: Node) -> None:
+    """``applyToGraph``: the primitive's value into every widget it feeds, through each
+    widget's change callback."""
+    out = node.outputs[0] if node.outputs else None
+    if out is None or not out.links:
+        return
+    root = node.graph.root
+    links = [root.link_by_property(i) for i in out.links]
+    if node.has_widgets and not node.widgets:
+        raise conversion_error(node, "has lost its widget (it feeds nothing it can drive)",
+                               hint="reconnect or remove the primitive in the editor")
+    value = node.widgets[0].value if node.widgets else UNDEFINED
+    if _truthy(value) and node.properties.get(REPLACE_PROPERTY):
+        if not isinstance(value, str):
+            raise conversion_error(node, "text replacement is on but its value is not text")
+        value = apply_text_replacements(value, all_nodes(root), root.now)
+    for link in links:
+        if link is None:
+            raise conversion_error(
+                node, "its link cannot be followed: the editor looks primitive links up in "
+                "the top-level graph, so a PrimitiveNode inside a subgraph cannot be queued",
+                hint="inside a subgraph use a subgraph input or a Primitive* node "
+                "(PrimitiveInt, PrimitiveString, ...) instead of a PrimitiveNode")
+        target = node.graph.node_by_id(link.target_id)
+        slot = _at(target.inputs, link.target_slot, wrap=False) if target else None
+        if target is None or slot is None:
+            continue
+        name = slot.widget.name if slot.widget is not None else None
+        if not _truthy(name):
+            continue
+        widget = target.widget_named(name)
+        if widget is None:
+            continue
+        widget.value = value
+        widget.callback()
+
+
+# --- Reroute -----------------------------------------------------------------------------------
+
+
+def reroute_connections_changed(node: Node, loader: Loader) -> None:
+    """The reroute's ``onConnectionsChange`` the editor runs on the frame after loading:
+    type the chain and, if it ends in widget inputs, pass their spec up to a primitive."""
+    graph = node.graph
+    chain: list[Node] = []
+    current: Node | None = node
+    origin_type: Any = None
+    while current is not None:
+        chain.insert(0, current)
+        if not current.inputs:
+            return
+        link_id = current.inputs[0].link
+        if link_id is None:
+            break
+        link = graph.link_by_property(link_id)
+        if link is None:
+            return
+        origin = graph.node_by_id(link.origin_id)
+        if origin is None:
+            return
+        if origin.kind == "reroute":
+            if origin is node:
+                graph.disconnect_input(current, link.target_slot)
+                current = None
+            else:
+                current = origin
+        else:
+            out = _at(origin.outputs, link.origin_slot, wrap=False)
+            origin_type = out.type if out is not None and not _nil(out.type) else None
+            break
+    stack = [node]
+    target_type: Any = None
+    while stack:
+        current = stack.pop()
+        for link_id in list(current.outputs[0].links or []) if current.outputs else []:
+            link = graph.link_by_property(link_id)
+            if link is None:
+                continue
+            target = graph.node_by_id(link.target_id)
+            if target is None:
+                continue
+            if target.kind == "reroute":
+                stack.append(target)
+                chain.append(target)
+                continue
+            slot = _at(target.inputs, link.target_slot, wrap=False)
+            if slot is None:
+                return
+            ok = not _truthy(origin_type) or not _truthy(slot.type) \
+                or is_valid_connection(origin_type, slot.type)
+            if not ok:
+                graph.disconnect_input(target, link.target_slot)
+                continue
+            target_type = slot.type
+    shown = origin_type or target_type or "*"
+    merged: Mapping[str, Any] | None = None
+    head: Any = None
+    for reroute in chain:
+        if reroute.outputs:
+            reroute.outputs[0].type = origin_type or "*"
+        for link_id in list(reroute.outputs[0].links or []) if reroute.outputs else []:
+            link = graph.link_by_property(link_id)
+            if link is None:
+                continue
+            target = graph.node_by_id(link.target_id)
+            if target is None:
+                continue
+            slot = _at(target.inputs, link.target_slot, wrap=False)
+            if slot is not None and slot.widget is not None:
+                config = widget_config(slot)
+                if merged is None:
+                    merged = config[1] if config[1] is not None else {}
+                    head = config[0]
+                merged = merge_if_valid(slot, (config[0], merged), force=False, recreate=None)
+    for reroute in chain:
+        if not reroute.inputs:
+            continue
+        if merged is not None and _truthy(target_type):
+            reroute.inputs[0].widget = WidgetMarker("value")
+            _set_widget_config(reroute.inputs[0], (shown if head is None else head, merged),
+                               loader)
+        else:
+            _set_widget_config(reroute.inputs[0], None, loader)
+
+
+def _nil(v: Any) -> bool:
+    return v is None or v is UNDEFINED
+
+
+def slot_root(loader: Loader) -> Any:
+    return loader.root
+
+
+def _set_widget_config(slot: InputSlot, config: Config | None, loader: Loader) -> None:
+    """``setWidgetConfig`` on a reroute's input: a primitive feeding it is re-made (or,
+    when the chain no longer ends in a widget, disconnected)."""
+    if slot.widget is None:
+        return
+    if config is not None:
+        slot.widget.config = config
+    else:
+        slot.widget = None
+    root = origin_root = slot_root(loader)
+    link = root.link_by_property(slot.link if slot.link is not None else -1)
+    if link is None:
+        return
+    origin = origin_root.node_by_id(link.origin_id)
+    if origin is None or origin.type != "PrimitiveNode":
+        return
+    if config is not None:
+        recreate_widget(origin, loader)
+    else:
+        for link_id in list(origin.outputs[0].links or []):
+            out_link = origin.graph.link_by_property(link_id)
+            if out_link is not None:
+                target = origin.graph.node_by_id(out_link.target_id)
+                if target is not None:
+                    origin.graph.disconnect_input(target, out_link.target_slot)
+        origin.outputs[0].links = []
+        on_last_disconnect(origin)

@@ -1,0 +1,902 @@
+"""UI-format workflows that exercise one rule each, and seeded random variants.
+
+Built from the committed templates in ``tests/fixtures/workflows/templates``. The
+frontend's answer for every case is recorded by ``scripts/frontend_oracle.py cases``
+into ``tests/fixtures/workflows/cases/`` (the workflow is stored beside its answer, so
+the tests never rebuild them); ``tests/test_workflow_convert.py`` compares the converter
+with those answers and ``tests/test_workflow_oracle.py`` with the live frontend.
+
+A case is ``(workflow, fixed_random)``: ``fixed_random`` is what ``Math.random()`` returns
+while the frontend converts it (dynamic prompts), None when it does not matter.
+"""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import json
+import random
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "workflows"
+Workflow = dict[str, Any]
+Case = tuple[Workflow, float | None]
+
+WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+
+
+def load_gz(path: Path) -> Any:
+    return json.loads(gzip.decompress(path.read_bytes()).decode("utf-8"))
+
+
+def template(name: str) -> Workflow:
+    return load_gz(FIXTURES / "templates" / f"{name}.json.gz")
+
+
+def object_info() -> dict[str, Any]:
+    return load_gz(FIXTURES / "object_info.json.gz")
+
+
+# --- small editing helpers ------------------------------------------------------------------
+
+
+def node(wf: Workflow, node_id: Any) -> dict[str, Any]:
+    return next(n for n in wf["nodes"] if n["id"] == node_id)
+
+
+def new_link_id(wf: Workflow) -> int:
+    return max([link[0] for link in wf["links"]] + [0]) + 1
+
+
+def new_node_id(wf: Workflow) -> int:
+    return max([n["id"] for n in wf["nodes"] if isinstance(n["id"], int)] + [0]) + 1
+
+
+def input_slot(n: dict[str, Any], name: str, typ: str, *, widget: bool = True
+               ) -> tuple[int, dict[str, Any]]:
+    slots = n.setdefault("inputs", [])
+    for i, slot in enumerate(slots):
+        if slot.get("name") == name:
+            return i, slot
+    slot = {"name": name, "type": typ, "link": None}
+    if widget:
+        slot["widget"] = {"name": name}
+    slots.append(slot)
+    return len(slots) - 1, slot
+
+
+def connect(wf: Workflow, origin: int, origin_slot: int, target: int, target_name: str,
+            typ: str, *, widget: bool = True) -> int:
+    index, slot = input_slot(node(wf, target), target_name, typ, widget=widget)
+    link_id = new_link_id(wf)
+    wf["links"].append([link_id, origin, origin_slot, target, index, typ])
+    slot["link"] = link_id
+    outputs = node(wf, origin)["outputs"]
+    outputs[origin_slot]["links"] = [*(outputs[origin_slot].get("links") or []), link_id]
+    return link_id
+
+
+def base_node(node_id: int, type_name: str, **extra: Any) -> dict[str, Any]:
+    return {"id": node_id, "type": type_name, "pos": [0, 0], "size": [200, 100], "flags": {},
+            "order": 0, "mode": 0, "properties": {}, **extra}
+
+
+def add_primitive(wf: Workflow, value: Any, control: str | None, title: str = "Primitive"
+                  ) -> int:
+    pid = new_node_id(wf)
+    values = [value] if control is None else [value, control]
+    wf["nodes"].append(base_node(
+        pid, "PrimitiveNode", title=title, inputs=[],
+        outputs=[{"name": "connect to widget input", "type": "*", "links": []}],
+        properties={"Run widget replace on values": False}, widgets_values=values))
+    return pid
+
+
+def add_reroute(wf: Workflow, mode: int = 0) -> int:
+    rid = new_node_id(wf)
+    wf["nodes"].append(base_node(
+        rid, "Reroute", mode=mode, inputs=[{"name": "", "type": "*", "link": None}],
+        outputs=[{"name": "", "type": "*", "links": []}],
+        properties={"showOutputText": False, "horizontal": False}))
+    return rid
+
+
+def reroute_link(wf: Workflow, link_id: int, modes: list[int]) -> list[int]:
+    """Put a chain of reroutes (with these modes) on an existing top-level link."""
+    link = next(x for x in wf["links"] if x[0] == link_id)
+    origin, origin_slot, target, target_slot, typ = link[1], link[2], link[3], link[4], link[5]
+    wf["links"].remove(link)
+    out = node(wf, origin)["outputs"][origin_slot]
+    out["links"] = [x for x in out.get("links") or [] if x != link_id]
+    prev, prev_slot, ids = origin, origin_slot, []
+    for mode in modes:
+        rid = add_reroute(wf, mode)
+        lid = new_link_id(wf)
+        wf["links"].append([lid, prev, prev_slot, rid, 0, typ])
+        node(wf, rid)["inputs"][0]["link"] = lid
+        node(wf, prev)["outputs"][prev_slot]["links"] = [
+            *(node(wf, prev)["outputs"][prev_slot].get("links") or []), lid]
+        prev, prev_slot = rid, 0
+        ids.append(rid)
+    lid = new_link_id(wf)
+    wf["links"].append([lid, prev, 0, target, target_slot, typ])
+    node(wf, prev)["outputs"][0]["links"].append(lid)
+    node(wf, target)["inputs"][target_slot]["link"] = lid
+    return ids
+
+
+def link_into(wf: Workflow, target: int, name: str) -> int:
+    return next(s["link"] for s in node(wf, target)["inputs"] if s["name"] == name)
+
+
+# --- subgraphs --------------------------------------------------------------------------------
+
+
+def wrap_subgraph(wf: Workflow, ids: list[Any], rng: random.Random,
+                  promote: list[tuple[Any, str, str, Any]] | None = None,
+                  name: str | None = None) -> int:
+    """Turn top-level nodes ``ids`` into one subgraph node, as the editor's "Convert to
+    Subgraph" does: links crossing the boundary become subgraph inputs/outputs.
+    ``promote``: ``(inner node id, widget, type, value)`` inner widgets to expose as
+    subgraph inputs, with the value the subgraph node holds for them."""
+    chosen = set(ids)
+    sub_id = str(uuid.UUID(int=rng.getrandbits(128)))
+    inner_nodes = [copy.deepcopy(n) for n in wf["nodes"] if n["id"] in chosen]
+    inner = {n["id"]: n for n in inner_nodes}
+    inner_links: list[dict[str, Any]] = []
+    inputs: list[dict[str, Any]] = []
+    outputs: list[dict[str, Any]] = []
+    counter = [1000]
+
+    def add_inner(origin: Any, origin_slot: int, target: Any, target_slot: int, typ: Any) -> int:
+        counter[0] += 1
+        inner_links.append({"id": counter[0], "origin_id": origin, "origin_slot": origin_slot,
+                            "target_id": target, "target_slot": target_slot, "type": typ})
+        return counter[0]
+
+    def io(name: str, typ: Any, link_id: int) -> dict[str, Any]:
+        return {"id": str(uuid.UUID(int=rng.getrandbits(128))), "name": name, "type": typ,
+                "linkIds": [link_id], "localized_name": name}
+
+    inst_id = new_node_id(wf) + rng.randint(0, 3)
+    inst_inputs: list[dict[str, Any]] = []
+    inst_outputs: list[dict[str, Any]] = []
+    out_index: dict[tuple[Any, int], int] = {}
+    root_links: list[list[Any]] = []
+
+    def relink_input(n: dict[str, Any], old: int, new: int) -> None:
+        for s in n.get("inputs", []):
+            if s.get("link") == old:
+                s["link"] = new
+
+    for link in wf["links"]:
+        lid, origin, oslot, target, tslot, typ = link
+        if origin in chosen and target in chosen:
+            new = add_inner(origin, oslot, target, tslot, typ)
+            relink_input(inner[target], lid, new)
+            for s in inner[origin].get("outputs", []):
+                if s.get("links"):
+                    s["links"] = [new if x == lid else x for x in s["links"]]
+        elif target in chosen:
+            k = len(inputs)
+            new = add_inner(-10, k, target, tslot, typ)
+            inputs.append(io(f"in{k}", typ, new))
+            relink_input(inner[target], lid, new)
+            inst_inputs.append({"name": f"in{k}", "type": typ, "link": lid})
+            root_links.append([lid, origin, oslot, inst_id, k, typ])
+        elif origin in chosen:
+            key = (origin, oslot)
+            if key not in out_index:
+                j = len(outputs)
+                new = add_inner(origin, oslot, -20, j, typ)
+                outputs.append(io(f"out{j}", typ, new))
+                inst_outputs.append({"name": f"out{j}", "type": typ, "links": []})
+                out_index[key] = j
+                slot = inner[origin]["outputs"][oslot]
+                slot["links"] = [x for x in slot.get("links") or [] if x != lid] + [new]
+            j = out_index[key]
+            inst_outputs[j]["links"].append(lid)
+            root_links.append([lid, inst_id, j, target, tslot, typ])
+        else:
+            root_links.append(link)
+    inner_ids = {x["id"] for x in inner_links}
+    for n in inner_nodes:
+        for s in n.get("outputs", []):
+            if s.get("links"):
+                s["links"] = [x for x in s["links"] if x in inner_ids]
+    values = []
+    for inner_id, widget, typ, value in promote or []:
+        index, slot = input_slot(inner[inner_id], widget, typ)
+        if slot.get("link") is not None:
+            continue
+        k = len(inputs)
+        new = add_inner(-10, k, inner_id, index, typ)
+        slot["link"] = new
+        input_name = f"p{k}_{widget}"
+        inputs.append(io(input_name, typ, new))
+        inst_inputs.append({"name": input_name, "type": typ, "widget": {"name": input_name},
+                            "link": None})
+        values.append(value)
+    definition = {
+        "id": sub_id, "version": 1, "revision": 0, "config": {}, "name": name or f"sub{inst_id}",
+        "state": {"lastGroupId": 0, "lastNodeId": 100, "lastLinkId": counter[0],
+                  "lastRerouteId": 0},
+        "inputNode": {"id": -10, "bounding": [0, 0, 100, 100]},
+        "outputNode": {"id": -20, "bounding": [500, 0, 100, 100]},
+        "inputs": inputs, "outputs": outputs, "widgets": [], "nodes": inner_nodes,
+        "groups": [], "links": inner_links, "extra": {}}
+    wf["nodes"] = [n for n in wf["nodes"] if n["id"] not in chosen] + [base_node(
+        inst_id, sub_id, inputs=inst_inputs, outputs=inst_outputs, widgets_values=values)]
+    wf["links"] = root_links
+    wf.setdefault("definitions", {}).setdefault("subgraphs", []).append(definition)
+    return inst_id
+
+
+def definition_of(wf: Workflow, instance_id: int) -> dict[str, Any]:
+    sub_id = node(wf, instance_id)["type"]
+    return next(d for d in wf["definitions"]["subgraphs"] if d["id"] == sub_id)
+
+
+# --- targeted cases (on the SD1.5 "default" template) ------------------------------------------
+# default: 3 KSampler, 4 CheckpointLoaderSimple, 5 EmptyLatentImage, 6/7 CLIPTextEncode,
+# 8 VAEDecode, 9 SaveImage (+ MarkdownNotes)
+
+CASES: dict[str, Callable[[], Case]] = {}
+
+
+def case(fn: Callable[[], Case]) -> Callable[[], Case]:
+    CASES[fn.__name__] = fn
+    return fn
+
+
+def default() -> Workflow:
+    return template("default")
+
+
+@case
+def mute_ksampler() -> Case:
+    wf = default()
+    node(wf, 3)["mode"] = 2
+    return wf, None
+
+
+@case
+def bypass_ksampler() -> Case:
+    wf = default()
+    node(wf, 3)["mode"] = 4
+    return wf, None
+
+
+@case
+def bypass_vae_decode_no_matching_type() -> Case:
+    wf = default()
+    node(wf, 8)["mode"] = 4
+    return wf, None
+
+
+@case
+def modes_on_event_and_trigger() -> Case:
+    wf = default()
+    node(wf, 3)["mode"] = 1
+    node(wf, 8)["mode"] = 3
+    return wf, None
+
+
+@case
+def titles_missing() -> Case:
+    wf = default()
+    for n in wf["nodes"]:
+        n.pop("title", None)
+    return wf, None
+
+
+@case
+def duplicate_node_id() -> Case:
+    wf = default()
+    twin = copy.deepcopy(node(wf, 5))
+    twin["widgets_values"] = [256, 256, 2]
+    wf["nodes"].append(twin)
+    return wf, None
+
+
+@case
+def widgets_values_as_dict() -> Case:
+    wf = default()
+    node(wf, 5)["widgets_values"] = {"width": 100, "height": 200, "batch_size": 3}
+    return wf, None
+
+
+@case
+def legacy_sampler_name_and_control() -> Case:
+    wf = default()
+    values = node(wf, 3)["widgets_values"]
+    values[4] = "sample_euler_ancestral"
+    values[1] = True
+    return wf, None
+
+
+@case
+def widgets_values_short() -> Case:
+    wf = default()
+    node(wf, 3)["widgets_values"] = [5]
+    return wf, None
+
+
+@case
+def widgets_values_long() -> Case:
+    wf = default()
+    node(wf, 3)["widgets_values"] += ["x", 1, 2]
+    return wf, None
+
+
+@case
+def filename_prefix_replacements() -> Case:
+    wf = default()
+    node(wf, 9)["widgets_values"] = [
+        "%date:yyyy-MM-dd%/x_%KSampler.seed%_%Empty Latent Image.width%_%date:hh.mm%"
+        "_%date:yy%_%nope.x%_%width%_%CLIPTextEncode.text%"]
+    return wf, None
+
+
+@case
+def dynamic_prompt_middle_choice() -> Case:
+    wf = default()
+    node(wf, 6)["widgets_values"] = [
+        "a {red|green|blue {x|y}} cat // comment\n/* block */ b \\{lit\\} {single} "
+        "http://x.y {|empty}"]
+    return wf, 0.5
+
+
+@case
+def dynamic_prompt_first_choice() -> Case:
+    wf = default()
+    node(wf, 6)["widgets_values"] = ["{a|b|c} {{nested|n2}|z}"]
+    return wf, 0.0
+
+
+@case
+def dynamic_prompt_last_choice() -> Case:
+    wf = default()
+    node(wf, 6)["widgets_values"] = ["{a|b|c} {{nested|n2}|z} \\"]
+    return wf, 0.999
+
+
+@case
+def multiline_text_from_number_and_null() -> Case:
+    wf = default()
+    node(wf, 6)["widgets_values"] = [12.5]
+    node(wf, 7)["widgets_values"] = [None]
+    return wf, None
+
+
+@case
+def seed_beyond_double_precision() -> Case:
+    wf = default()
+    node(wf, 3)["widgets_values"][0] = 18446744073709551615
+    return wf, None
+
+
+@case
+def text_with_crlf() -> Case:
+    wf = default()
+    node(wf, 6)["widgets_values"] = ["line1\r\nline2\rline3"]
+    return wf, None
+
+
+@case
+def link_from_missing_node() -> Case:
+    wf = default()
+    wf["links"].append([99, 77, 0, 8, 0, "LATENT"])
+    node(wf, 8)["inputs"][0]["link"] = 99
+    return wf, None
+
+
+@case
+def input_refers_to_missing_link() -> Case:
+    wf = default()
+    node(wf, 8)["inputs"][0]["link"] = 555
+    return wf, None
+
+
+@case
+def unknown_type_muted() -> Case:
+    wf = default()
+    wf["nodes"].append(base_node(50, "NoSuchNode", mode=2, inputs=[], outputs=[],
+                                 widgets_values=[1]))
+    return wf, None
+
+
+@case
+def unknown_type_bypassed_passes_through() -> Case:
+    wf = default()
+    wf["nodes"].append(base_node(
+        50, "NoSuchNode", mode=4, inputs=[{"name": "x", "type": "LATENT", "link": None}],
+        outputs=[{"name": "y", "type": "LATENT", "links": []}], widgets_values=[]))
+    old = link_into(wf, 8, "samples")
+    link = next(x for x in wf["links"] if x[0] == old)
+    link[3], link[4] = 50, 0
+    node(wf, 50)["inputs"][0]["link"] = old
+    connect(wf, 50, 0, 8, "samples", "LATENT", widget=False)
+    return wf, None
+
+
+@case
+def bypassed_node_fed_by_itself_is_circular() -> Case:
+    wf = default()
+    ks = node(wf, 3)
+    ks["mode"] = 4
+    latent = next(s for s in ks["inputs"] if s["name"] == "latent_image")
+    wf["links"] = [x for x in wf["links"] if x[0] != latent["link"]]
+    wf["links"].append([150, 3, 0, 3, 3, "LATENT"])
+    latent["link"] = 150
+    ks["outputs"][0]["links"].append(150)
+    return wf, None
+
+
+@case
+def reroute_single() -> Case:
+    wf = default()
+    reroute_link(wf, link_into(wf, 8, "samples"), [0])
+    return wf, None
+
+
+@case
+def reroute_chain_of_three() -> Case:
+    wf = default()
+    reroute_link(wf, link_into(wf, 8, "samples"), [0, 0, 0])
+    return wf, None
+
+
+@case
+def reroute_muted_still_passes() -> Case:
+    wf = default()
+    reroute_link(wf, link_into(wf, 8, "samples"), [0, 2, 0])
+    return wf, None
+
+
+@case
+def reroute_bypassed() -> Case:
+    wf = default()
+    reroute_link(wf, link_into(wf, 8, "samples"), [4, 0])
+    return wf, None
+
+
+@case
+def bypass_behind_reroute_uses_wildcard() -> Case:
+    wf = default()
+    reroute_link(wf, link_into(wf, 8, "samples"), [0])
+    node(wf, 3)["mode"] = 4
+    return wf, None
+
+
+def _primitive_case(target: int, widget: str, typ: str, value: Any, control: str | None,
+                    more: tuple[tuple[int, str], ...] = ()) -> Workflow:
+    wf = default()
+    pid = add_primitive(wf, value, control, title=f"prim {widget}")
+    for tid, name in ((target, widget), *more):
+        connect(wf, pid, 0, tid, name, typ)
+    return wf
+
+
+@case
+def primitive_seed_fixed() -> Case:
+    return _primitive_case(3, "seed", "INT", 12345, "fixed"), None
+
+
+@case
+def primitive_seed_randomize() -> Case:
+    return _primitive_case(3, "seed", "INT", 12345, "randomize"), None
+
+
+@case
+def primitive_steps_rounded() -> Case:
+    return _primitive_case(3, "steps", "INT", 7.6, "fixed"), None
+
+
+@case
+def primitive_steps_clamped() -> Case:
+    return _primitive_case(3, "steps", "INT", 50000, "fixed"), None
+
+
+@case
+def primitive_cfg_rounded() -> Case:
+    return _primitive_case(3, "cfg", "FLOAT", 7.123456, "fixed"), None
+
+
+@case
+def primitive_denoise_rounded() -> Case:
+    return _primitive_case(3, "denoise", "FLOAT", 0.3333333, "fixed"), None
+
+
+@case
+def primitive_combo() -> Case:
+    return _primitive_case(3, "sampler_name", "COMBO", "dpmpp_2m", "fixed"), None
+
+
+@case
+def primitive_text_with_dynamic_prompt() -> Case:
+    return _primitive_case(6, "text", "STRING", "hello {a|b}", None), 0.0
+
+
+@case
+def primitive_two_targets() -> Case:
+    return _primitive_case(5, "width", "INT", 700, "fixed", ((5, "height"),)), None
+
+
+@case
+def primitive_two_targets_ranges_disagree() -> Case:
+    return _primitive_case(5, "width", "INT", 4097, "fixed", ((5, "batch_size"),)), None
+
+
+@case
+def primitive_muted_still_applies() -> Case:
+    wf = _primitive_case(3, "seed", "INT", 99, "fixed")
+    next(n for n in wf["nodes"] if n["type"] == "PrimitiveNode")["mode"] = 2
+    return wf, None
+
+
+@case
+def primitive_text_replacement() -> Case:
+    wf = _primitive_case(9, "filename_prefix", "STRING", "%KSampler.steps%-p", None)
+    prim = next(n for n in wf["nodes"] if n["type"] == "PrimitiveNode")
+    prim["properties"]["Run widget replace on values"] = True
+    return wf, None
+
+
+@case
+def primitive_through_reroute_takes_target_default() -> Case:
+    wf = _primitive_case(3, "steps", "INT", 33, "fixed")
+    reroute_link(wf, link_into(wf, 3, "steps"), [0])
+    return wf, None
+
+
+@case
+def converted_widget_linked_from_node() -> Case:
+    wf = default()
+    wf["nodes"].append(base_node(80, "PrimitiveInt", inputs=[],
+                                 outputs=[{"name": "INT", "type": "INT", "links": []}],
+                                 widgets_values=[33, "fixed"]))
+    connect(wf, 80, 0, 3, "steps", "INT")
+    return wf, None
+
+
+@case
+def converted_widget_linked_from_muted_node() -> Case:
+    wf, _ = converted_widget_linked_from_node()
+    node(wf, 80)["mode"] = 2
+    return wf, None
+
+
+@case
+def converted_widget_linked_from_bypassed_node() -> Case:
+    wf, _ = converted_widget_linked_from_node()
+    node(wf, 80)["mode"] = 4
+    return wf, None
+
+
+@case
+def saved_input_for_unknown_widget_removed() -> Case:
+    wf = default()
+    node(wf, 3)["inputs"].append({"name": "bogus", "type": "INT", "widget": {"name": "bogus"},
+                                  "link": None})
+    return wf, None
+
+
+@case
+def saved_inputs_out_of_order_breaks_links() -> Case:
+    wf = default()
+    node(wf, 3)["inputs"].reverse()
+    return wf, None
+
+
+@case
+def schema_version_1() -> Case:
+    wf = default()
+    wf["version"] = 1
+    wf["state"] = {"lastNodeId": wf.pop("last_node_id"), "lastLinkId": wf.pop("last_link_id"),
+                   "lastGroupId": 0, "lastRerouteId": 0}
+    wf["links"] = [{"id": x[0], "origin_id": x[1], "origin_slot": x[2], "target_id": x[3],
+                    "target_slot": x[4], "type": x[5]} for x in wf["links"]]
+    return wf, None
+
+
+@case
+def string_node_ids() -> Case:
+    wf = default()
+    for n in wf["nodes"]:
+        n["id"] = str(n["id"])
+    for link in wf["links"]:
+        link[1], link[3] = str(link[1]), str(link[3])
+    return wf, None
+
+
+@case
+def notes_left_out() -> Case:
+    wf = default()
+    wf["nodes"].append(base_node(90, "Note", properties={"text": ""}, widgets_values=["hi"]))
+    wf["nodes"].append(base_node(91, "MarkdownNote", widgets_values=["# hi"]))
+    return wf, None
+
+
+@case
+def load_image_upload_widget() -> Case:
+    wf = template("image2image")
+    return wf, None
+
+
+@case
+def load_image_empty_value_falls_back() -> Case:
+    wf = template("image2image")
+    loader = next(n for n in wf["nodes"] if n["type"] == "LoadImage")
+    loader["widgets_values"] = ["", "image"]
+    return wf, None
+
+
+# --- subgraph cases -------------------------------------------------------------------------------
+
+
+def _sd_subgraph(rng_seed: int = 1, promote: bool = True) -> tuple[Workflow, int]:
+    """KSampler + both CLIPTextEncodes in a subgraph, seed/steps/text promoted."""
+    wf = default()
+    rng = random.Random(rng_seed)
+    promoted = [(3, "seed", "INT", 4242), (3, "steps", "INT", 12),
+                (6, "text", "STRING", "promoted prompt")] if promote else []
+    inst = wrap_subgraph(wf, [3, 6, 7], rng, promote=promoted, name="sampler")
+    return wf, inst
+
+
+@case
+def subgraph_flattened_ids() -> Case:
+    return _sd_subgraph(promote=False)[0], None
+
+
+@case
+def subgraph_promoted_widgets() -> Case:
+    return _sd_subgraph()[0], None
+
+
+@case
+def subgraph_instance_without_values() -> Case:
+    wf, inst = _sd_subgraph()
+    node(wf, inst).pop("widgets_values")
+    return wf, None
+
+
+@case
+def subgraph_two_instances() -> Case:
+    wf, inst = _sd_subgraph()
+    twin = copy.deepcopy(node(wf, inst))
+    twin["id"] = new_node_id(wf) + 10
+    twin["widgets_values"] = [777, 3, "second instance"]
+    for out in twin["outputs"]:
+        out["links"] = []
+    for i, slot in enumerate(twin["inputs"]):
+        if slot.get("link") is None:
+            continue
+        old = next(x for x in wf["links"] if x[0] == slot["link"])
+        lid = new_link_id(wf)
+        wf["links"].append([lid, old[1], old[2], twin["id"], i, old[5]])
+        slot["link"] = lid
+        node(wf, old[1])["outputs"][old[2]]["links"].append(lid)
+    wf["nodes"].append(twin)
+    return wf, None
+
+
+@case
+def subgraph_instance_muted() -> Case:
+    wf, inst = _sd_subgraph()
+    node(wf, inst)["mode"] = 2
+    return wf, None
+
+
+@case
+def subgraph_instance_bypassed() -> Case:
+    wf, inst = _sd_subgraph()
+    node(wf, inst)["mode"] = 4
+    return wf, None
+
+
+@case
+def subgraph_inner_node_muted() -> Case:
+    wf, inst = _sd_subgraph()
+    node(definition_of(wf, inst), 7)["mode"] = 2
+    return wf, None
+
+
+@case
+def subgraph_inner_node_bypassed() -> Case:
+    wf, inst = _sd_subgraph()
+    node(definition_of(wf, inst), 3)["mode"] = 4
+    return wf, None
+
+
+@case
+def subgraph_nested() -> Case:
+    wf, inst = _sd_subgraph()
+    rng = random.Random(7)
+    wrap_subgraph(wf, [inst, 5], rng, promote=[(5, "width", "INT", 640)], name="outer")
+    return wf, None
+
+
+@case
+def subgraph_nested_outer_defined_first() -> Case:
+    wf, _ = subgraph_nested()
+    wf["definitions"]["subgraphs"].reverse()
+    return wf, None
+
+
+@case
+def subgraph_nested_three_levels() -> Case:
+    wf, _ = subgraph_nested()
+    outer = next(n["id"] for n in wf["nodes"]
+                 if n["type"] == wf["definitions"]["subgraphs"][-1]["id"])
+    wrap_subgraph(wf, [outer, 4], random.Random(9), name="outermost")
+    return wf, None
+
+
+@case
+def subgraph_promoted_input_fed_by_primitive() -> Case:
+    wf, inst = _sd_subgraph()
+    pid = add_primitive(wf, 31337, "fixed", title="seed primitive")
+    index = next(i for i, s in enumerate(node(wf, inst)["inputs"]) if s["name"].endswith("seed"))
+    lid = new_link_id(wf)
+    wf["links"].append([lid, pid, 0, inst, index, "INT"])
+    node(wf, inst)["inputs"][index]["link"] = lid
+    node(wf, pid)["outputs"][0]["links"] = [lid]
+    return wf, None
+
+
+@case
+def subgraph_with_reroute_inside() -> Case:
+    wf = default()
+    reroute_link(wf, link_into(wf, 8, "samples"), [0])
+    rid = next(n["id"] for n in wf["nodes"] if n["type"] == "Reroute")
+    wrap_subgraph(wf, [3, rid, 8], random.Random(3), name="with reroute")
+    return wf, None
+
+
+@case
+def subgraph_primitive_inside_fails() -> Case:
+    wf, _ = primitive_seed_fixed()
+    pid = next(n["id"] for n in wf["nodes"] if n["type"] == "PrimitiveNode")
+    wrap_subgraph(wf, [3, pid], random.Random(4), name="primitive inside")
+    return wf, None
+
+
+@case
+def subgraph_output_straight_from_input_fails() -> Case:
+    wf, inst = _sd_subgraph(promote=False)
+    definition = definition_of(wf, inst)
+    # out0 (the KSampler LATENT) now comes straight from subgraph input 0
+    link = next(x for x in definition["links"] if x["target_id"] == -20)
+    link["origin_id"], link["origin_slot"] = -10, 0
+    return wf, None
+
+
+@case
+def subgraph_proxy_widgets_order() -> Case:
+    wf, inst = _sd_subgraph()
+    n = node(wf, inst)
+    names = [s["name"] for s in n["inputs"] if s.get("widget")]
+    n["properties"]["proxyWidgets"] = [["-1", names[2]], ["-1", names[0]], ["-1", names[1]]]
+    n["widgets_values"] = ["proxy order text", 999, 7]
+    return wf, None
+
+
+# --- seeded random variants of the templates ------------------------------------------------------
+
+
+def widget_slots(n: dict[str, Any], info: dict[str, Any]) -> list[tuple[str, Any, str]]:
+    """(widget name, saved value, type) of a node's plain widgets, per /object_info."""
+    spec = info.get(n.get("type"))
+    values = n.get("widgets_values")
+    if not spec or not isinstance(values, list):
+        return []
+    out, i = [], 0
+    for group in ("required", "optional"):
+        for name in (spec.get("input_order") or {}).get(group, []):
+            head, *rest = spec["input"][group][name]
+            opts = rest[0] if rest else {}
+            typ = "COMBO" if isinstance(head, list) else head
+            if typ not in WIDGET_TYPES or opts.get("forceInput"):
+                continue
+            if i < len(values):
+                out.append((name, values[i], typ))
+            i += 1
+            if typ == "INT" and (opts.get("control_after_generate") or name in ("seed",
+                                                                                 "noise_seed")):
+                i += 1
+            if typ == "COMBO" and opts.get("control_after_generate"):
+                i += 2
+    return out
+
+
+def _mutate(value: Any, rng: random.Random) -> Any:
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + rng.randint(0, 3)
+    if isinstance(value, float):
+        return round(value + rng.random(), 3)
+    return value
+
+
+def random_variant(name: str, seed: int, info: dict[str, Any]) -> Workflow:
+    """A template with random primitives, reroutes, subgraphs (nested, promoted widgets,
+    copied instances) and muted/bypassed nodes."""
+    rng = random.Random(seed)
+    wf = template(name)
+    for _ in range(rng.randint(0, 2)):
+        cands = [(n, w) for n in wf["nodes"] for w in widget_slots(n, info)]
+        if not cands:
+            break
+        n, (widget, value, typ) = rng.choice(cands)
+        if input_slot(n, widget, typ)[1].get("link") is not None:
+            continue
+        control = "fixed" if typ in ("INT", "FLOAT", "COMBO") else None
+        pid = add_primitive(wf, _mutate(value, rng), control, title=widget)
+        connect(wf, pid, 0, n["id"], widget, typ)
+    for _ in range(rng.randint(0, 3)):
+        if wf["links"]:
+            reroute_link(wf, rng.choice(wf["links"])[0], [rng.choice([0, 0, 0, 2, 4])])
+    for _ in range(rng.randint(0, 2)):
+        skip = ("Note", "MarkdownNote", "PrimitiveNode")
+        cands = [n["id"] for n in wf["nodes"] if n["type"] not in skip
+                 and isinstance(n["id"], int)]
+        if len(cands) < 2:
+            break
+        chosen = rng.sample(cands, rng.randint(1, max(1, len(cands) // 2)))
+        promote = [(n["id"], w, t, _mutate(v, rng))
+                   for n in wf["nodes"] if n["id"] in chosen
+                   for (w, v, t) in widget_slots(n, info)]
+        rng.shuffle(promote)
+        wrap_subgraph(wf, chosen, rng, promote=promote[:rng.randint(0, 3)])
+    subs = (wf.get("definitions") or {}).get("subgraphs") or []
+    if subs and rng.random() < 0.5:
+        rng.shuffle(subs)
+    for n in [*wf["nodes"], *(m for s in subs for m in s["nodes"])]:
+        roll = rng.random()
+        if roll < 0.06:
+            n["mode"] = 2
+        elif roll < 0.12:
+            n["mode"] = 4
+    return wf
+
+
+def random_cases(names: list[str], count: int, info: dict[str, Any], seed: int = 0
+                 ) -> Iterator[tuple[str, Case]]:
+    rng = random.Random(seed)
+    for i in range(count):
+        name = rng.choice(names)
+        yield f"random_{name}_{i}", (random_variant(name, 1000 + i, info), None)
+
+
+# --- damaged documents --------------------------------------------------------------------------
+
+JUNK: tuple[Any, ...] = (None, 0, -1, 1.5, "x", "", [], {}, [1, 2], {"a": 1}, True, "5",
+                         2**70, float("nan"))
+
+
+def damage(doc: Any, rng: random.Random, depth: int = 0) -> None:
+    """Delete or replace one random value somewhere inside ``doc`` (in place)."""
+    if isinstance(doc, dict) and doc:
+        key = rng.choice(list(doc))
+        roll = rng.random()
+        if roll < 0.3:
+            del doc[key]
+        elif roll < 0.6 or depth > 6:
+            doc[key] = copy.deepcopy(rng.choice(JUNK))
+        else:
+            damage(doc[key], rng, depth + 1)
+    elif isinstance(doc, list) and doc:
+        index = rng.randrange(len(doc))
+        roll = rng.random()
+        if roll < 0.2:
+            del doc[index]
+        elif roll < 0.5 or depth > 6:
+            doc[index] = copy.deepcopy(rng.choice(JUNK))
+        else:
+            damage(doc[index], rng, depth + 1)

@@ -1,0 +1,408 @@
+"""UI-format workflow → API prompt, checked against what ComfyUI's editor produced.
+
+``tests/fixtures/workflows`` holds the editor's own answers (frontend 1.32.9 on ComfyUI
+0.3.75, recorded by ``scripts/frontend_oracle.py``): one per template the test ComfyUI can
+run and one per case of ``tests/support/workflow_cases.py``. Every answer must be matched
+exactly, key order included; where the editor failed, the converter must refuse too.
+The targeted tests below spell out each rule on small workflows.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.workflow_cases import FIXTURES, damage, load_gz, object_info, template
+
+from comfy_worker.errors import WorkerError, WorkflowConversionError, WorkflowInvalid
+from comfy_worker.workflow.convert import is_ui_workflow, ui_to_api
+
+INDEX = json.loads((FIXTURES / "index.json").read_text(encoding="utf-8"))
+TEMPLATES = sorted(INDEX["templates"])
+CASE_FILES = sorted((FIXTURES / "cases").glob("*.json.gz"))
+OBJECT_INFO = object_info()
+
+
+class FixedRandom(random.Random):
+    """``Math.random()`` pinned to one value, as the recordings were made."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__(0)
+        self.value = value
+
+    def random(self) -> float:
+        return self.value
+
+
+def convert(wf: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    return ui_to_api(wf, OBJECT_INFO, **kwargs)
+
+
+# --- the editor's own answers -----------------------------------------------------------------
+
+
+def test_fixtures_cover_the_templates_and_record_why_others_are_skipped() -> None:
+    assert INDEX["frontend_version"] == "1.32.9"
+    assert len(TEMPLATES) >= 100
+    for name, why in INDEX["skipped"].items():
+        assert why.get("unknown_node_types") or why.get("frontend_error"), name
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_template_converts_exactly_as_the_editor(name: str) -> None:
+    expected = load_gz(FIXTURES / "expected" / f"{name}.json.gz")
+    got = convert(template(name))
+    assert got == expected
+    assert list(got) == list(expected)          # the editor's key order too
+    for node_id, entry in got.items():
+        assert list(entry["inputs"]) == list(expected[node_id]["inputs"]), node_id
+
+
+@pytest.mark.parametrize("path", CASE_FILES, ids=[p.name[:-8] for p in CASE_FILES])
+def test_case_converts_exactly_as_the_editor(path: Path) -> None:
+    record = load_gz(path)
+    fixed = record["fixed_random"]
+    rng = FixedRandom(fixed) if fixed is not None else random.Random(0)
+    now = datetime.fromisoformat(record["now"]) if "now" in record else None
+    if "error" in record:       # the editor could not queue it: neither can we
+        with pytest.raises(WorkflowConversionError):
+            convert(record["workflow"], rng=rng, now=now)
+        return
+    got = convert(record["workflow"], rng=rng, now=now)
+    assert got == record["expected"]
+    assert list(got) == list(record["expected"])
+
+
+def case(name: str) -> dict[str, Any]:
+    """A recorded case: its workflow and the editor's answer."""
+    return load_gz(FIXTURES / "cases" / f"{name}.json.gz")
+
+
+def answer(name: str) -> dict[str, Any]:
+    record = case(name)
+    return record["expected"]
+
+
+# --- the rules, one by one ---------------------------------------------------------------------
+
+
+def test_widget_values_become_named_inputs_in_definition_order_and_links_become_pairs() -> None:
+    prompt = convert(template("default"))
+    ksampler = prompt["3"]
+    assert ksampler["class_type"] == "KSampler"
+    assert ksampler["_meta"] == {"title": "KSampler"}
+    # widgets_values [seed, "randomize", steps, cfg, sampler, scheduler, denoise]: the
+    # control_after_generate slot after the seed is skipped
+    assert ksampler["inputs"]["seed"] == 685468484323813
+    assert ksampler["inputs"]["steps"] == 20
+    assert ksampler["inputs"]["sampler_name"] == "euler"
+    assert "control_after_generate" not in ksampler["inputs"]
+    assert ksampler["inputs"]["model"] == ["4", 0]
+    assert list(ksampler["inputs"]) == ["seed", "steps", "cfg", "sampler_name", "scheduler",
+                                        "denoise", "model", "positive", "negative",
+                                        "latent_image"]
+    assert all(isinstance(k, str) for k in prompt)
+
+
+def test_notes_and_markdown_notes_are_left_out() -> None:
+    prompt = answer("notes_left_out")
+    assert {e["class_type"] for e in prompt.values()} == {
+        "KSampler", "CheckpointLoaderSimple", "EmptyLatentImage", "CLIPTextEncode",
+        "VAEDecode", "SaveImage"}
+
+
+def test_muted_node_is_left_out_and_inputs_fed_by_it_are_dropped() -> None:
+    prompt = convert(case("mute_ksampler")["workflow"])
+    assert "3" not in prompt
+    assert "samples" not in prompt["8"]["inputs"]       # its consumer loses the link
+    assert prompt["8"]["inputs"]["vae"] == ["4", 2]
+
+
+def test_bypassed_node_passes_the_input_of_the_same_type() -> None:
+    prompt = convert(case("bypass_ksampler")["workflow"])
+    assert "3" not in prompt
+    # VAEDecode.samples wanted the KSampler's LATENT: it gets KSampler's latent_image
+    assert prompt["8"]["inputs"]["samples"] == ["5", 0]
+
+
+def test_bypassed_node_without_an_input_of_that_type_gives_nothing() -> None:
+    prompt = convert(case("bypass_vae_decode_no_matching_type")["workflow"])
+    assert "8" not in prompt
+    assert "images" not in prompt["9"]["inputs"]
+
+
+def test_bypassed_unknown_node_still_passes_through() -> None:
+    prompt = convert(case("unknown_type_bypassed_passes_through")["workflow"])
+    assert "50" not in prompt
+    assert prompt["8"]["inputs"]["samples"] == ["3", 0]
+
+
+def test_reroute_chains_are_followed_even_when_muted_or_bypassed() -> None:
+    for name in ("reroute_single", "reroute_chain_of_three", "reroute_muted_still_passes",
+                 "reroute_bypassed"):
+        prompt = convert(case(name)["workflow"])
+        assert prompt["8"]["inputs"]["samples"] == ["3", 0], name
+        assert all(e["class_type"] != "Reroute" for e in prompt.values())
+
+
+def test_primitive_value_is_folded_into_its_target_and_the_primitive_left_out() -> None:
+    prompt = convert(case("primitive_seed_fixed")["workflow"])
+    assert prompt["3"]["inputs"]["seed"] == 12345
+    assert all(e["class_type"] != "PrimitiveNode" for e in prompt.values())
+
+
+def test_primitive_value_goes_through_the_target_widgets_rounding_and_range() -> None:
+    assert convert(case("primitive_steps_rounded")["workflow"])["3"]["inputs"]["steps"] == 8
+    assert convert(case("primitive_steps_clamped")["workflow"])["3"]["inputs"]["steps"] \
+        == 10000
+    assert convert(case("primitive_cfg_rounded")["workflow"])["3"]["inputs"]["cfg"] == 7.1
+    assert convert(case("primitive_denoise_rounded")["workflow"])["3"]["inputs"]["denoise"] \
+        == 0.33
+
+
+def test_primitive_feeding_two_inputs_sets_both() -> None:
+    inputs = convert(case("primitive_two_targets")["workflow"])["5"]["inputs"]
+    assert inputs["width"] == inputs["height"] == 704      # 700 snapped to the step of 8
+
+
+def test_muted_primitive_still_applies_its_value() -> None:
+    assert convert(case("primitive_muted_still_applies")["workflow"])["3"]["inputs"]["seed"] \
+        == 99
+
+
+def test_primitive_through_a_reroute_takes_the_targets_default() -> None:
+    # the editor re-makes such a primitive's widget from the reroute's target spec, so the
+    # KSampler keeps its own value (the link through the reroute resolves to nothing)
+    expected = answer("primitive_through_reroute_takes_target_default")
+    assert convert(case("primitive_through_reroute_takes_target_default")["workflow"]) \
+        == expected
+    assert expected["3"]["inputs"]["steps"] == 20
+
+
+def test_converted_widget_input_that_is_linked_overrides_the_widget_value() -> None:
+    prompt = convert(case("converted_widget_linked_from_node")["workflow"])
+    assert prompt["3"]["inputs"]["steps"] == ["80", 0]
+    assert prompt["80"]["class_type"] == "PrimitiveInt"
+
+
+def test_linked_widget_whose_source_is_muted_loses_the_input_entirely() -> None:
+    prompt = convert(case("converted_widget_linked_from_muted_node")["workflow"])
+    assert "steps" not in prompt["3"]["inputs"]
+
+
+def test_control_after_generate_slot_is_skipped_and_the_seed_kept_as_saved() -> None:
+    wf = template("default")
+    ks = next(n for n in wf["nodes"] if n["id"] == 3)
+    ks["widgets_values"] = [7, "increment", 30, 6.5, "dpmpp_2m", "karras", 0.5]
+    inputs = convert(wf)["3"]["inputs"]
+    assert inputs["seed"] == 7           # applied after queueing, not before
+    assert (inputs["steps"], inputs["cfg"], inputs["sampler_name"], inputs["scheduler"],
+            inputs["denoise"]) == (30, 6.5, "dpmpp_2m", "karras", 0.5)
+
+
+def test_upload_widget_takes_a_slot_but_is_no_input() -> None:
+    wf = template("image2image")
+    loader = next(n for n in wf["nodes"] if n["type"] == "LoadImage")
+    assert len(loader["widgets_values"]) == 2           # [file, "image"]
+    inputs = convert(wf)[str(loader["id"])]["inputs"]
+    assert inputs == {"image": loader["widgets_values"][0]}
+
+
+def test_load_image_without_a_file_gets_the_editors_fallback() -> None:
+    assert answer("load_image_empty_value_falls_back") == convert(
+        case("load_image_empty_value_falls_back")["workflow"])
+
+
+def test_subgraph_nodes_are_flattened_with_outer_colon_inner_ids() -> None:
+    prompt = convert(case("subgraph_flattened_ids")["workflow"])
+    inner = [k for k in prompt if ":" in k]
+    assert sorted(inner) == ["16:3", "16:6", "16:7"]
+    assert prompt["16:3"]["inputs"]["positive"] == ["16:6", 0]     # links inside
+    assert prompt["16:3"]["inputs"]["model"] == ["4", 0]           # in through an input
+    assert prompt["8"]["inputs"]["samples"] == ["16:3", 0]         # out through an output
+
+
+def test_promoted_widget_values_on_the_subgraph_node_win() -> None:
+    prompt = convert(case("subgraph_promoted_widgets")["workflow"])
+    assert prompt["16:3"]["inputs"]["seed"] == 4242
+    assert prompt["16:3"]["inputs"]["steps"] == 12
+    assert prompt["16:6"]["inputs"]["text"] == "promoted prompt"
+
+
+def test_two_instances_of_one_subgraph_keep_their_own_values() -> None:
+    prompt = convert(case("subgraph_two_instances")["workflow"])
+    seeds = sorted(e["inputs"]["seed"] for k, e in prompt.items()
+                   if e["class_type"] == "KSampler")
+    assert seeds == [777, 4242]
+
+
+def test_nested_subgraphs_get_chained_ids() -> None:
+    for name in ("subgraph_nested", "subgraph_nested_outer_defined_first"):
+        prompt = convert(case(name)["workflow"])
+        assert prompt == answer(name)
+        assert any(k.count(":") == 2 for k in prompt), name
+    deep = convert(case("subgraph_nested_three_levels")["workflow"])
+    assert any(k.count(":") == 3 for k in deep)
+
+
+def test_muted_or_bypassed_nodes_inside_a_subgraph() -> None:
+    muted = convert(case("subgraph_inner_node_muted")["workflow"])
+    assert "16:7" not in muted and "negative" not in muted["16:3"]["inputs"]
+    bypassed = convert(case("subgraph_inner_node_bypassed")["workflow"])
+    assert "16:3" not in bypassed
+    assert bypassed["8"]["inputs"]["samples"] == ["5", 0]
+
+
+def test_subgraph_node_mode_is_not_inherited_by_its_inner_nodes() -> None:
+    # the editor skips only the (virtual) subgraph node: its inner nodes still run,
+    # unless the node is bypassed, where outputs map to inputs of the same type
+    assert convert(case("subgraph_instance_muted")["workflow"]) \
+        == answer("subgraph_instance_muted")
+    assert convert(case("subgraph_instance_bypassed")["workflow"]) \
+        == answer("subgraph_instance_bypassed")
+
+
+def test_titles_default_to_the_editors_labels() -> None:
+    prompt = convert(case("titles_missing")["workflow"])
+    assert prompt["5"]["_meta"]["title"] == "Empty Latent Image"
+    assert prompt["4"]["_meta"]["title"] == "Load Checkpoint"
+
+
+def test_widget_values_given_as_an_object_are_ignored_like_the_editor_does() -> None:
+    inputs = convert(case("widgets_values_as_dict")["workflow"])["5"]["inputs"]
+    assert inputs == {"width": 512, "height": 512, "batch_size": 1}       # defaults
+
+
+def test_legacy_sampler_names_and_boolean_control_values_are_migrated() -> None:
+    inputs = convert(case("legacy_sampler_name_and_control")["workflow"])["3"]["inputs"]
+    assert inputs["sampler_name"] == "euler_ancestral"
+
+
+def test_dynamic_prompts_pick_one_choice_and_drop_comments() -> None:
+    inputs = convert(case("dynamic_prompt_middle_choice")["workflow"],
+                     rng=FixedRandom(0.5))["6"]["inputs"]
+    assert inputs["text"] == answer("dynamic_prompt_middle_choice")["6"]["inputs"]["text"]
+    assert "comment" not in inputs["text"] and "{" in inputs["text"]      # \{ kept literal
+    first = convert(case("dynamic_prompt_first_choice")["workflow"], rng=FixedRandom(0.0))
+    assert first["6"]["inputs"]["text"] == "a nested"
+
+
+def test_filename_prefix_replacements_use_titles_widgets_and_the_date() -> None:
+    record = case("filename_prefix_replacements")
+    now = datetime.fromisoformat(record["now"])
+    prefix = convert(record["workflow"], now=now)["9"]["inputs"]["filename_prefix"]
+    assert prefix == record["expected"]["9"]["inputs"]["filename_prefix"]
+    assert prefix.startswith(now.strftime("%Y-%m-%d") + "/x_685468484323813_512_")
+
+
+def test_numbers_follow_javascript_doubles() -> None:
+    inputs = convert(case("seed_beyond_double_precision")["workflow"])["3"]["inputs"]
+    assert inputs["seed"] == 18446744073709552000    # what JSON.stringify writes for 2**64
+
+
+def test_duplicate_node_ids_behave_as_in_the_editor() -> None:
+    assert convert(case("duplicate_node_id")["workflow"]) == answer("duplicate_node_id")
+
+
+def test_string_node_ids_and_schema_version_1_documents_convert() -> None:
+    reference = convert(template("default"))
+    assert convert(case("string_node_ids")["workflow"]) == reference
+    assert convert(case("schema_version_1")["workflow"]) == reference
+
+
+# --- refusals -------------------------------------------------------------------------------------
+
+
+def test_unknown_node_type_names_node_id_type_and_fix() -> None:
+    wf = template("default")
+    next(n for n in wf["nodes"] if n["id"] == 8)["type"] = "FancyDecode"
+    with pytest.raises(WorkflowConversionError) as err:
+        convert(wf)
+    assert isinstance(err.value, WorkflowInvalid)
+    assert 'node 8 ("FancyDecode")' in err.value.message
+    assert "not in this ComfyUI's /object_info" in err.value.message
+    assert err.value.hint
+    assert err.value.details == [{"node_id": "8", "class_type": "FancyDecode",
+                                  "message": err.value.details[0]["message"]}]
+
+
+def test_unknown_node_that_is_muted_does_not_stop_the_conversion() -> None:
+    assert "50" not in convert(case("unknown_type_muted")["workflow"])
+
+
+def test_link_to_a_missing_node_is_refused_naming_the_input() -> None:
+    with pytest.raises(WorkflowConversionError, match=r'node 8 \("VAEDecode"\): input '
+                       r'"samples" is linked to node 77, which does not exist'):
+        convert(case("link_from_missing_node")["workflow"])
+    with pytest.raises(WorkflowConversionError, match="refers to link 555"):
+        convert(case("input_refers_to_missing_link")["workflow"])
+
+
+def test_primitive_inside_a_subgraph_is_refused_with_a_hint() -> None:
+    with pytest.raises(WorkflowConversionError) as err:
+        convert(case("subgraph_primitive_inside_fails")["workflow"])
+    assert "PrimitiveNode" in err.value.message and 'subgraph "primitive inside"' \
+        in err.value.message
+    assert "PrimitiveInt" in (err.value.hint or "")
+
+
+def test_circular_links_are_refused() -> None:
+    # a bypassed KSampler whose latent input is its own output: following the bypass
+    # comes back to where it started
+    wf = template("default")
+    ks = next(n for n in wf["nodes"] if n["id"] == 3)
+    ks["mode"] = 4
+    latent = next(s for s in ks["inputs"] if s["name"] == "latent_image")
+    wf["links"] = [x for x in wf["links"] if x[0] != latent["link"]]
+    wf["links"].append([150, 3, 0, 3, 3, "LATENT"])
+    latent["link"] = 150
+    ks["outputs"][0]["links"].append(150)
+    with pytest.raises(WorkflowConversionError, match=r'node 3 \("KSampler"\): .*circular'):
+        convert(wf)
+
+
+@pytest.mark.parametrize("bad", [[], "x", None, {"nodes": "no"}])
+def test_malformed_documents_are_refused_with_json_type_names(bad: Any) -> None:
+    with pytest.raises(WorkflowConversionError) as err:
+        ui_to_api(bad, OBJECT_INFO)
+    assert "NoneType" not in str(err.value) and "list" not in err.value.message
+
+
+def test_conversion_without_node_definitions_is_refused() -> None:
+    with pytest.raises(WorkflowConversionError, match="object_info"):
+        ui_to_api(template("default"), {})
+
+
+def test_browser_only_nodes_are_refused() -> None:
+    wf = {"last_node_id": 1, "last_link_id": 0, "links": [], "version": 0.4, "nodes": [
+        {"id": 1, "type": "WebcamCapture", "pos": [0, 0], "size": [1, 1], "flags": {},
+         "order": 0, "mode": 0, "properties": {}, "widgets_values": ["", 640, 480, False]}]}
+    with pytest.raises(WorkflowConversionError, match="camera"):
+        convert(wf)
+
+
+def test_is_ui_workflow_tells_the_formats_apart() -> None:
+    assert is_ui_workflow(template("default"))
+    assert not is_ui_workflow(convert(template("default")))
+    assert not is_ui_workflow({"nodes": {"1": {"class_type": "X"}}})
+    assert not is_ui_workflow([])
+
+
+@pytest.mark.parametrize("block", range(4))
+def test_damaged_documents_give_a_result_or_a_worker_error_never_a_crash(block: int) -> None:
+    names = ["01_qwen_t2i_subgraphed", "sdxl_simple_example", "hidream_e1_1", "default",
+             "image_qwen_image_instantx_inpainting_controlnet"]
+    for seed in range(block * 80, block * 80 + 80):
+        rng = random.Random(seed)
+        wf = template(names[seed % len(names)])
+        for _ in range(rng.randint(1, 20)):
+            damage(wf, rng)
+        try:
+            result = ui_to_api(wf, OBJECT_INFO)
+        except WorkerError:
+            continue
+        json.dumps(result, allow_nan=False)     # valid JSON for ComfyUI

@@ -1,0 +1,84 @@
+"""Models a workflow declares (``properties.models``) and Hugging Face URL parsing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from support.workflow_cases import FIXTURES, template
+
+from comfy_worker.workflow.declared import DeclaredModel, HfUrl, declared_models, hf_resolve_parts
+
+TEMPLATES = sorted(json.loads((FIXTURES / "index.json").read_text())["templates"])
+
+
+def test_default_template_declares_its_checkpoint() -> None:
+    assert declared_models(template("default")) == [DeclaredModel(
+        name="v1-5-pruned-emaonly-fp16.safetensors",
+        url="https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/"
+        "v1-5-pruned-emaonly-fp16.safetensors?download=true",
+        directory="checkpoints", node_id="4")]
+
+
+def test_models_declared_inside_subgraph_definitions_are_found() -> None:
+    wf = template("01_qwen_t2i_subgraphed")
+    sub_id = wf["definitions"]["subgraphs"][0]["id"]
+    found = declared_models(wf)
+    assert len(found) == 4
+    assert all(m.node_id.startswith(f"{sub_id}:") for m in found)
+    assert {m.directory for m in found} == {"diffusion_models", "text_encoders", "vae", "loras"}
+
+
+def test_every_template_declaration_is_well_formed_and_most_are_hugging_face() -> None:
+    total = hf = 0
+    for name in TEMPLATES:
+        for model in declared_models(template(name)):
+            total += 1
+            assert model.name and model.directory and model.url.startswith("https://")
+            parts = hf_resolve_parts(model.url)
+            if parts is not None:
+                hf += 1
+                assert parts.path.split("/")[-1] == model.name or model.name in parts.path
+            else:
+                assert "civitai.com" in model.url, model.url
+    assert total > 300 and hf > 0.95 * total
+
+
+def test_same_model_on_two_nodes_is_listed_twice_and_bad_entries_skipped() -> None:
+    entry = {"name": "a.safetensors", "url": "https://huggingface.co/o/r/resolve/main/a.safetensors",
+             "directory": "loras"}
+    doc = {"nodes": [
+        {"id": 1, "properties": {"models": [entry, {"name": 5}, "junk"]}},
+        {"id": 2.0, "properties": {"models": [entry]}},
+        {"id": 3, "properties": {"models": "not a list"}},
+        {"id": 4},
+    ], "models": [entry]}
+    assert [m.node_id for m in declared_models(doc)] == ["1", "2", ""]
+    assert declared_models("nope") == []   # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("url", "parts"), [
+    ("https://huggingface.co/Comfy-Org/flux1-dev/resolve/main/flux1-dev-fp8.safetensors",
+     HfUrl("Comfy-Org/flux1-dev", "main", "flux1-dev-fp8.safetensors", "model")),
+    ("https://huggingface.co/o/r/resolve/main/split_files/vae/ae.safetensors?download=true",
+     HfUrl("o/r", "main", "split_files/vae/ae.safetensors", "model")),
+    ("https://huggingface.co/datasets/o/d/resolve/v1.0/data/x.bin",
+     HfUrl("o/d", "v1.0", "data/x.bin", "dataset")),
+    ("https://huggingface.co/o/r/resolve/refs%2Fpr%2F3/a%20b/c%2B.safetensors",
+     HfUrl("o/r", "refs/pr/3", "a b/c+.safetensors", "model")),
+    ("https://huggingface.co/o/r/blob/0123abc/m.gguf", HfUrl("o/r", "0123abc", "m.gguf", "model")),
+    ("https://huggingface.co/gpt2/resolve/main/model.safetensors",
+     HfUrl("gpt2", "main", "model.safetensors", "model")),
+])
+def test_hf_urls_are_split(url: str, parts: HfUrl) -> None:
+    assert hf_resolve_parts(url) == parts
+
+
+@pytest.mark.parametrize("url", [
+    "https://civitai.com/api/download/models/1", "https://huggingface.co/o/r",
+    "https://huggingface.co/o/r/tree/main", "https://huggingface.co/o/r/resolve/main/",
+    "https://huggingface.co/o/r/resolve/main/../x", "ftp://huggingface.co/o/r/resolve/main/x",
+    "not a url", "",
+])
+def test_other_urls_are_not_hugging_face_files(url: str) -> None:
+    assert hf_resolve_parts(url) is None
