@@ -264,7 +264,7 @@ class ModelStore:
         self._present: dict[str, FileResult] = {}
         """Locked files found or made present (the status counts them done)."""
         self._failed: dict[str, tuple[int, BaseException]] = {}
-        """path -> (failure number, error) of files whose last attempt failed."""
+        """path -> (failure number, error) of locked files whose last attempt failed."""
         self._failures = itertools.count(1)
         self._last_failure = 0
         self._uses: dict[str, int] = {}
@@ -415,6 +415,11 @@ class ModelStore:
     def _end_use(self, path: str) -> None:
         with self._cond:
             use, last = self._unuse(path)
+        self._after_use(path, use, last)
+
+    def _after_use(self, path: str, use: cache.UseLock | None, last: bool) -> None:
+        """Outside the lock: let the sidecar go; after the last use of a request file
+        that never arrived, remove its sidecar."""
         if use is not None:
             use.close()
         if last:
@@ -521,24 +526,27 @@ class ModelStore:
                                                    hint="retry the job")
         except BaseException as exc:
             error = exc
+        use: cache.UseLock | None = None
+        last = False
         with self._cond:
             if self._tasks.get(task.path) is task:
                 del self._tasks[task.path]
             self._pending.pop(task.path, None)
             task.result, task.error = result, error
             task.finish()
-            if error is not None:
+            if error is not None and task.path in self._locked:  # (for status, wait_all)
                 self._last_failure = next(self._failures)
                 self._failed[task.path] = (self._last_failure, error)
             elif result is not None and not task.requested:
                 self._mark_present(result)  # before any claim wakes up
+            if task.requested:  # the download's own use ends with it, claims' go on
+                use, last = self._unuse(task.path)
             self._cond.notify_all()
         if result is not None:
             self._found(result, requested=task.requested)
         elif not isinstance(error, ShuttingDown):
             self._log_failure(task, error)
-        if task.requested:
-            self._end_use(task.path)
+        self._after_use(task.path, use, last)
 
     def _log_failure(self, task: _Task, error: BaseException | None) -> None:
         who = "a job's file" if task.claims > 0 else "background sync"
@@ -561,7 +569,9 @@ class ModelStore:
     def _make_room(self, entry: LockEntry, target: Path) -> None:
         root = self._files.dest_root
         cap = self.cache_bytes
-        files = [f for f in cache.list_cache(root) if f.path != entry.path]
+        # This lock's files are never evicted here, so they are no part of the cache.
+        files = [f for f in cache.list_cache(root)
+                 if f.path != entry.path and f.path not in self._locked]
         with self._cond:
             pending = sum(n for p, n in self._pending.items() if p != entry.path)
         cached = sum(f.size for f in files)
