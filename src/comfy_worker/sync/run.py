@@ -156,8 +156,8 @@ class FileSync:
             and can_write(self.volume_models))
         self.state_dir = Path(os.path.abspath(settings.models_dir)) / STATE_DIR
         self.slots = FileSlots(settings.jobs)
-        # One pool of connections for all files (see download.Gate): a future scheduler
-        # raises a file's priority to give it the bandwidth first.
+        # One pool of connections for all files (see download.Gate): the model store
+        # raises a file a job waits for above the background ones.
         self.downloads = fetch.Downloads(
             Gate(max(1, settings.jobs) * max(1, settings.connections)))
 
@@ -203,9 +203,9 @@ class FileSync:
             return result
 
         try:
-            for root in self.roots:  # warm path: stat + record, nothing read
-                if self.trusted(entry, root / entry.path):
-                    return done(root)
+            trusted = self.trusted_root(entry)  # warm path: stat + record, nothing read
+            if trusted is not None:
+                return done(trusted)
             shadowing: list[Path] = []  # wrong files ComfyUI might still find first
             for root in self.roots:  # present but not vouched for: verify (once, locked)
                 target = root / entry.path
