@@ -9,7 +9,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -424,3 +424,28 @@ def test_close_stops_downloads_leaves_no_temp_files_and_keeps_completed_ones(
         assert served_then < big.size
         with pytest.raises(ShuttingDown):
             store.ensure([entry(store, "loras/small.safetensors")])
+
+
+def test_close_without_cancel_lets_in_flight_files_finish_for_their_claims(
+        tmp_path: Path, stores: list[ModelStore]) -> None:
+    with HFServer(per_connection_bps=2_000_000) as hub:
+        served = hub.add_file("acme/ckpt", "m.safetensors", data(2 * MIB))
+        other = hub.add_file("acme/ckpt", "later.safetensors", data(100_000, seed=1))
+        path = "checkpoints/m.safetensors"
+        store = make_store(stores, hub, tmp_path, {path: served,
+                                                   "loras/later.safetensors": other},
+                           prefetch=False, connections=2)
+        claim = store.ensure([entry(store, path)])
+        wait_for(lambda: bytes_of(store, path) > 0)
+        got: list[Mapping[str, Path]] = []
+        waiter = threading.Thread(target=lambda: got.append(claim.wait(timeout=60)))
+        waiter.start()
+
+        store.close(cancel=False)  # returns once the download is done
+        waiter.join(timeout=10)
+        claim.release()
+
+        assert got and sha_of(got[0][path]) == served.sha256
+        with pytest.raises(ShuttingDown):
+            store.ensure([entry(store, "loras/later.safetensors")])
+        assert hub.requests(other) == []
