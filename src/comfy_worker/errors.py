@@ -126,6 +126,21 @@ class DiskFull(SyncError):
     status = 507
 
 
+class ModelCacheFull(DiskFull):
+    """A model a job brings does not fit in the request cache's size cap
+    (COMFY_WORKER_MODEL_CACHE_BYTES), even with every evictable file evicted."""
+
+    reference = "model-cache-full"
+
+
+class ModelPathConflict(SyncError, ValueError):
+    """A job's model names a path that holds other bytes for the lock or for a job
+    running now."""
+
+    reference = "model-path-conflict"
+    status = 409
+
+
 # --- ComfyUI process ---------------------------------------------------------------
 
 
@@ -225,6 +240,14 @@ class JobTimeout(JobError, TimeoutError):
 class JobCancelled(JobError):
     reference = "job-cancelled"
     status = 503
+
+
+class ModelWaitTimeout(JobError, TimeoutError):
+    """A job waited longer than COMFY_WORKER_MODEL_WAIT_TIMEOUT for its models (names
+    the files still missing and how far they are)."""
+
+    reference = "model-wait-timeout"
+    status = 504
 
 
 class OutputTooLarge(JobError):

@@ -11,11 +11,16 @@ from comfy_worker.sync.paths import (
     write_extra_model_paths,
 )
 from comfy_worker.sync.run import FileResult, SyncReport, sync_models
+from comfy_worker.sync.store import Claim, ModelStore, StoreStatus, WaitProgress
 
 __all__ = [
+    "Claim",
     "FileResult",
     "ModelPaths",
+    "ModelStore",
+    "StoreStatus",
     "SyncReport",
+    "WaitProgress",
     "extra_model_paths_location",
     "model_roots",
     "prepare_model_paths",

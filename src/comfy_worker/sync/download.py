@@ -25,10 +25,12 @@ While the hash advances, :class:`Writeback` asks the kernel to start writing the
 prefix to disk (``sync_file_range``), so the fsync before the rename finds little left.
 
 Bandwidth can be shared by priority (for a scheduler of downloads): all downloads of a
-sync draw connection slots from one :class:`Gate`; when slots run out, waiting downloads
-get them highest priority first, and a running download gives its slots up at the next
-block while a higher-priority one waits. :meth:`Download.pause` / :meth:`~Download.resume`
-stop and restart one download the same way, keeping every byte already written.
+sync draw connection slots from one :class:`Gate`; waiting downloads get slots highest
+priority first, and while a download of higher priority runs (or waits for a slot), a
+lower one gives its slots up at the next block and takes none until it is done. Raising
+a running download's :attr:`~Download.priority` takes effect at its next block, with no
+byte fetched again. :meth:`Download.pause` / :meth:`~Download.resume` stop and restart
+one download the same way, keeping every byte already written.
 """
 
 from __future__ import annotations
@@ -89,9 +91,11 @@ def is_transient_network_error(exc: BaseException) -> bool:
 class Gate:
     """Connection slots shared by downloads, granted highest priority first.
 
-    Every range request holds one slot. A download that runs below the priority of a
-    waiting one gives its slots up at its next block (:meth:`must_yield`), so a high
-    priority download gets the bandwidth within a block's time.
+    Every range request holds one slot. While a download of higher priority runs
+    (:meth:`enter` .. :meth:`leave`) or waits for a slot, a lower one gives its slots up
+    at its next block (:meth:`must_yield`) and is granted none, so a high priority
+    download gets all the bandwidth within a block's time. Downloads of one priority
+    share the slots.
     """
 
     def __init__(self, slots: int) -> None:
@@ -99,14 +103,34 @@ class Gate:
         self._cond = threading.Condition()
         self._waiting: list[tuple[int, int]] = []  # heap of (-priority, arrival)
         self._seq = itertools.count()
+        self._running: dict[int, int] = {}  # priority -> downloads running at it
 
-    def acquire(self, priority: int, stop: threading.Event) -> bool:
-        """Wait for a slot; False (no slot) once ``stop`` is set."""
+    def _outranked(self, priority: int) -> bool:
+        """A download of higher priority runs or waits (under ``_cond``)."""
+        return (bool(self._waiting) and -self._waiting[0][0] > priority) or any(
+            p > priority for p in self._running)
+
+    def acquire(self, priority: int | Callable[[], int], stop: threading.Event) -> bool:
+        """Wait for a slot; False (no slot) once ``stop`` is set.
+
+        ``priority`` may be a function, read again whenever the waiter wakes, so a
+        download whose priority changes while it waits is ranked anew.
+        """
+        current = priority if callable(priority) else (lambda: priority)
         with self._cond:
-            ticket = (-priority, next(self._seq))
+            ticket = (-current(), next(self._seq))
             heapq.heappush(self._waiting, ticket)
             try:
-                while not (self._free > 0 and self._waiting[0] == ticket):
+                while True:
+                    now = current()
+                    if -ticket[0] != now:  # re-ranked: keep the place in arrival order
+                        self._waiting.remove(ticket)
+                        ticket = (-now, ticket[1])
+                        heapq.heapify(self._waiting)
+                        heapq.heappush(self._waiting, ticket)
+                    if (self._free > 0 and self._waiting[0] == ticket
+                            and not any(p > now for p in self._running)):
+                        break
                     if stop.is_set():
                         return False
                     self._cond.wait(0.5)
@@ -125,9 +149,26 @@ class Gate:
             self._cond.notify_all()
 
     def must_yield(self, priority: int) -> bool:
-        """A download of higher priority waits for a slot."""
+        """A download of higher priority runs or waits for a slot."""
         with self._cond:
-            return bool(self._waiting) and -self._waiting[0][0] > priority
+            return self._outranked(priority)
+
+    def enter(self, priority: int) -> None:
+        """A download of ``priority`` is under way: running, or about to (a scheduler
+        may enter for a file a job waits for before its download starts). Lower ones
+        make way until it leaves."""
+        with self._cond:
+            self._running[priority] = self._running.get(priority, 0) + 1
+            self._cond.notify_all()
+
+    def leave(self, priority: int) -> None:
+        with self._cond:
+            left = self._running.get(priority, 0) - 1
+            if left > 0:
+                self._running[priority] = left
+            else:
+                self._running.pop(priority, None)
+            self._cond.notify_all()
 
     def wake(self) -> None:
         """Let waiters re-check their stop flags now."""
@@ -299,6 +340,7 @@ class Download:
         self._hashed_at_last_byte: int | None = None
         self._workers_done = False  # (a stream of unknown size)
         self._finished = False
+        self._entered = False  # counted as running by the gate
         self.range_retries = 0
         """Range requests that failed and were resumed."""
 
@@ -328,8 +370,13 @@ class Download:
 
     @priority.setter
     def priority(self, value: int) -> None:
-        """Takes effect at each part's next connection slot."""
-        self._priority = value
+        """Takes effect at once: the gate ranks this download anew, and each connection
+        yields (or stops yielding) at its next block; no byte is fetched again."""
+        with self._cond:
+            old, self._priority = self._priority, value
+            if self._entered and old != value:
+                self.gate.leave(old)
+                self.gate.enter(value)
         self.gate.wake()
 
     @property
@@ -360,6 +407,9 @@ class Download:
     def run(self) -> str:
         """Download and hash (once per object); see the class for what it raises."""
         fd = os.open(self.dest, os.O_RDWR)
+        with self._cond:
+            self.gate.enter(self._priority)
+            self._entered = True
         try:
             writeback = Writeback(fd)
             workers = [threading.Thread(target=self._work, args=(fd,), daemon=True,
@@ -386,6 +436,9 @@ class Download:
                 raise Transient(f"{self.describe}: got {self._received} of {self.size} bytes")
             return digest
         finally:
+            with self._cond:
+                self._entered = False
+                self.gate.leave(self._priority)
             os.close(fd)
 
     def _fail(self, exc: BaseException) -> None:
@@ -453,7 +506,7 @@ class Download:
                 if part is None:
                     break
                 try:
-                    if not self.gate.acquire(self._priority, self._stop):
+                    if not self.gate.acquire(lambda: self._priority, self._stop):
                         break
                     try:
                         self._fetch_part(session, fd, part)

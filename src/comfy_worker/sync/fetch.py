@@ -287,9 +287,14 @@ def tuning_for(settings: Settings, size: int | None) -> Tuning:
 
 def transfer(remote: Remote, dest: Path, settings: Settings, *, path: str, source: Source,
              on_bytes: Callable[[int], None], downloads: Downloads,
-             priority: int = 0) -> str:
+             priority: int = 0,
+             watch: Callable[[Download | None], None] | None = None) -> str:
     """Download ``remote`` into ``dest`` (which exists); return the file's sha256,
-    computed while the bytes arrived."""
+    computed while the bytes arrived.
+
+    ``watch`` is told the :class:`Download` before it runs (a scheduler may change its
+    priority) and ``None`` once it ended.
+    """
     import requests
 
     download = Download(
@@ -299,6 +304,8 @@ def transfer(remote: Remote, dest: Path, settings: Settings, *, path: str, sourc
         describe=source.describe(), tuning=tuning_for(settings, remote.size),
         gate=downloads.gate, priority=priority, on_bytes=on_bytes)
     downloads.add(download)
+    if watch is not None:
+        watch(download)
     try:
         t0 = time.monotonic()
         sha = download.run()
@@ -316,6 +323,8 @@ def transfer(remote: Remote, dest: Path, settings: Settings, *, path: str, sourc
         raise
     finally:
         downloads.discard(download)
+        if watch is not None:
+            watch(None)
 
 
 @dataclass(frozen=True)

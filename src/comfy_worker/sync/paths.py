@@ -54,6 +54,12 @@ def record_path(target: Path) -> Path:
     return target.with_name(f".{target.name}.verified")
 
 
+def used_path(target: Path) -> Path:
+    """The sidecar that makes ``target`` a request-cache file: ``.NAME.used`` (its mtime
+    is the file's last use; see :mod:`comfy_worker.sync.cache`)."""
+    return target.with_name(f".{target.name}.used")
+
+
 def yaml_document(roots: Sequence[Path], folders: Iterable[str]) -> dict[str, dict[str, object]]:
     """The ``extra_model_paths.yaml`` content (pure): one section per root."""
     names = sorted(set(folders) | KNOWN_FOLDERS)

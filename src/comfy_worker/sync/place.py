@@ -43,6 +43,29 @@ def file_lock(target: Path, *, on_wait: str | None = None) -> Iterator[float]:
         os.close(fd)  # closing releases the lock; the lock file stays (reused next time)
 
 
+@contextlib.contextmanager
+def file_lock_nowait(target: Path) -> Iterator[bool]:
+    """Try ``target``'s lock without waiting: yields True holding it, False when another
+    holder (a download, a verification) has it."""
+    lock = lock_path(target)
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:
+        yield False
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
 def fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

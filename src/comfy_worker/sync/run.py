@@ -5,15 +5,21 @@ look for the file in each model root (volume first), trust it by its record or v
 it, else download it under a per-file lock into the volume (when writable) or the local
 models dir (its sha256 computed as the bytes land), check the hash, publish.
 ``settings.jobs`` files download at once, each over ``settings.connections`` ranges.
+
+:class:`FileSync` is also the per-file path of :class:`~comfy_worker.sync.store.ModelStore`,
+which steers each file through a :class:`FileWatcher` (its priority, its bytes, the
+moment before a download).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from glob import escape as glob_escape
@@ -29,7 +35,7 @@ from comfy_worker.errors import (
 )
 from comfy_worker.lockfile import LockEntry, Lockfile, load_lock
 from comfy_worker.sync import check, fetch
-from comfy_worker.sync.download import Gate
+from comfy_worker.sync.download import Download, Gate
 from comfy_worker.sync.paths import STATE_DIR, ModelPaths, prepare_model_paths, temp_path
 from comfy_worker.sync.place import can_write, file_lock, publish
 from comfy_worker.sync.plan import action_for, backoff_seconds, download_root
@@ -77,6 +83,64 @@ class SyncReport:
                 "extra_model_paths": str(self.extra_model_paths)}
 
 
+class FileWatcher:
+    """What a caller of :meth:`FileSync.run` sees of one file, and steers (no-ops here;
+    the model store's tasks override them). Called from the thread that runs the file
+    and, for :meth:`received`, from its download's connection threads."""
+
+    def priority(self) -> int:
+        """The file's priority now: 0 is the lowest (a background file); above 0 the file
+        takes no download slot and lower downloads make way for it (see ``Gate``)."""
+        return 0
+
+    def received(self, n: int) -> None:
+        """``n`` more bytes were written (negative: a failed attempt's bytes dropped)."""
+
+    def download(self, download: Download | None) -> None:
+        """The :class:`Download` now running for the file, or None once it ended."""
+
+    def before_download(self, entry: LockEntry, target: Path) -> None:
+        """Called holding the file's lock, just before ``target`` is downloaded."""
+
+
+_NO_WATCHER = FileWatcher()
+
+
+class FileSlots:
+    """How many files download at once. A file of priority above 0 (a job waits for it)
+    takes no slot, so it never waits behind background files; one raised while it
+    waits for a slot goes at once."""
+
+    def __init__(self, slots: int) -> None:
+        self._free = max(1, slots)
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, priority: Callable[[], int], cancelled: threading.Event) -> Iterator[None]:
+        taken = False
+        with self._cond:
+            while priority() <= 0:
+                if cancelled.is_set():
+                    raise fetch.Cancelled()
+                if self._free > 0:
+                    self._free -= 1
+                    taken = True
+                    break
+                self._cond.wait(0.2)
+        try:
+            yield
+        finally:
+            if taken:
+                with self._cond:
+                    self._free += 1
+                    self._cond.notify_all()
+
+    def wake(self) -> None:
+        """A priority changed: let waiters look again now."""
+        with self._cond:
+            self._cond.notify_all()
+
+
 class FileSync:
     """The shared state of one sync; :meth:`run` handles one locked file."""
 
@@ -91,9 +155,9 @@ class FileSync:
             volume_usable=volume_there and self.volume_models is not None
             and can_write(self.volume_models))
         self.state_dir = Path(os.path.abspath(settings.models_dir)) / STATE_DIR
-        self.slots = threading.Semaphore(max(1, settings.jobs))
-        # One pool of connections for all files (see download.Gate): a future scheduler
-        # raises a file's priority to give it the bandwidth first.
+        self.slots = FileSlots(settings.jobs)
+        # One pool of connections for all files (see download.Gate): the model store
+        # raises a file a job waits for above the background ones.
         self.downloads = fetch.Downloads(
             Gate(max(1, settings.jobs) * max(1, settings.connections)))
 
@@ -102,6 +166,19 @@ class FileSync:
     def trusted(self, entry: LockEntry, target: Path) -> bool:
         """A record vouches for the file: no byte is read."""
         return check.trusted(target, entry, state_dir=self.state_dir)
+
+    def trusted_root(self, entry: LockEntry) -> Path | None:
+        """The first root where a record vouches for the file (stat + record, no byte of
+        the file read), or None."""
+        for root in self.roots:
+            if self.trusted(entry, root / entry.path):
+                return root
+        return None
+
+    def result(self, entry: LockEntry, root: Path, seconds: float = 0.0) -> FileResult:
+        """The result for a file found verified in ``root``."""
+        return FileResult(entry.path, action_for(root, self.volume_models), root / entry.path,
+                          entry.size, seconds)
 
     def verify_existing(self, entry: LockEntry, target: Path) -> bool:
         verdict = check.verify_file(target, entry, fast=self.settings.fast_verify,
@@ -112,7 +189,8 @@ class FileSync:
 
     # --- one file ---------------------------------------------------------------------
 
-    def run(self, entry: LockEntry) -> FileResult:
+    def run(self, entry: LockEntry, watcher: FileWatcher | None = None) -> FileResult:
+        watcher = watcher or _NO_WATCHER
         t0 = time.monotonic()
         if self.downloads.cancelled.is_set():
             raise fetch.Cancelled()
@@ -125,9 +203,9 @@ class FileSync:
             return result
 
         try:
-            for root in self.roots:  # warm path: stat + record, nothing read
-                if self.trusted(entry, root / entry.path):
-                    return done(root)
+            trusted = self.trusted_root(entry)  # warm path: stat + record, nothing read
+            if trusted is not None:
+                return done(trusted)
             shadowing: list[Path] = []  # wrong files ComfyUI might still find first
             for root in self.roots:  # present but not vouched for: verify (once, locked)
                 target = root / entry.path
@@ -152,7 +230,8 @@ class FileSync:
                 if self.verify_existing(entry, target):
                     return done(self.dest_root)  # another worker fetched it meanwhile
                 remove_stale_temps(target)
-                self.download(entry, target)
+                watcher.before_download(entry, target)
+                self.download(entry, target, watcher)
             return done(self.dest_root, "downloaded")
         except OSError as exc:
             if isinstance(exc, SyncError):
@@ -163,7 +242,8 @@ class FileSync:
             raise SyncError(f'"{entry.path}": {exc.strerror or exc}: {exc.filename or ""}',
                             hint="check that the models dir / volume is writable") from None
 
-    def download(self, entry: LockEntry, target: Path) -> None:
+    def download(self, entry: LockEntry, target: Path,
+                 watcher: FileWatcher = _NO_WATCHER) -> None:
         """Download, verify, publish; retry transient failures and hash mismatches."""
         attempts = 1 + self.settings.retries
         last: Exception | None = None
@@ -182,6 +262,7 @@ class FileSync:
                 nonlocal received
                 received += n
                 self.progress.add(n)
+                watcher.received(n)
 
             published = False
             try:
@@ -193,14 +274,25 @@ class FileSync:
                         f"bytes, the lock says {entry.size}",
                         hint="re-pin it with `comfy-worker lock add SOURCE --path "
                         f"{entry.path} --replace` if the change is intended")
-                with self.slots:
+                if remote.sha256 is not None and remote.sha256 != entry.sha256:
+                    # The Hub's LFS metadata names the file's sha256: no byte can match.
+                    raise ModelHashMismatch(
+                        f'"{entry.path}": {entry.source.describe()} has sha256 '
+                        f"{remote.sha256} (the Hub's LFS metadata), the entry expects "
+                        f"{entry.sha256}",
+                        hint="the entry pins other bytes than the source holds: correct its "
+                        "sha256 or source (a locked file: `comfy-worker lock add SOURCE "
+                        f"--path {entry.path} --replace`)")
+                with self.slots.hold(watcher.priority, self.downloads.cancelled):
                     fetch.check_free_space(target.parent, entry.size,
                                            what=f'"{entry.path}"')
                     os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
                     # The sha256 is computed as the bytes land: no hashing after the last.
                     sha = fetch.transfer(remote, tmp, self.settings, path=entry.path,
                                          source=entry.source, on_bytes=on_bytes,
-                                         downloads=self.downloads)
+                                         downloads=self.downloads,
+                                         priority=watcher.priority(),
+                                         watch=watcher.download)
                 if sha != entry.sha256:
                     actual = sha
                     last = ModelHashMismatch(f"sha256 {sha}, expected {entry.sha256}")
@@ -217,6 +309,7 @@ class FileSync:
                 if not published:
                     tmp.unlink(missing_ok=True)
                     self.progress.add(-received)
+                    watcher.received(-received)
         if actual is not None:
             raise ModelHashMismatch(
                 f'"{entry.path}": downloaded file has sha256 {actual}, the lock expects '
