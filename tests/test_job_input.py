@@ -33,17 +33,18 @@ def test_workflow_string_that_is_not_json_names_the_field() -> None:
         parse({"workflow": "{nope"})
 
 
-def test_ui_format_workflow_is_refused_with_the_export_hint() -> None:
-    with pytest.raises(JobInputInvalid, match="UI format") as err:
-        parse({"workflow": {"nodes": [], "links": [], "version": 0.4}})
-    assert "Export (API)" in (err.value.hint or "")
+def test_a_ui_format_workflow_is_kept_for_conversion_with_the_node_definitions() -> None:
+    ui = {"nodes": [{"id": 1, "type": "EmptyImage", "widgets_values": [8, 8, 1, 0]}],
+          "links": [], "version": 0.4}
+    assert parse({"workflow": ui}).workflow == ui
+    assert parse({"workflow": json.dumps(ui)}).workflow == ui
 
 
 @pytest.mark.parametrize("raw, fragment", [
     ({}, '"workflow" is missing'),
     ({"workflow": []}, "expected an object"),
-    ({"workflow": {}}, "is empty"),
-    ({"workflow": {"1": {"inputs": {}}}}, 'node "1" has no "class_type"'),
+    ({"workflow": {}}, "is an empty object"),
+    ({"workflow": {"1": {"inputs": {}}}}, 'field "class_type" is missing'),
     ({"workflow": {"1": {"class_type": "X", "inputs": [1]}}}, '"inputs" is array'),
 ])
 def test_malformed_workflow_is_named(raw: dict, fragment: str) -> None:

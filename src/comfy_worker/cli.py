@@ -44,6 +44,14 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     _setting_flag(g, "--jobs", "files downloaded at once (default 4)", metavar="N")
 
 
+def _add_serving_model_options(p: argparse.ArgumentParser) -> None:
+    _add_model_options(p)
+    g = p.add_argument_group("models on demand")
+    _setting_flag(g, "--sync-mode", "on-demand (default): ready when ComfyUI is up, a job "
+                  "waits only for its own models; all: ready once every locked model is "
+                  "present", metavar="MODE")
+
+
 def _add_comfy_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("ComfyUI")
     _setting_flag(g, "--comfyui-dir", "ComfyUI checkout with main.py", metavar="DIR")
@@ -71,6 +79,19 @@ def build_parser() -> argparse.ArgumentParser:
                      "loras/style.safetensors")
     add.add_argument("--lock", type=Path, help="lock file to edit (created if missing)")
     add.add_argument("--replace", action="store_true", help="re-pin an already locked path")
+    from_wf = lock_sub.add_parser(
+        "from-workflow", help="pin every model a workflow declares into the lock",
+        description="Add to the lock every model FILE declares (the editor's templates "
+        "list them on loader nodes: properties.models). A huggingface.co resolve URL is "
+        "pinned to its commit with the Hub's sha256 and size (no download); any other URL "
+        "is hashed by one streamed download. Model names the workflow uses that nobody "
+        "declares are listed as needing a source (exit 1).")
+    from_wf.add_argument("file", type=Path, help="workflow JSON (UI or API format), job "
+                         "input, or a PNG/WEBP ComfyUI saved")
+    from_wf.add_argument("--lock", type=Path, help="lock file to edit (created if missing)")
+    from_wf.add_argument("--dry-run", action="store_true",
+                         help="resolve and print the entries, write nothing")
+    from_wf.add_argument("--json", action="store_true", help="machine-readable summary")
     verify = lock_sub.add_parser("verify", help="check files in DIR against the lock")
     verify.add_argument("dir", type=Path, help="a models root (holding checkpoints/, ...)")
     verify.add_argument("--lock", type=Path, help="lock file")
@@ -79,34 +100,48 @@ def build_parser() -> argparse.ArgumentParser:
                         "of a full sha256")
     verify.add_argument("--json", action="store_true", help="machine-readable result")
 
+    wf = sub.add_parser("workflow", help="work with workflow files")
+    wf_sub = wf.add_subparsers(dest="workflow_command", required=True, metavar="ACTION")
+    convert = wf_sub.add_parser(
+        "convert", help="print the API prompt of a UI-format workflow (or a PNG/WEBP)",
+        description="Convert FILE (the editor's Save format, API format, or a PNG/WEBP "
+        "ComfyUI saved) to the API prompt ComfyUI's editor would queue. Without "
+        "--object-info, ComfyUI is started (as `run` does) to read its node definitions.")
+    convert.add_argument("file", type=Path, help="workflow JSON, PNG or WEBP")
+    convert.add_argument("--object-info", dest="object_info", metavar="FILE|URL",
+                         help="saved /object_info JSON, or a running ComfyUI's URL")
+    convert.add_argument("--out", type=Path, help="write the prompt here (default: stdout)")
+    _add_comfy_options(convert)
+
     sync = sub.add_parser("sync", help="make every locked model present and verified")
     _add_model_options(sync)
     sync.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
 
     run = sub.add_parser("run", help="run one workflow locally and write its outputs")
-    run.add_argument("workflow", type=Path, help="workflow in ComfyUI API format (JSON), or "
-                     "a job input {\"workflow\": ..., \"images\": [...]}")
+    run.add_argument("workflow", type=Path, help="workflow JSON (API or UI format), a job "
+                     "input {\"workflow\": ..., \"images\": [...]}, or a PNG/WEBP "
+                     "ComfyUI saved")
     run.add_argument("--images", nargs="*", type=Path, default=[],
                      help="input images to upload (referenced by file name)")
     run.add_argument("--out", type=Path, required=True, help="directory for the outputs")
     run.add_argument("--timeout", type=float, help="seconds for the job")
-    _add_model_options(run)
+    _add_serving_model_options(run)
     _add_comfy_options(run)
 
     runpod = sub.add_parser("runpod", help="serve as a RunPod serverless worker "
                             "(runpod SDK flags such as --test_input pass through)")
-    _add_model_options(runpod)
+    _add_serving_model_options(runpod)
     _add_comfy_options(runpod)
 
     serve = sub.add_parser("serve", help="serve the local HTTP API")
     g = serve.add_argument_group("HTTP API")
     _setting_flag(g, "--host", "bind address (default 0.0.0.0)", metavar="ADDR")
     _setting_flag(g, "--port", "port (default 8000)", metavar="PORT")
-    _add_model_options(serve)
+    _add_serving_model_options(serve)
     _add_comfy_options(serve)
 
     vast = sub.add_parser("vast", help="serve as a Vast.ai serverless PyWorker")
-    _add_model_options(vast)
+    _add_serving_model_options(vast)
     _add_comfy_options(vast)
     return parser
 
@@ -124,6 +159,15 @@ def _setup_logging(verbosity: int) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def _handler_name(args: argparse.Namespace) -> str:
+    """The function of ``comfy_worker.commands.<command>`` that runs the command."""
+    if args.command == "lock":
+        return "lock_" + args.lock_command.replace("-", "_")
+    if args.command == "workflow":
+        return str(args.workflow_command)
+    return "main"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -133,12 +177,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         args = parser.parse_args(argv)
     _setup_logging(args.verbose)
-    name = args.command if args.command != "lock" else f"lock_{args.lock_command}"
-    module_name = "lock" if args.command == "lock" else args.command
     try:
         settings = settings_from_args(args)
-        module = importlib.import_module(f"comfy_worker.commands.{module_name}")
-        handler = getattr(module, "main" if args.command != "lock" else name)
+        module = importlib.import_module(f"comfy_worker.commands.{args.command}")
+        handler = getattr(module, _handler_name(args))
         return int(handler(args, settings) or 0)
     except ConfigError as exc:
         print(f"comfy-worker: configuration error: {exc}", file=sys.stderr)

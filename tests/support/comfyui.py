@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from comfy_worker.comfy.client import ComfyClient
 from comfy_worker.comfy.process import ComfyProcess, LaunchConfig
@@ -89,10 +90,12 @@ def run_prompt(comfy: RunningComfy, prompt: dict[str, Any],
     """Queue ``prompt`` and wait for its history entry (its outputs)."""
     client = ComfyClient(comfy.url)
     try:
-        extra = {"extra_pnginfo": extra_pnginfo} if extra_pnginfo else None
-        resp = client.queue_prompt(prompt, uuid.uuid4().hex, extra)
-        assert resp.status == 200, resp.body
-        prompt_id = resp.body["prompt_id"]
+        body: dict[str, Any] = {"prompt": prompt, "client_id": uuid.uuid4().hex}
+        if extra_pnginfo:  # what the editor sends, so the PNG embeds the UI workflow
+            body["extra_data"] = {"extra_pnginfo": extra_pnginfo}
+        resp = requests.post(f"{comfy.url}/prompt", json=body, timeout=60)
+        assert resp.status_code == 200, resp.text
+        prompt_id = resp.json()["prompt_id"]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             entry = client.history(prompt_id).get(prompt_id)

@@ -1,4 +1,4 @@
-"""``comfy-worker lock add`` and ``comfy-worker lock verify``."""
+"""``comfy-worker lock add``, ``lock from-workflow`` and ``lock verify``."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,64 @@ def lock_add(args: argparse.Namespace, settings: Settings) -> int:
     print(f"locked {entry.path}: {entry.source.describe()} sha256 {entry.sha256} "
           f"{entry.size} bytes -> {lock_file}")
     return 0
+
+
+def lock_from_workflow(args: argparse.Namespace, settings: Settings) -> int:
+    """Add every model FILE declares to the lock (resolved like ``lock add``), written
+    atomically at the end; list the model names nobody declares. Exit 1 when some need
+    a source."""
+    from comfy_worker.commands.workflow import read_workflow_file
+    from comfy_worker.resolve import resolve
+    from comfy_worker.workflow.lock_plan import plan_lock
+
+    lock_file = Path(args.lock) if args.lock else settings.lock_path
+    lock = load_lock(lock_file) if lock_file.exists() else Lockfile()
+    doc = _ui_document(read_workflow_file(Path(args.file)))
+    plan = plan_lock(doc, lock)
+    grown = replace(lock, extra_folders=(*lock.extra_folders, *plan.new_folders))
+    added = []
+    for i, wanted in enumerate(plan.to_resolve, 1):
+        log.info("[%d/%d] resolving %s (%s)", i, len(plan.to_resolve), wanted.path,
+                 wanted.source)
+        entry = resolve(wanted.source, wanted.path, settings)
+        grown = grown.with_entry(entry)
+        added.append(entry)
+    if added and not args.dry_run:
+        write_lock(grown, lock_file)
+    _report(args, lock_file, added, plan)
+    return 1 if plan.needs_source else 0
+
+
+def _ui_document(doc: dict[str, Any]) -> dict[str, Any]:
+    """The workflow itself from a job input or RunPod request wrapped around it."""
+    inner = doc.get("input", doc) if isinstance(doc.get("input"), dict) else doc
+    workflow = inner.get("workflow")
+    return workflow if isinstance(workflow, dict) else inner
+
+
+def _report(args: argparse.Namespace, lock_file: Path, added: list[Any], plan: Any) -> None:
+    if args.json:
+        print(json.dumps({"lock": str(lock_file), "written": bool(added) and not args.dry_run,
+                          "added": [e.to_json() for e in added],
+                          "already_locked": list(plan.already_locked),
+                          "extra_folders": list(plan.new_folders),
+                          "needs_source": [u.to_json() for u in plan.needs_source]},
+                         indent=2))
+        return
+    verb = "would lock" if args.dry_run else "locked"
+    for entry in added:
+        print(f"{verb} {entry.path}: {entry.source.describe()} sha256 {entry.sha256} "
+              f"{entry.size} bytes")
+    for path in plan.already_locked:
+        print(f"already locked {path}")
+    for folder in plan.new_folders:
+        print(f"extra folder {folder}")
+    for item in plan.needs_source:
+        print(f"needs a source: {item.name} (node {item.node_id}); pin it with "
+              f"`comfy-worker lock add SOURCE --path FOLDER/{item.name}`")
+    where = "" if args.dry_run or not added else f" -> {lock_file}"
+    print(f"{len(added)} added, {len(plan.already_locked)} already locked, "
+          f"{len(plan.needs_source)} need a source{where}")
 
 
 def lock_verify(args: argparse.Namespace, settings: Settings) -> int:

@@ -2,8 +2,9 @@
 
 Syncs models and boots ComfyUI (concurrently), runs the workflow, writes its images and
 videos into ``--out`` and exits 0; on failure prints the error and its details and
-exits 1. ``WORKFLOW.json`` is an API-format workflow, a job input
-(``{"workflow": ..., "images": [...]}``) or a RunPod request (``{"input": {...}}``).
+exits 1. ``WORKFLOW`` is a workflow (API or the editor's UI format), a job input
+(``{"workflow": ..., "images": [...]}``), a RunPod request (``{"input": {...}}``), or a
+PNG/WEBP that ComfyUI saved (its embedded prompt, else its workflow).
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from comfy_worker.commands.workflow import read_workflow_file
 from comfy_worker.config import Settings
 from comfy_worker.errors import JobInputInvalid, WorkerError
 from comfy_worker.job import JobResult, NodeProgress
+from comfy_worker.sync.store import WaitProgress
+from comfy_worker.worker import ReadaheadProgress
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +51,10 @@ def build_job_input(document: Any, images: list[Path], timeout: float | None) ->
     return job_input
 
 
-def _log_progress(update: NodeProgress) -> None:
+def _log_progress(update: NodeProgress | WaitProgress | ReadaheadProgress) -> None:
+    if not isinstance(update, NodeProgress):
+        log.info("%s", json.dumps(update.to_json()))
+        return
     step = f" {update.step:g}/{update.max:g}" if update.max and update.step is not None else ""
     log.info("progress %5.1f%%  node %s (%s)%s", update.percent, update.node,
              update.class_type, step)
@@ -78,14 +85,7 @@ def report_failure(err: WorkerError) -> None:
 def main(args: argparse.Namespace, settings: Settings) -> int:
     from comfy_worker.worker import Worker
 
-    try:
-        document = json.loads(Path(args.workflow).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise JobInputInvalid(f"workflow file {str(args.workflow)!r}: {exc.strerror}",
-                              hint="pass an API-format workflow JSON file") from None
-    except ValueError as exc:
-        raise JobInputInvalid(f"workflow file {str(args.workflow)!r} is not JSON: {exc}",
-                              hint="export the workflow with \"Export (API)\"") from None
+    document = read_workflow_file(Path(args.workflow))
     job_input = build_job_input(document, list(args.images or []), args.timeout)
 
     with Worker(settings) as worker:

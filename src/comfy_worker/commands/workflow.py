@@ -92,6 +92,29 @@ def object_info_from(source: str) -> Mapping[str, Any]:
     return info
 
 
+def started_comfyui_object_info(settings: Settings) -> Mapping[str, Any]:
+    """Start ComfyUI as ``run`` does (COMFYUI_DIR, COMFYUI_PYTHON, ...), read its
+    ``/object_info``, stop it."""
+    import tempfile
+
+    from comfy_worker.comfy.client import ComfyClient
+    from comfy_worker.comfy.process import ComfyProcess
+    from comfy_worker.worker import launch_config
+
+    with tempfile.TemporaryDirectory(prefix="comfy-worker-convert-") as work:
+        log.info("starting ComfyUI to read its node definitions (or pass --object-info)")
+        proc = ComfyProcess(launch_config(settings, Path(work)))
+        proc.start()
+        try:
+            client = ComfyClient(proc.base_url)
+            try:
+                return client.object_info()
+            finally:
+                client.close()
+        finally:
+            proc.stop()
+
+
 def convert(args: argparse.Namespace, settings: Settings, *,
             object_info_provider: ObjectInfoProvider | None = None) -> int:
     """``workflow convert``: FILE → API prompt on stdout or in ``--out``.
@@ -102,12 +125,12 @@ def convert(args: argparse.Namespace, settings: Settings, *,
     """
     doc = read_workflow_file(Path(args.file))
     source = getattr(args, "object_info", None)
-    provider: ObjectInfoProvider | None
+    provider: ObjectInfoProvider
     if source:
         def provider() -> Mapping[str, Any]:
             return object_info_from(str(source))
     else:
-        provider = object_info_provider
+        provider = object_info_provider or (lambda: started_comfyui_object_info(settings))
     prompt = api_prompt_from(doc, provider)
     text = json.dumps(prompt, indent=2, ensure_ascii=False) + "\n"
     out = getattr(args, "out", None)

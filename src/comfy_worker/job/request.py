@@ -3,7 +3,7 @@
 The job input is the one of runpod-workers/worker-comfyui, so its users switch without
 changes::
 
-    {"workflow": {...API format...} | "<the same as a JSON string>",
+    {"workflow": {...API or UI format...} | "<the same as a JSON string>",
      "images": [{"name": "in.png", "image": "<base64, data: URI prefix allowed>"},
                 {"name": "b.png", "url": "https://host/b.png"}],     # or by URL
      "timeout": 120,                                    # optional, seconds
@@ -29,6 +29,8 @@ from urllib.parse import urlsplit, urlunsplit
 from comfy_worker.errors import JobInputInvalid, LockfileError
 from comfy_worker.jsontypes import json_type_name
 from comfy_worker.lockfile import KNOWN_FOLDERS, LockEntry, parse_entries
+from comfy_worker.workflow.convert import is_ui_workflow
+from comfy_worker.workflow.load import parse_workflow_json, validate_api_prompt
 
 
 @dataclass(frozen=True)
@@ -88,37 +90,20 @@ def decode_base64_image(value: object, *, where: str) -> bytes:
 
 
 def parse_workflow(raw: object) -> dict[str, Any]:
-    """An API-format workflow (or the same as a JSON string), validated for shape."""
-    if isinstance(raw, str):
-        try:
-            raw = json.loads(raw)
-        except ValueError as exc:
-            raise JobInputInvalid(f'field "workflow" is a string but not valid JSON: {exc}',
-                                  hint="send the workflow as a JSON object") from None
-    if raw is None:
+    """A workflow in API format, or in the editor's UI format (converted later, once the
+    node definitions are at hand: :func:`comfy_worker.workflow.is_ui_workflow`), either as
+    an object or as a JSON string; validated for shape."""
+    doc = parse_workflow_json(raw)
+    if doc is None:
         raise JobInputInvalid('field "workflow" is missing',
-                              hint='send {"input": {"workflow": {...API format...}}}')
-    if not isinstance(raw, dict):
-        raise JobInputInvalid(f'field "workflow" is {json_type_name(raw)}, expected an '
-                              "object", hint="send the workflow in ComfyUI's API format")
-    if "nodes" in raw and "links" in raw:
-        raise JobInputInvalid(
-            'field "workflow" is in ComfyUI\'s UI format (it has "nodes" and "links")',
-            hint='export it with "Export (API)" in ComfyUI (Workflow menu) and send that',
-        )
-    if not raw:
-        raise JobInputInvalid('field "workflow" is empty', hint="send at least one node")
-    for node_id, node in raw.items():
-        if not isinstance(node, dict) or not isinstance(node.get("class_type"), str):
-            raise JobInputInvalid(
-                f'workflow node "{node_id}" has no "class_type"',
-                hint='each node is {"class_type": "...", "inputs": {...}} (API format)',
-            )
-        if "inputs" in node and not isinstance(node["inputs"], dict):
-            raise JobInputInvalid(f'workflow node "{node_id}": field "inputs" is '
-                                  f'{json_type_name(node["inputs"])}, expected an object',
-                                  hint='"inputs" maps input names to values or links')
-    return raw
+                              hint='send {"input": {"workflow": {...}}} (API or UI format)')
+    if not isinstance(doc, dict):
+        raise JobInputInvalid(f'field "workflow" is {json_type_name(doc)}, expected an '
+                              "object", hint="send the workflow JSON (API format, or the "
+                              "editor's Save format)")
+    if is_ui_workflow(doc):
+        return doc
+    return validate_api_prompt(doc)
 
 
 def parse_images(raw: object) -> tuple[InputImage, ...]:

@@ -106,6 +106,11 @@ class JobRunner:
             self._info = conn.object_info()
         return self._info
 
+    def object_info(self) -> dict[str, Any]:
+        """The running ComfyUI's node definitions (read once per ComfyUI process)."""
+        with self._lock:
+            return self._object_info(self._connection())
+
     def warm_up(self) -> None:
         """Connect and read ``/object_info`` now (it takes a while), so the first job
         does not pay for it."""
