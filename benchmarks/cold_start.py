@@ -7,7 +7,9 @@ Side by side in one run, ``--rounds`` times, interleaved:
   into an empty models folder;
 * boot alone: ComfyUI (CPU) started until ``/system_stats`` answers and
   ``/object_info`` is read (what the Worker's boot does before it is ready);
-* worker: ``Worker.start()`` doing both at once, into another empty models folder.
+* worker: ``Worker.start()`` doing both at once, into another empty models folder, in
+  ``all`` sync mode (ready once every locked file is there; the default ``on-demand``
+  mode is ready at boot: benchmarks/models_on_demand.py measures that).
 
 Target: worker <= 1.15 x max(sync, boot) (medians). Run:
 ``python benchmarks/cold_start.py [--rounds 3] [--size-mb 40] [--mbps 8]``.
@@ -65,7 +67,7 @@ def main() -> int:
                 {"HF_ENDPOINT": hub.endpoint}, lock_path=lock_path,
                 models_dir=work / tag / "models", work_dir=work / tag / "work",
                 comfyui_dir=comfyui_dir, comfyui_python=python, comfyui_cpu=True,
-                comfyui_extra_args=FAST_BOOT_ARGS)
+                comfyui_extra_args=FAST_BOOT_ARGS, sync_mode="all")
 
         for r in range(args.rounds):
             tag = f"r{r}"

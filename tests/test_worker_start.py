@@ -67,11 +67,51 @@ def write_lock(path: Path, hub: HFServer, data: bytes, *, sha256: str | None = N
         "sha256": sha256 or hashlib.sha256(data).hexdigest(), "size": len(data)}]}))
 
 
-def settings(tmp_path: Path, hub: HFServer, comfyui_dir: Path | None) -> Settings:
+def settings(tmp_path: Path, hub: HFServer, comfyui_dir: Path | None,
+             sync_mode: str = "all") -> Settings:
     return load_settings({"HF_ENDPOINT": hub.endpoint}, lock_path=tmp_path / "lock.json",
                          models_dir=tmp_path / "models", work_dir=tmp_path / "work",
                          comfyui_dir=comfyui_dir, comfyui_python=sys.executable,
-                         comfyui_cpu=True, boot_timeout=30.0)
+                         comfyui_cpu=True, boot_timeout=30.0, sync_mode=sync_mode)
+
+
+def test_on_demand_the_worker_is_ready_at_boot_and_syncs_in_the_background(
+        tmp_path: Path) -> None:
+    data = safetensors_bytes(1_000_000)  # 4 MB at 1 MB/s: still syncing when ComfyUI is up
+    with HFServer(total_bps=1_000_000) as hub:
+        write_lock(tmp_path / "lock.json", hub, data)
+        worker = Worker(settings(tmp_path, hub, stand_in_comfyui(tmp_path), "on-demand"))
+        try:
+            worker.start()
+            state = worker.readiness()
+            assert state.ready
+            assert state.sync is not None and state.sync["files_total"] == 1
+            assert state.sync["files_done"] == 0, "ready only after the sync: not on demand"
+            assert state.to_json()["sync"]["bytes_total"] == len(data)
+            deadline = time.monotonic() + 30
+            while worker.readiness().sync["files_done"] < 1:  # type: ignore[index]
+                assert time.monotonic() < deadline, worker.readiness()
+                time.sleep(0.1)
+            assert (tmp_path / "models" / "checkpoints" / "m.safetensors").read_bytes() == data
+        finally:
+            worker.stop()
+
+
+def test_on_demand_a_background_failure_leaves_the_worker_ready(tmp_path: Path) -> None:
+    with HFServer() as hub:
+        write_lock(tmp_path / "lock.json", hub, safetensors_bytes(1000), sha256="0" * 64)
+        worker = Worker(settings(tmp_path, hub, stand_in_comfyui(tmp_path), "on-demand"))
+        try:
+            worker.start()
+            deadline = time.monotonic() + 30
+            while not worker.readiness().sync["failed"]:  # type: ignore[index]
+                assert time.monotonic() < deadline, worker.readiness()
+                time.sleep(0.1)
+            state = worker.readiness()
+            assert state.ready
+            assert state.sync["failed"][0]["reference"] == "model-hash-mismatch"  # type: ignore[index]
+        finally:
+            worker.stop()
 
 
 def test_comfyui_boots_while_the_models_are_still_syncing(tmp_path: Path) -> None:

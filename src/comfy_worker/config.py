@@ -178,6 +178,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(P + "RETRIES", "retries", integer(0)),
     Setting(P + "STALL_TIMEOUT", "stall_timeout", number(1.0)),
     Setting(P + "FAST_VERIFY", "fast_verify", boolean),
+    Setting(P + "SYNC_MODE", "sync_mode", choice("on-demand", "all"), "--sync-mode"),
+    Setting(P + "PREFETCH", "prefetch", boolean),
+    Setting(P + "MODEL_WAIT_TIMEOUT", "model_wait_timeout", number(1.0)),
+    Setting(P + "MODEL_CACHE_BYTES", "model_cache_bytes", byte_size),
+    Setting(P + "READAHEAD", "readahead", boolean),
+    Setting(P + "READAHEAD_MEMORY", "readahead_memory", fraction),
     Setting("HF_ENDPOINT", "hf_endpoint", endpoint),
     Setting("HF_TOKEN", "hf_token", secret),
     # ComfyUI: launch -> ready
@@ -239,6 +245,24 @@ class Settings:
     fast_verify: bool = False
     """On the warm path, trust size + safetensors header instead of a full sha256 for
     files seen before (never for new downloads)."""
+    sync_mode: str = "on-demand"
+    """``on-demand``: ready when ComfyUI is up; a job waits only for the models it uses,
+    fetched first; the rest of the lock downloads in the background. ``all``: ready only
+    once every locked model is present and verified."""
+    prefetch: bool = True
+    """On demand: download the rest of the lock in the background (lowest priority);
+    False downloads only what jobs ask for."""
+    model_wait_timeout: float = 1800.0
+    """Seconds a job may wait for its models (not counted in its execution timeout)."""
+    model_cache_bytes: int = 10 * 2**30
+    """Bytes of models that jobs bring (``input.models``) kept on disk; least recently
+    used first out, never a locked file, never one a running job uses."""
+    readahead: bool = True
+    """Read a job's model files into the page cache with large parallel reads before its
+    prompt is queued (and the volume's locked files while ComfyUI boots), so ComfyUI's
+    small reads hit memory instead of a slow network volume."""
+    readahead_memory: float = 0.5
+    """At most this fraction of available memory is filled by read-ahead."""
     hf_endpoint: str = DEFAULT_HF_ENDPOINT
     """Hugging Face endpoint (a mirror, or a test server)."""
     hf_token: Secret | None = None

@@ -9,6 +9,7 @@ a composed string).
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,8 @@ class Readiness:
     """What a person reads: ``ready``, ``syncing models``, ``start-up failed: ...``."""
     error: WorkerError | None = None
     """For FAILED: the error that stopped the worker."""
+    sync: Mapping[str, Any] | None = None
+    """The background model sync (files and bytes done/total), when one runs."""
 
     @property
     def ready(self) -> bool:
@@ -49,4 +52,7 @@ class Readiness:
         return cls(Phase.FAILED, "start-up failed: " + " ".join(str(error).split()), error)
 
     def to_json(self) -> dict[str, Any]:
-        return {"ready": self.ready, "phase": self.phase.value, "reason": self.reason}
+        out = {"ready": self.ready, "phase": self.phase.value, "reason": self.reason}
+        if self.sync is not None:
+            out["sync"] = dict(self.sync)
+        return out

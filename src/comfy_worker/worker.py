@@ -1,23 +1,30 @@
-"""The worker: model sync and ComfyUI boot at the same time, then one job at a time.
+"""The worker: ComfyUI boot and model sync at the same time, then one job at a time.
 
 ComfyUI is launched with an ``extra_model_paths.yaml`` computed from the settings and
 the lock alone (:func:`comfy_worker.sync.prepare_model_paths`), so it can boot while the
-models are still being synced; ComfyUI sees files that appear later without a restart. The worker is
-ready when both are done. Its state is one :class:`~comfy_worker.readiness.Readiness`
-value that every entrypoint reads.
+models are still being synced; ComfyUI sees files that appear later without a restart.
+
+Two sync modes (``COMFY_WORKER_SYNC_MODE``): ``on-demand`` (default) is ready when
+ComfyUI is up; each job waits only for the models it uses (the locked ones its
+workflow names, and the ones it brings), which the model store fetches first, while the
+rest of the lock downloads in the background. ``all`` is ready only when every locked
+file is present and verified. The worker's state is one
+:class:`~comfy_worker.readiness.Readiness` value that every entrypoint reads.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from comfy_worker import sync as model_sync
 from comfy_worker.comfy.process import ComfyProcess, LaunchConfig, State, gpu_present
@@ -35,13 +42,35 @@ from comfy_worker.job import JobRequest, JobResult, JobRunner, NodeProgress, par
 from comfy_worker.job.connection import comfy_connections
 from comfy_worker.job.delivery import LazyDelivery
 from comfy_worker.job.inputs import fetch_url_images, read_job_file, unwrap_request
+from comfy_worker.job.models import needed_entries, request_models
 from comfy_worker.job.preflight import Available
-from comfy_worker.lockfile import Lockfile, load_lock
+from comfy_worker.lockfile import Lockfile, allowed_folders, load_lock
+from comfy_worker.readahead import memory_budget_now, read_ahead
 from comfy_worker.readiness import Phase, Readiness
+from comfy_worker.sync import check as sync_check
+from comfy_worker.sync.paths import STATE_DIR
+from comfy_worker.sync.store import Claim, ModelStore, WaitProgress
+from comfy_worker.workflow.convert import is_ui_workflow, ui_to_api
 
 log = logging.getLogger(__name__)
 
-ProgressFn = Callable[[NodeProgress], None]
+@dataclass(frozen=True)
+class ReadaheadProgress:
+    """A job's model files being read into memory before its prompt is queued."""
+
+    bytes_done: int
+    bytes_total: int
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        rate = self.bytes_done / self.seconds / 1e6 if self.seconds > 0 else 0.0
+        return {"stage": "readahead", "bytes_done": self.bytes_done,
+                "bytes_total": self.bytes_total, "mb_per_s": round(rate, 1)}
+
+
+ProgressFn = Callable[[NodeProgress | WaitProgress | ReadaheadProgress], None]
+"""Receives what a job is doing: waiting for its models, or running its nodes; each
+update has ``to_json()`` (``"stage": "models"`` or ``"running"``)."""
 
 
 class Worker:
@@ -52,6 +81,8 @@ class Worker:
             Path(tempfile.mkdtemp(prefix="comfy-worker-"))
         self.comfy: ComfyProcess | None = None
         self.paths: model_sync.ModelPaths | None = None
+        self.lock = Lockfile()
+        self.store: ModelStore | None = None
         self.runner: JobRunner | None = None
         self.timings: dict[str, float] = {}
         """``sync_s``, ``boot_s`` and ``ready_s`` (both done) of :meth:`start`."""
@@ -59,6 +90,8 @@ class Worker:
         self._state = Readiness(Phase.STARTING, "not started")
         self._started = threading.Event()
         self._warmup_input: object = None
+        self._startup_readahead = threading.Event()
+        """Set to stop the start-up read-ahead (a job reads its own files first)."""
         self._generation = 0
         self._jobs_done = 0
         """Jobs run on ComfyUI generation ``_generation`` (for the recycle rules)."""
@@ -73,19 +106,6 @@ class Worker:
             return Lockfile()
         return load_lock(path)
 
-    def _launch_config(self, extra_model_paths: Path) -> LaunchConfig:
-        s = self.settings
-        if s.comfyui_dir is None:
-            raise ComfyStartError("COMFYUI_DIR is not set",
-                                  hint="set COMFYUI_DIR (or --comfyui-dir) to a ComfyUI "
-                                  "checkout; scripts/setup_comfyui.sh makes one")
-        cpu = s.comfyui_cpu if s.comfyui_cpu is not None else not gpu_present()
-        return LaunchConfig(
-            comfyui_dir=Path(s.comfyui_dir), python=s.comfyui_python,
-            work_dir=self.work_dir / "comfyui", extra_model_paths=extra_model_paths,
-            cpu=cpu, extra_args=tuple(s.comfyui_extra_args), boot_timeout=s.boot_timeout,
-        )
-
     def _prepare(self) -> Lockfile:
         if self.settings.warmup is not None:  # a bad file fails start-up before the boot
             self._warmup_input = unwrap_request(
@@ -93,7 +113,12 @@ class Worker:
         lock = self._load_lock()
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.paths = model_sync.prepare_model_paths(self.settings, lock, folder_markers=True)
-        self.comfy = ComfyProcess(self._launch_config(self.paths.extra_model_paths))
+        self.lock = lock
+        self.store = ModelStore(self.settings, lock, self.paths,
+                                prefetch=self.settings.prefetch,
+                                cache_bytes=self.settings.model_cache_bytes)
+        self.comfy = ComfyProcess(launch_config(self.settings, self.work_dir / "comfyui",
+                                                self.paths.extra_model_paths))
         connect = comfy_connections(self.comfy, uuid.uuid4().hex,
                                     ready_timeout=self.settings.boot_timeout)
         self.runner = JobRunner(connect, LazyDelivery(self.settings),
@@ -108,9 +133,14 @@ class Worker:
         """
         t0 = time.perf_counter()
         try:
-            lock = self._prepare()
-            self._run_concurrently(t0, {"sync": lambda: self._sync(lock),
-                                        "boot": self._boot})
+            self._prepare()
+            assert self.store is not None
+            if self.settings.sync_mode == "all":
+                self._run_concurrently(t0, {"sync": self.store.wait_all, "boot": self._boot})
+            else:
+                self.store.start()  # the whole lock, in the background, lowest priority
+                self._start_readahead()
+                self._run_concurrently(t0, {"boot": self._boot})
             self._warm_up()
         except BaseException as exc:
             if self.comfy is not None:
@@ -125,13 +155,27 @@ class Worker:
         self._set(Readiness(Phase.READY, "ready"))
         self._started.set()
 
-    def _sync(self, lock: Lockfile) -> None:
-        model_sync.sync_models(self.settings, lock=lock, paths=self.paths)
-
     def _boot(self) -> None:
         assert self.comfy is not None and self.runner is not None
         self.comfy.start()
         self.runner.warm_up()
+
+    def _start_readahead(self) -> None:
+        """While ComfyUI boots, read the volume's verified locked files into the page cache
+        in lock order, within the memory budget. Stops when the first job reads its own."""
+        volume = self.paths.roots[0] if self.paths and self.settings.volume else None
+        if not self.settings.readahead or volume is None:
+            return
+        files = [volume / e.path for e in self.lock.models
+                 if sync_check.trusted(volume / e.path, e, state_dir=self.state_dir)]
+        if not files:
+            return
+        budget = memory_budget_now(self.settings.readahead_memory)
+        log.info("reading ahead %d verified file(s) on the volume while ComfyUI starts",
+                 len(files))
+        threading.Thread(target=read_ahead, args=(files,), name="readahead-startup",
+                         kwargs={"budget_bytes": budget, "cancel": self._startup_readahead},
+                         daemon=True).start()
 
     def _warm_up(self) -> None:
         """Run COMFY_WORKER_WARMUP's job once, so the first real job finds its models
@@ -142,7 +186,8 @@ class Worker:
         t0 = time.perf_counter()
         try:
             request = parse_job_input(self._warmup_input,
-                                      default_timeout=self.settings.job_timeout)
+                                      default_timeout=self.settings.job_timeout,
+                                      folders=allowed_folders(self.lock.extra_folders))
             result = self._run(request, job_id="warmup", progress=None, cancel=None)
         except WorkerError as err:
             raise WarmupFailed(
@@ -194,16 +239,19 @@ class Worker:
         """The worker's state now; after start-up, it follows ComfyUI's supervisor."""
         with self._lock:
             state = self._state
+        if self.store is not None and self.settings.sync_mode == "on-demand":
+            state = replace(state, sync=self.store.status().to_json())
         comfy = self.comfy
         if not state.ready or comfy is None:
             return state
         if comfy.state is State.READY and comfy.alive():
             return state
         if comfy.state is State.STOPPED:
-            return Readiness(Phase.STOPPED, "stopped")
+            return replace(state, phase=Phase.STOPPED, reason="stopped")
         if comfy.state is State.STARTING:
-            return Readiness(Phase.RECOVERING, "restarting ComfyUI")
-        return Readiness(Phase.RECOVERING, f"ComfyUI is down: {comfy.last_error or 'exited'}")
+            return replace(state, phase=Phase.RECOVERING, reason="restarting ComfyUI")
+        return replace(state, phase=Phase.RECOVERING,
+                       reason=f"ComfyUI is down: {comfy.last_error or 'exited'}")
 
     # --- jobs --------------------------------------------------------------------------------
 
@@ -212,7 +260,8 @@ class Worker:
                 cancel: threading.Event | None = None) -> JobResult:
         """One job. Raises a :class:`WorkerError` for any failure (a bug becomes an
         ``InternalError``, logged with its traceback); the worker stays up."""
-        request = parse_job_input(job_input, default_timeout=self.settings.job_timeout)
+        request = parse_job_input(job_input, default_timeout=self.settings.job_timeout,
+                                  folders=allowed_folders(self.lock.extra_folders))
         self._wait_started()
         return self._run(request, job_id=job_id, progress=progress, cancel=cancel)
 
@@ -220,8 +269,10 @@ class Worker:
              cancel: threading.Event | None) -> JobResult:
         assert self.runner is not None
         steps: dict[str, float] = {}
+        claims: list[Claim] = []
         try:
             request = self._before_run(request, steps)
+            self._wait_for_models(request, claims, steps, progress, cancel)
             result = self.runner.run(request, job_id=job_id, progress=progress, cancel=cancel)
             return result.with_steps_before(steps)
         except WorkerError:
@@ -230,11 +281,67 @@ class Worker:
             log.exception("job %s: internal error", job_id)
             raise as_worker_error(exc) from exc
         finally:
+            for claim in claims:
+                claim.release()
             self._after_job()
 
+    def _wait_for_models(self, request: JobRequest, claims: list[Claim],
+                         steps: dict[str, float], progress: ProgressFn | None,
+                         cancel: threading.Event | None) -> None:
+        """Make the job's models present and verified before its prompt is queued: the
+        locked ones its workflow names and the ones it brings, fetched ahead of anything
+        else. Waiting does not count against the job's ``timeout``."""
+        assert self.store is not None
+        brought = request_models(request.models, self.lock)
+        locked = needed_entries(request.workflow, self.lock.models)
+        locked += tuple(e for e in request.models if e not in brought
+                        and e not in locked)
+        if not locked and not brought:
+            return
+        t0 = time.perf_counter()
+        if locked:
+            claims.append(self.store.ensure(locked))
+        if brought:
+            claims.append(self.store.ensure(brought, requested=True))
+        deadline = time.monotonic() + self.settings.model_wait_timeout
+        files: list[Path] = []
+        for claim in claims:
+            found = claim.wait(timeout=max(0.0, deadline - time.monotonic()), cancel=cancel,
+                               on_progress=progress)
+            files.extend(found.values())
+        steps["models_wait"] = (time.perf_counter() - t0) * 1000
+        self._read_ahead(files, steps, progress, cancel)
+
+    def _read_ahead(self, files: list[Path], steps: dict[str, float],
+                    progress: ProgressFn | None, cancel: threading.Event | None) -> None:
+        """Read the job's verified model files that are not in memory yet with large
+        parallel reads, so ComfyUI's own small reads hit the page cache."""
+        if not self.settings.readahead or not files:
+            return
+        self._startup_readahead.set()  # the job's files go first
+        t0 = time.perf_counter()
+
+        def on_bytes(done: int, total: int) -> None:
+            if progress is not None:
+                progress(ReadaheadProgress(done, total, time.perf_counter() - t0))
+
+        report = read_ahead(files, budget_bytes=memory_budget_now(
+            self.settings.readahead_memory), cancel=cancel, on_progress=on_bytes)
+        steps["readahead"] = (time.perf_counter() - t0) * 1000
+        log.info("read ahead %d file(s), %.1f MB in %.2f s (%d already in memory)",
+                 len(report.files_read), report.bytes_read / 1e6, report.seconds,
+                 len(report.files_resident))
+
     def _before_run(self, request: JobRequest, steps: dict[str, float]) -> JobRequest:
-        """What a job needs before its prompt goes to ComfyUI: its input images fetched
+        """What a job needs before its prompt goes to ComfyUI: a UI-format workflow
+        converted (with the running ComfyUI's node definitions), its input images fetched
         from URLs. Each step's milliseconds go into ``steps`` (the job's timings)."""
+        if is_ui_workflow(request.workflow):
+            assert self.runner is not None
+            t0 = time.perf_counter()
+            request = replace(request, workflow=ui_to_api(request.workflow,
+                                                          self.runner.object_info()))
+            steps["convert_ms"] = (time.perf_counter() - t0) * 1000
         if any(image.url is not None for image in request.images):
             t0 = time.perf_counter()
             images = fetch_url_images(request.images,
@@ -274,7 +381,14 @@ class Worker:
             raise WorkerStartFailed(f"worker failed to start: {state.reason}",
                                     hint="see the worker's log; fix the cause and restart it")
 
+    @property
+    def state_dir(self) -> Path:
+        return Path(os.path.abspath(self.settings.models_dir)) / STATE_DIR
+
     def stop(self) -> None:
+        self._startup_readahead.set()
+        if self.store is not None:  # in-flight downloads stop; complete files are kept
+            self.store.close(cancel=True)
         if self.runner is not None:
             self.runner.close()
         if self.comfy is not None:
@@ -291,6 +405,22 @@ class Worker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def launch_config(settings: Settings, work_dir: Path,
+                  extra_model_paths: Path | None = None) -> LaunchConfig:
+    """How to launch ComfyUI for these settings (COMFYUI_DIR is required)."""
+    s = settings
+    if s.comfyui_dir is None:
+        raise ComfyStartError("COMFYUI_DIR is not set",
+                              hint="set COMFYUI_DIR (or --comfyui-dir) to a ComfyUI "
+                              "checkout; scripts/setup_comfyui.sh makes one")
+    cpu = s.comfyui_cpu if s.comfyui_cpu is not None else not gpu_present()
+    return LaunchConfig(
+        comfyui_dir=Path(s.comfyui_dir), python=s.comfyui_python, work_dir=work_dir,
+        extra_model_paths=extra_model_paths, cpu=cpu, extra_args=tuple(s.comfyui_extra_args),
+        boot_timeout=s.boot_timeout,
+    )
 
 
 def _waiting_for(steps: set[str]) -> str:

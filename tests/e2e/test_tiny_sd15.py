@@ -25,7 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.tiny_sd15 import FILENAME, iter_tiny_sd15_tensors, write_tiny_sd15_checkpoint
+from support.tiny_sd15 import (
+    FILENAME,
+    default_workflow_prompt,
+    iter_tiny_sd15_tensors,
+    write_tiny_sd15_checkpoint,
+)
 
 from comfy_worker.comfy.client import ComfyClient
 from comfy_worker.comfy.events import Event, Executing, ExecutionError, Progress
@@ -39,36 +44,11 @@ pytestmark = pytest.mark.comfyui
 log = logging.getLogger(__name__)
 
 JOB_TIMEOUT_S = 120.0
-POSITIVE = "beautiful scenery nature glass bottle landscape, purple galaxy bottle,"
-NEGATIVE = "text, watermark"
-SEED = 685468484323813
-
 LOAD_PROBLEMS = ("unet missing", "unet unexpected", "clip missing", "Missing VAE keys",
                  "no match", "This is not a checkpoint file", "no CLIP/text encoder")
 """ComfyUI log lines (warning level) that say the checkpoint was not loaded as a whole."""
 LOADED_AS_SD15 = ("model_type EPS", "Requested to load SD1ClipModel", "Requested to load TAESD")
 """ComfyUI 0.3.75's log lines for SD 1.5's UNet, its CLIP-L text encoder and a TAESD VAE."""
-
-
-def default_workflow_prompt(width: int = 64, height: int = 64, steps: int = 2
-                            ) -> dict[str, Any]:
-    """The API-format twin of the templates' ``default.json`` (UI format), with the size
-    and step count a client would set. Node ids are the UI file's."""
-    return {
-        "3": {"class_type": "KSampler",
-              "inputs": {"seed": SEED, "steps": steps, "cfg": 8, "sampler_name": "euler",
-                         "scheduler": "normal", "denoise": 1, "model": ["4", 0],
-                         "positive": ["6", 0], "negative": ["7", 0],
-                         "latent_image": ["5", 0]}},
-        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": FILENAME}},
-        "5": {"class_type": "EmptyLatentImage",
-              "inputs": {"width": width, "height": height, "batch_size": 1}},
-        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": POSITIVE, "clip": ["4", 1]}},
-        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": NEGATIVE, "clip": ["4", 1]}},
-        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
-        "9": {"class_type": "SaveImage",
-              "inputs": {"filename_prefix": "SD1.5", "images": ["8", 0]}},
-    }
 
 
 # UI widget order per node type (the API inputs the UI file's ``widgets_values`` hold);

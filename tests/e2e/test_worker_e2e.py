@@ -67,11 +67,15 @@ def _wait_for(predicate: Any, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def test_worker_is_ready_after_start_with_the_locked_model_synced(worker: Worker,
-                                                                  model_env: Any) -> None:
+def test_worker_is_ready_at_boot_and_the_first_job_fetches_its_locked_model(
+        worker: Worker, model_env: Any) -> None:
     assert worker.readiness().ready and worker.readiness().reason == "ready"
+    assert {"boot_s", "ready_s"} <= set(worker.timings)
+    result = run(worker, {"workflow": upscale_workflow(model_env.model_name, 8, 8)})
+    assert len(_images(result)) == 1
+    assert "models_wait" in result["timings"]
     assert (model_env.models_dir / "upscale_models" / model_env.model_name).is_file()
-    assert {"sync_s", "boot_s", "ready_s"} <= set(worker.timings)
+    assert worker.readiness().to_json()["sync"]["files_done"] == 1
 
 
 def test_batch_of_two_returns_both_images_with_their_node(worker: Worker) -> None:

@@ -52,6 +52,7 @@ import os
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -254,3 +255,29 @@ def write_tiny_sd15_checkpoint(path: Path, seed: int = 0) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+POSITIVE = "beautiful scenery nature glass bottle landscape, purple galaxy bottle,"
+NEGATIVE = "text, watermark"
+SEED = 685468484323813
+
+
+def default_workflow_prompt(width: int = 64, height: int = 64, steps: int = 2
+                            ) -> dict[str, Any]:
+    """The API-format twin of the templates' ``default.json`` (UI format), with the size
+    and step count a client would set. Node ids are the UI file's."""
+    return {
+        "3": {"class_type": "KSampler",
+              "inputs": {"seed": SEED, "steps": steps, "cfg": 8, "sampler_name": "euler",
+                         "scheduler": "normal", "denoise": 1, "model": ["4", 0],
+                         "positive": ["6", 0], "negative": ["7", 0],
+                         "latent_image": ["5", 0]}},
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": FILENAME}},
+        "5": {"class_type": "EmptyLatentImage",
+              "inputs": {"width": width, "height": height, "batch_size": 1}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": POSITIVE, "clip": ["4", 1]}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": NEGATIVE, "clip": ["4", 1]}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+        "9": {"class_type": "SaveImage",
+              "inputs": {"filename_prefix": "SD1.5", "images": ["8", 0]}},
+    }
