@@ -29,6 +29,7 @@ from comfy_worker.workflow.graph import (
     _at,
     all_nodes,
     conversion_error,
+    inner_targets,
     is_valid_connection,
     resolve_link,
 )
@@ -460,16 +461,9 @@ def _copy_promoted(node: Node) -> None:
         slot = next((s for s in node.inputs if s.name == widget.name), None)
         if slot is None:
             continue
-        io = next((s for s in sub.io_inputs if s.name == slot.name), None)
-        if io is None:
-            continue
-        for link_id in io.link_ids:
-            link = sub.link(link_id)
-            if link is None:
-                continue
-            resolved = resolve_link(link, sub)
-            if resolved.input is None or resolved.input_node is None \
-                    or not resolved.input_node.widgets:
+        for resolved in inner_targets(sub, slot.name):
+            assert resolved.input is not None and resolved.input_node is not None
+            if not resolved.input_node.widgets:
                 continue
             marker = resolved.input.widget
             if marker is None or not marker.name:

@@ -309,6 +309,18 @@ def resolve_link(link: Link, graph: Graph) -> ResolvedLink:
                         link=link)
 
 
+def inner_targets(sub: Graph, input_name: str) -> Iterator[ResolvedLink]:
+    """The inner inputs (with their nodes) that the subgraph input ``input_name`` feeds."""
+    io = next((s for s in sub.io_inputs if s.name == input_name), None)
+    for link_id in io.link_ids if io is not None else ():
+        link = sub.link(link_id)
+        if link is None:
+            continue
+        resolved = resolve_link(link, sub)
+        if resolved.input is not None and resolved.input_node is not None:
+            yield resolved
+
+
 def _at(items: list[Any], index: Any, *, wrap: bool) -> Any:
     """``items[index]`` (``wrap``: ``items.at(index)``) for a JSON index value."""
     if isinstance(index, str):
@@ -740,23 +752,15 @@ class Loader:
         assert sub is not None
         node.widgets = []
         for slot in node.inputs:
-            io = next((s for s in sub.io_inputs if s.name == slot.name), None)
-            if io is None:
-                continue
-            for link_id in io.link_ids:
-                link = sub.link(link_id)
-                if link is None:
-                    continue
-                resolved = resolve_link(link, sub)
-                if resolved.input is None or resolved.input_node is None:
-                    continue
+            for resolved in inner_targets(sub, slot.name):
+                assert resolved.input is not None and resolved.input_node is not None
                 inner = resolved.input_node.widget_from_slot(resolved.input)
                 if inner is None:
                     continue
-                node.widgets.append(inner.copy_for(io.name))
+                node.widgets.append(inner.copy_for(slot.name))
                 if slot.widget is None:
-                    slot.widget = WidgetMarker(io.name)
-                slot.widget.name = io.name
+                    slot.widget = WidgetMarker(slot.name)
+                slot.widget.name = slot.name
                 if resolved.input.widget is not None:
                     slot.widget.proto = resolved.input.widget
                 break

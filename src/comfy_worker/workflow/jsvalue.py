@@ -14,6 +14,8 @@ import re
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Final
 
+from comfy_worker.jsontypes import json_type_name
+
 MAX_SAFE_INTEGER: Final = 2**53
 
 
@@ -76,20 +78,8 @@ def to_json(value: Any) -> Any:
 
 
 def json_type(value: Any) -> str:
-    """The JSON name of a value's type, for messages (never a Python type name)."""
-    if value is None or value is UNDEFINED:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if is_number(value):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list | tuple):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__
+    """The JSON name of a value's type, for messages (JavaScript's undefined is null)."""
+    return "null" if value is UNDEFINED else json_type_name(value)
 
 
 def is_number(value: Any) -> bool:
