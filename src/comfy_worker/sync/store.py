@@ -452,10 +452,7 @@ class ModelStore:
         with self._cond:
             if self._attach(f):
                 return
-        try:
-            root = self._files.trusted_root(entry)
-        except OSError:
-            root = None
+        root = self._trusted_root(entry)
         if root is not None:
             f.result = self._files.result(entry, root)
             self._found(f.result, requested=f.requested)
@@ -613,16 +610,21 @@ class ModelStore:
 
     # --- the background sync ------------------------------------------------------------
 
+    def _trusted_root(self, entry: LockEntry) -> Path | None:
+        """The root whose copy a record vouches for (no byte read), else None (also when
+        the roots cannot be read: the download path then says why)."""
+        try:
+            return self._files.trusted_root(entry)
+        except OSError:
+            return None
+
     def _check_lock(self) -> None:
         """Look at every locked file once; then, with prefetch, download the missing."""
         missing: list[LockEntry] = []
         for entry in self.lock.models:
             if self._closing:
                 return
-            try:
-                root = self._files.trusted_root(entry)
-            except OSError:
-                root = None
+            root = self._trusted_root(entry)
             if root is not None:
                 self._found(self._files.result(entry, root), requested=False)
             else:
