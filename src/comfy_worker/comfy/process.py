@@ -98,7 +98,7 @@ def build_command(cfg: LaunchConfig, port: int, supports: Callable[[str], bool])
     if supports("--user-directory"):
         cmd += ["--user-directory", str(cfg.user_dir)]
     if supports("--database-url"):
-        cmd += ["--database-url", "sqlite:///:memory:"]
+        cmd += ["--database-url", f"sqlite:///{cfg.work_dir / 'comfyui.db'}"]
     if cfg.extra_model_paths is not None:
         cmd += ["--extra-model-paths-config", str(cfg.extra_model_paths)]
     if cfg.cpu and "--cpu" not in cfg.extra_args:
