@@ -1,8 +1,8 @@
 """Read-ahead: how much faster is a job whose model sits on a slow network volume?
 
 A read-only FUSE passthrough with ``--latency-ms`` per read request plays the network
-volume (tests/support/slowfs.py, page cache kept across opens, as network volume
-clients do). On it: a verified ~280 MB SD 1.5 checkpoint (random weights, loaded by
+volume (tests/support/slowfs.py, page cache kept across opens and ``--max-background``
+requests served at once, as network volume clients do). On it: a verified ~280 MB SD 1.5 checkpoint (random weights, loaded by
 ComfyUI as SD 1.5). A ready worker (CPU ComfyUI) with that volume; ``--rounds`` times,
 alternating which goes first, each from a cold start of that file: ComfyUI restarted
 (so the checkpoint is loaded again) and the file's pages dropped from the page cache,
@@ -34,6 +34,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--latency-ms", type=float, default=5.0)
+    parser.add_argument("--max-background", type=int, default=64,
+                        help="requests the volume serves at once (FUSE's default is 12; "
+                        "NFS clients allow 128 by default)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -59,7 +62,8 @@ def main() -> int:
     mount.mkdir()
     on_volume = mount / "models" / "checkpoints" / FILENAME
     rows: list[dict[str, float]] = []
-    with slow_volume(backing, mount, args.latency_ms / 1000):
+    with slow_volume(backing, mount, args.latency_ms / 1000,
+                     options=(f"max_background={args.max_background}",)):
         settings = load_settings(
             {}, lock_path=lock, volume=mount, models_dir=work / "local",
             work_dir=work / "work", comfyui_dir=comfyui_dir, comfyui_python=python,
@@ -80,10 +84,13 @@ def main() -> int:
                     evict_file(on_volume)
                     worker.settings = worker.settings.replace(readahead=ahead)
                     t0 = time.perf_counter()
-                    worker.run_job(job)
+                    result = worker.run_job(job)
                     row["with" if ahead else "without"] = time.perf_counter() - t0
+                    if ahead:
+                        row["readahead"] = result.timings.get("readahead", 0.0) / 1000
                 rows.append(row)
-                print(f"round {r + 1}: with read-ahead {row['with']:6.2f} s   without "
+                print(f"round {r + 1}: with read-ahead {row['with']:6.2f} s (reading "
+                      f"{row['readahead']:.2f} s of it)   without "
                       f"{row['without']:6.2f} s   ratio {row['with'] / row['without']:.3f}",
                       flush=True)
     shutil.rmtree(work, ignore_errors=True)

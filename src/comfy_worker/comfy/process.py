@@ -242,8 +242,11 @@ class ComfyProcess:
                                   f"(must be {names})")
 
     def _set_state(self, state: State) -> None:
+        """STOPPED is final: a restart racing with :meth:`stop` cannot leave a process
+        running (its start-up sees STOPPED and terminates it)."""
         with self._cond:
-            self._state = state
+            if self._state is not State.STOPPED:
+                self._state = state
             self._cond.notify_all()
 
     # --- start / readiness ------------------------------------------------------------
