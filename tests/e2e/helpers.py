@@ -106,3 +106,48 @@ def slow_upscale_workflow(model_name: str, prefix: str) -> dict[str, Any]:
     """
     return upscale_workflow(model_name, 2048, 2048, batch=4, prefix=prefix,
                             color=next(_slow_colors))
+
+
+def ui_upscale_workflow(model_name: str, width: int, height: int, prefix: str = "ui",
+                        color: int = 0x808080) -> dict[str, Any]:
+    """:func:`upscale_workflow` in the editor's "Save" format (UI format), as a user saves
+    it: widget values by position, links by id, the image routed through a Reroute, a
+    MarkdownNote beside it, and the loader declaring its model (``properties.models``)."""
+    def node(node_id: int, type_name: str, inputs: list[dict[str, Any]],
+             outputs: list[dict[str, Any]], widgets: list[Any] | None = None,
+             **properties: Any) -> dict[str, Any]:
+        found: dict[str, Any] = {
+            "id": node_id, "type": type_name, "pos": [100 * node_id, 100], "size": [270, 80],
+            "flags": {}, "order": node_id, "mode": 0, "inputs": inputs, "outputs": outputs,
+            "properties": {"Node name for S&R": type_name, **properties}}
+        if widgets is not None:
+            found["widgets_values"] = widgets
+        return found
+
+    return {
+        "id": "8a4b6d2e-1f3c-4e5a-9b7d-0c2e4f6a8b1d", "revision": 0,
+        "last_node_id": 6, "last_link_id": 4,
+        "nodes": [
+            node(1, "EmptyImage", [], [{"name": "IMAGE", "type": "IMAGE", "links": [1]}],
+                 [width, height, 1, color]),
+            node(5, "Reroute", [{"name": "", "type": "*", "link": 1}],
+                 [{"name": "", "type": "IMAGE", "links": [2]}], None,
+                 showOutputText=False, horizontal=False),
+            node(2, "UpscaleModelLoader", [],
+                 [{"name": "UPSCALE_MODEL", "type": "UPSCALE_MODEL", "links": [3]}],
+                 [model_name], models=[{"name": model_name, "directory": "upscale_models",
+                                        "url": f"https://huggingface.co/e2e/compact-upscaler/"
+                                               f"resolve/main/{model_name}"}]),
+            node(3, "ImageUpscaleWithModel",
+                 [{"name": "upscale_model", "type": "UPSCALE_MODEL", "link": 3},
+                  {"name": "image", "type": "IMAGE", "link": 2}],
+                 [{"name": "IMAGE", "type": "IMAGE", "links": [4]}], []),
+            node(4, "SaveImage", [{"name": "images", "type": "IMAGE", "link": 4}], [],
+                 [prefix]),
+            node(6, "MarkdownNote", [], [], ["Upscales a flat image with the locked model."]),
+        ],
+        "links": [[1, 1, 0, 5, 0, "*"], [2, 5, 0, 3, 1, "IMAGE"],
+                  [3, 2, 0, 3, 0, "UPSCALE_MODEL"], [4, 3, 0, 4, 0, "IMAGE"]],
+        "groups": [], "config": {}, "extra": {"ds": {"scale": 1, "offset": [0, 0]}},
+        "version": 0.4,
+    }

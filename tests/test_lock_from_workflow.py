@@ -1,0 +1,278 @@
+"""`comfy-worker lock from-workflow` on the editor's real templates, then `comfy-worker sync`.
+
+Both commands run as real subprocesses against the HF-compatible server on 127.0.0.1
+(``HF_ENDPOINT``), which serves a small file at every repo/revision/path a template's
+``huggingface.co/.../resolve/...`` URLs name. The templates are the committed copies in
+tests/fixtures/workflows (byte for byte the packages'). No template declares a model
+outside ComfyUI's standard folders and civitai.com cannot be reached here, so one
+workflow is edited as a user would: its civitai URL points at a plain URL of the test
+server, and a custom node declaring a model in its own folder ("rembg") is added.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import HFServer, ServedFile, safetensors_bytes
+from support.workflow_cases import template
+
+from comfy_worker.lockfile import load_lock
+
+CLI = [sys.executable, "-m", "comfy_worker.cli"]
+
+QWEN_EDIT = {  # image_qwen_image_edit_2509: 8 declarations on 8 nodes, 4 files
+    "vae/qwen_image_vae.safetensors":
+        ("Comfy-Org/Qwen-Image_ComfyUI", "split_files/vae/qwen_image_vae.safetensors"),
+    "text_encoders/qwen_2.5_vl_7b_fp8_scaled.safetensors":
+        ("Comfy-Org/Qwen-Image_ComfyUI",
+         "split_files/text_encoders/qwen_2.5_vl_7b_fp8_scaled.safetensors"),
+    "diffusion_models/qwen_image_edit_2509_fp8_e4m3fn.safetensors":
+        ("Comfy-Org/Qwen-Image-Edit_ComfyUI",
+         "split_files/diffusion_models/qwen_image_edit_2509_fp8_e4m3fn.safetensors"),
+    "loras/Qwen-Image-Edit-2509-Lightning-4steps-V1.0-bf16.safetensors":
+        ("lightx2v/Qwen-Image-Lightning",
+         "Qwen-Image-Edit-2509/Qwen-Image-Edit-2509-Lightning-4steps-V1.0-bf16.safetensors"),
+}
+FLUX_DEPTH_LORA = {  # flux_depth_lora_example: two of its loaders sit in a subgraph
+    "vae/ae.safetensors":
+        ("Comfy-Org/Lumina_Image_2.0_Repackaged", "split_files/vae/ae.safetensors"),
+    "text_encoders/t5xxl_fp16.safetensors":
+        ("comfyanonymous/flux_text_encoders", "t5xxl_fp16.safetensors"),
+    "text_encoders/clip_l.safetensors": ("comfyanonymous/flux_text_encoders", "clip_l.safetensors"),
+    "loras/flux1-depth-dev-lora.safetensors":
+        ("Comfy-Org/flux1-dev", "split_files/loras/flux1-depth-dev-lora.safetensors"),
+    "diffusion_models/flux1-dev-fp8.safetensors":
+        ("Comfy-Org/flux1-dev", "flux1-dev-fp8.safetensors"),
+    "vae/vae-ft-mse-840000-ema-pruned.safetensors":
+        ("stabilityai/sd-vae-ft-mse-original", "vae-ft-mse-840000-ema-pruned.safetensors"),
+    "diffusion_models/lotus-depth-d-v1-1.safetensors":
+        ("Comfy-Org/lotus", "lotus-depth-d-v1-1.safetensors"),
+}
+DEPTH_CONTROLNET_HF = {
+    "controlnet/control_v11f1p_sd15_depth_fp16.safetensors":
+        ("comfyanonymous/ControlNet-v1-1_fp16_safetensors",
+         "control_v11f1p_sd15_depth_fp16.safetensors"),
+    "rembg/u2net.onnx": ("e2e/rembg", "u2net.onnx"),
+}
+CIVITAI_CHECKPOINT = "checkpoints/architecturerealmix_v11.safetensors"
+
+
+@dataclass
+class Hub:
+    server: HFServer
+    files: dict[str, ServedFile]
+    """Lock path → the file the server holds for it."""
+
+
+def _serve(server: HFServer, table: dict[str, tuple[str, str]], files: dict[str, ServedFile]
+           ) -> None:
+    for i, (path, (repo, file)) in enumerate(table.items(), len(files)):
+        files[path] = server.add_file(repo, file, safetensors_bytes(64 + i, seed=i))
+
+
+@pytest.fixture
+def hub() -> Iterator[Hub]:
+    with HFServer() as server:
+        files: dict[str, ServedFile] = {}
+        for table in (QWEN_EDIT, FLUX_DEPTH_LORA, DEPTH_CONTROLNET_HF):
+            _serve(server, table, files)
+        files[CIVITAI_CHECKPOINT] = server.add_url("architecturerealmix_v11.safetensors",
+                                                   safetensors_bytes(300, seed=99))
+        yield Hub(server, files)
+
+
+def _depth_controlnet_edited(hub: Hub) -> dict[str, Any]:
+    """depth_controlnet with its civitai URL on the test server and a custom node whose
+    model lives in a folder of its own."""
+    wf = template("depth_controlnet")
+    for node in wf["nodes"]:
+        for model in (node.get("properties") or {}).get("models") or []:
+            if "civitai.com" in model["url"]:
+                model["url"] = hub.files[CIVITAI_CHECKPOINT].url
+    wf["nodes"].append({
+        "id": 900, "type": "RembgSessionLoader", "pos": [0, 0], "size": [300, 60], "flags": {},
+        "order": 99, "mode": 0, "inputs": [], "outputs": [],
+        "widgets_values": ["u2net.onnx"],
+        "properties": {"models": [{"name": "u2net.onnx", "directory": "rembg",
+                                   "url": "https://huggingface.co/e2e/rembg/resolve/main/"
+                                          "u2net.onnx"}]}})
+    return wf
+
+
+def _write(tmp_path: Path, name: str, doc: dict[str, Any]) -> Path:
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def _cli(hub: Hub, *args: str, extra_env: dict[str, str] | None = None
+         ) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "HF_TOKEN"}
+    env |= {"HF_ENDPOINT": hub.server.endpoint, **(extra_env or {})}
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+def _from_workflow(hub: Hub, workflow: Path, lock: Path, *flags: str
+                   ) -> subprocess.CompletedProcess[str]:
+    return _cli(hub, "lock", "from-workflow", str(workflow), "--lock", str(lock), *flags)
+
+
+def _hf_entry(hub: Hub, path: str, table: dict[str, tuple[str, str]]) -> dict[str, Any]:
+    """The entry the lock must hold: pinned to the commit the branch is at now."""
+    repo, file = table[path]
+    served = hub.files[path]
+    return {"path": path, "source": {"type": "huggingface", "repo": repo,
+                                     "revision": hub.server.branch_commit(repo), "file": file},
+            "sha256": served.sha256, "size": served.size}
+
+
+def test_templates_models_are_pinned_to_the_hubs_commits_and_sync_fetches_them(
+        hub: Hub, tmp_path: Path) -> None:
+    lock = tmp_path / "models.lock.json"
+    runs = {}
+    for name, doc in (("image_qwen_image_edit_2509", template("image_qwen_image_edit_2509")),
+                      ("flux_depth_lora_example", template("flux_depth_lora_example")),
+                      ("depth_controlnet", _depth_controlnet_edited(hub))):
+        proc = _from_workflow(hub, _write(tmp_path, name, doc), lock, "--json")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[name] = json.loads(proc.stdout)
+
+    qwen = runs["image_qwen_image_edit_2509"]
+    assert qwen["lock"] == str(lock) and qwen["written"] is True
+    assert qwen["added"] == [_hf_entry(hub, p, QWEN_EDIT) for p in QWEN_EDIT]  # 8 → 4
+    assert (qwen["already_locked"], qwen["extra_folders"], qwen["needs_source"]) == ([], [], [])
+    flux = runs["flux_depth_lora_example"]
+    assert sorted(e["path"] for e in flux["added"]) == sorted(FLUX_DEPTH_LORA)
+    for entry in flux["added"]:
+        assert entry == _hf_entry(hub, entry["path"], FLUX_DEPTH_LORA)
+    depth = runs["depth_controlnet"]
+    civitai = hub.files[CIVITAI_CHECKPOINT]
+    assert {e["path"]: e for e in depth["added"]} == {
+        CIVITAI_CHECKPOINT: {"path": CIVITAI_CHECKPOINT,
+                             "source": {"type": "url", "url": civitai.url},
+                             "sha256": civitai.sha256, "size": civitai.size},
+        **{p: _hf_entry(hub, p, DEPTH_CONTROLNET_HF) for p in DEPTH_CONTROLNET_HF}}
+    assert depth["extra_folders"] == ["rembg"]
+
+    # Hub files: metadata only; the plain URL: one streamed download to hash it
+    for path, served in hub.files.items():
+        expected = served.size if path == CIVITAI_CHECKPOINT else 0
+        assert hub.server.bytes_served(served) == expected, path
+    assert len(hub.server.requests(civitai, "GET")) == 1
+
+    written = load_lock(lock)
+    assert {e.path for e in written.models} == set(hub.files)
+    assert written.extra_folders == ("rembg",)
+
+    models = tmp_path / "models"
+    sync = _cli(hub, "sync", "--json", extra_env={"COMFY_WORKER_LOCK": str(lock),
+                                                   "COMFY_WORKER_MODELS_DIR": str(models)})
+    assert sync.returncode == 0, sync.stderr[-3000:]
+    report = json.loads(sync.stdout)
+    assert report["counts"] == {"downloaded": len(hub.files)}
+    for path, served in hub.files.items():
+        data = (models / path).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == served.sha256, path
+    assert "rembg" in Path(report["extra_model_paths"]).read_text()  # ComfyUI sees it
+
+
+def test_dry_run_resolves_and_prints_but_writes_nothing(hub: Hub, tmp_path: Path) -> None:
+    workflow = _write(tmp_path, "wf", template("image_qwen_image_edit_2509"))
+    lock = tmp_path / "models.lock.json"
+
+    text = _from_workflow(hub, workflow, lock, "--dry-run")
+    as_json = _from_workflow(hub, workflow, lock, "--dry-run", "--json")
+
+    assert text.returncode == 0, text.stderr[-3000:]
+    lines = text.stdout.splitlines()
+    for path, (repo, file) in QWEN_EDIT.items():
+        served, commit = hub.files[path], hub.server.branch_commit(repo)
+        assert (f"would lock {path}: hf://{repo}@{commit[:12]}/{file} sha256 {served.sha256} "
+                f"{served.size} bytes") in lines
+    assert lines[-1] == "4 added, 0 already locked, 0 need a source"
+    assert as_json.returncode == 0, as_json.stderr[-3000:]
+    summary = json.loads(as_json.stdout)
+    assert summary["written"] is False
+    assert [e["path"] for e in summary["added"]] == list(QWEN_EDIT)
+    assert not lock.exists()
+    assert list(tmp_path.iterdir()) == [workflow]
+
+
+def test_rerun_on_a_locked_lock_adds_nothing_and_asks_nothing(hub: Hub, tmp_path: Path) -> None:
+    workflow = _write(tmp_path, "wf", template("image_qwen_image_edit_2509"))
+    lock = tmp_path / "models.lock.json"
+    assert _from_workflow(hub, workflow, lock).returncode == 0
+    before = (lock.read_bytes(), lock.stat().st_mtime_ns)
+    hub.server.reset_counters()
+
+    again = _from_workflow(hub, workflow, lock, "--json")
+
+    assert again.returncode == 0, again.stderr[-3000:]
+    summary = json.loads(again.stdout)
+    assert (summary["added"], summary["written"]) == ([], False)
+    assert summary["already_locked"] == list(QWEN_EDIT)
+    assert (lock.read_bytes(), lock.stat().st_mtime_ns) == before
+    assert hub.server.requests() == []
+
+
+def test_a_model_name_nobody_declares_exits_1_until_it_is_locked(hub: Hub,
+                                                                tmp_path: Path) -> None:
+    sd15 = hub.server.add_file("Comfy-Org/stable-diffusion-v1-5-archive",
+                               "v1-5-pruned-emaonly-fp16.safetensors", safetensors_bytes(40))
+    finetune = hub.server.add_url("my_finetune.safetensors", safetensors_bytes(50, seed=5))
+    wf = template("default")
+    loader = next(n for n in wf["nodes"] if n["type"] == "CheckpointLoaderSimple")
+    loader["widgets_values"] = ["my_finetune.safetensors"]  # declaration left as it was
+    workflow = _write(tmp_path, "wf", wf)
+    lock = tmp_path / "models.lock.json"
+
+    first = _from_workflow(hub, workflow, lock)
+
+    assert first.returncode == 1, first.stderr[-3000:]
+    assert (f"needs a source: my_finetune.safetensors (node {loader['id']}); pin it with "
+            "`comfy-worker lock add SOURCE --path FOLDER/my_finetune.safetensors`"
+            ) in first.stdout
+    assert first.stdout.splitlines()[-1].startswith("1 added, 0 already locked, 1 need a source")
+    assert load_lock(lock).entry("checkpoints/v1-5-pruned-emaonly-fp16.safetensors"
+                                 ).sha256 == sd15.sha256  # the declared one was locked
+
+    added = _cli(hub, "lock", "add", finetune.url, "--path",
+                 "checkpoints/my_finetune.safetensors", "--lock", str(lock))
+    assert added.returncode == 0, added.stderr[-3000:]
+    second = _from_workflow(hub, workflow, lock)
+    assert second.returncode == 0, second.stdout + second.stderr[-3000:]
+    assert "needs a source" not in second.stdout
+    assert second.stdout.splitlines()[-1] == "0 added, 1 already locked, 0 need a source"
+
+
+def test_one_path_declared_with_two_sources_fails_naming_both(hub: Hub,
+                                                              tmp_path: Path) -> None:
+    wf = template("default")
+    loader = next(n for n in wf["nodes"] if n["type"] == "CheckpointLoaderSimple")
+    first_url = loader["properties"]["models"][0]["url"]
+    other_url = ("https://huggingface.co/someone-else/sd15-mirror/resolve/main/"
+                 "v1-5-pruned-emaonly-fp16.safetensors")
+    wf["nodes"].append({**loader, "id": 50, "outputs": [], "properties": {"models": [
+        {"name": "v1-5-pruned-emaonly-fp16.safetensors", "directory": "checkpoints",
+         "url": other_url}]}})
+    lock = tmp_path / "models.lock.json"
+
+    proc = _from_workflow(hub, _write(tmp_path, "wf", wf), lock)
+
+    assert proc.returncode == 1, proc.stdout
+    message = proc.stderr
+    assert '"checkpoints/v1-5-pruned-emaonly-fp16.safetensors" is declared with two sources' \
+        in message
+    assert f"{first_url} (node {loader['id']})" in message
+    assert f"{other_url} (node 50)" in message
+    assert not lock.exists()
+    assert hub.server.requests() == []  # refused before asking the Hub anything
