@@ -42,7 +42,7 @@ from comfy_worker.job import JobRequest, JobResult, JobRunner, NodeProgress, par
 from comfy_worker.job.connection import comfy_connections
 from comfy_worker.job.delivery import LazyDelivery
 from comfy_worker.job.inputs import fetch_url_images, read_job_file, unwrap_request
-from comfy_worker.job.models import needed_entries, request_models
+from comfy_worker.job.models import brought_model_error, needed_entries, request_models
 from comfy_worker.job.preflight import Available
 from comfy_worker.lockfile import Lockfile, allowed_folders, load_lock
 from comfy_worker.readahead import memory_budget_now, read_ahead
@@ -306,8 +306,13 @@ class Worker:
         deadline = time.monotonic() + self.settings.model_wait_timeout
         files: list[Path] = []
         for claim in claims:
-            found = claim.wait(timeout=max(0.0, deadline - time.monotonic()), cancel=cancel,
-                               on_progress=progress)
+            try:
+                found = claim.wait(timeout=max(0.0, deadline - time.monotonic()),
+                                   cancel=cancel, on_progress=progress)
+            except WorkerError as exc:
+                if brought and claim is claims[-1]:
+                    raise brought_model_error(exc) from exc
+                raise
             files.extend(found.values())
         steps["models_wait"] = (time.perf_counter() - t0) * 1000
         self._read_ahead(files, steps, progress, cancel)

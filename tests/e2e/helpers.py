@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import itertools
+import json
 import struct
 import zlib
+from pathlib import Path
 from typing import Any
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -151,3 +153,24 @@ def ui_upscale_workflow(model_name: str, width: int, height: int, prefix: str = 
         "groups": [], "config": {}, "extra": {"ds": {"scale": 1, "offset": [0, 0]}},
         "version": 0.4,
     }
+
+
+def sparse_safetensors(path: Path, size: int, tag: str) -> Path:
+    """A valid ``.safetensors`` file of exactly ``size`` bytes, written sparse: a header
+    naming one U8 tensor of zeros (``tag`` in its metadata, so files differ), the rest a
+    hole. Hundreds of MB cost no disk and no time; a server streams them with sendfile."""
+    data = size - 8
+    while True:  # the header's length sets the tensor's, whose digits are in the header
+        header = json.dumps({"__metadata__": {"tag": tag},
+                             "zeros": {"dtype": "U8", "shape": [data],
+                                       "data_offsets": [0, data]}}).encode()
+        header += b" " * (-len(header) % 8)
+        if size - 8 - len(header) == data:
+            break
+        data = size - 8 - len(header)
+    assert data > 0, f"size {size} leaves no room for the tensor"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<Q", len(header)) + header)
+        fh.truncate(size)
+    return path

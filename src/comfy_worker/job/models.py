@@ -10,7 +10,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from comfy_worker.errors import JobInputInvalid
+from comfy_worker.errors import (
+    GatedModel,
+    JobInputInvalid,
+    ModelHashMismatch,
+    ModelNotFound,
+    ModelSizeMismatch,
+    WorkerError,
+)
 from comfy_worker.lockfile import LockEntry, Lockfile
 
 
@@ -62,3 +69,21 @@ def request_models(models: Sequence[LockEntry], lock: Lockfile) -> tuple[LockEnt
                 hint="use another path for the job's own file (e.g. a sub-folder), or drop "
                 "the entry to use the locked file")
     return tuple(brought)
+
+
+def brought_model_error(error: WorkerError) -> WorkerError:
+    """The error a job gets when a model it brought cannot be had.
+
+    A source that has no such file, refuses access, or serves other bytes or another
+    size than the job's entry pins is the job's own mistake: a 422 that names the entry
+    (its first cause in ``details``), not the 502 of a failing locked source, which
+    tells a client to retry. Other errors (5xx, network, disk) stay as they are.
+    """
+    if not isinstance(error, ModelHashMismatch | ModelSizeMismatch | ModelNotFound
+                      | GatedModel):
+        return error
+    return JobInputInvalid(
+        f'field "models": {error.message}',
+        hint="fix the job's models entry: a source this worker can read, pinned to the "
+        "sha256 and size of the bytes it serves",
+        details=[{"reference": error.reference, "hint": error.hint}, *error.details])

@@ -312,7 +312,7 @@ class FileSync:
                     watcher.received(-received)
         if actual is not None:
             raise ModelHashMismatch(
-                f'"{entry.path}": downloaded file has sha256 {actual}, the lock expects '
+                f'"{entry.path}": downloaded file has sha256 {actual}, the entry expects '
                 f"{entry.sha256} (source {entry.source.describe()}, {attempts} attempts)",
                 hint="the source serves other bytes than the lock pins: re-pin it with "
                 f"`comfy-worker lock add SOURCE --path {entry.path} --replace` if the change "
