@@ -238,6 +238,13 @@ def test_cgroup_headroom_is_none_without_a_limit() -> None:
 # --- read_ahead on local files ------------------------------------------------------------
 
 
+def mostly_resident(path: Path) -> bool:
+    """All but a few pages of ``path`` are in the page cache. This VM runs a kernel
+    page-out daemon (DAMON) that drops some 0.2-0.7% of fresh pages within seconds, so
+    "every page" would fail at random; a read-ahead that did nothing leaves 0%."""
+    return resident_bytes(path) >= 0.97 * path.stat().st_size
+
+
 def test_read_ahead_brings_cold_files_into_the_page_cache(tmp_path: Path) -> None:
     files = [write_file(tmp_path / f"m{i}.bin", 3 * MiB + i) for i in range(3)]
     report = read_ahead(files, budget_bytes=1 << 30, block_bytes=MiB)
@@ -245,7 +252,7 @@ def test_read_ahead_brings_cold_files_into_the_page_cache(tmp_path: Path) -> Non
     assert report.bytes_read == report.bytes_planned == sum(f.stat().st_size for f in files)
     assert not (report.cancelled or report.cache_not_kept or report.cut_by_budget)
     for f in files:
-        assert resident_bytes(f) == f.stat().st_size
+        assert mostly_resident(f)
 
 
 def test_read_ahead_skips_files_already_in_the_page_cache(tmp_path: Path) -> None:
@@ -264,7 +271,7 @@ def test_read_ahead_of_a_partly_cached_file_reads_only_its_missing_blocks(
     read_range(f, MiB, 2 * MiB)
     report = read_ahead([f], budget_bytes=1 << 30, block_bytes=MiB)
     assert report.bytes_read == 2 * MiB
-    assert resident_bytes(f) == 4 * MiB
+    assert mostly_resident(f)
 
 
 def test_read_ahead_stays_within_its_budget(tmp_path: Path) -> None:
@@ -281,7 +288,7 @@ def test_read_ahead_reads_only_the_files_it_is_given(tmp_path: Path) -> None:
     others = [write_file(tmp_path / "models" / "other.bin", 2 * MiB),
               write_file(tmp_path / "models" / "sub" / "deep.bin", 2 * MiB)]
     read_ahead([listed], budget_bytes=1 << 30, block_bytes=MiB)
-    assert resident_bytes(listed) == 2 * MiB
+    assert mostly_resident(listed)
     assert [resident_bytes(o) for o in others] == [0, 0]
 
 

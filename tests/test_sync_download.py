@@ -248,3 +248,23 @@ def test_gate_grants_a_freed_slot_to_the_highest_priority_waiter() -> None:
         t.join(timeout=5)
 
     assert order == [5, 3, 1]
+
+
+def test_gate_lends_a_job_slots_at_once_while_background_downloads_still_hold_them() -> None:
+    gate = Gate(2)
+    never = threading.Event()
+    gate.enter(0)  # a background download holds every slot
+    assert gate.acquire(0, never) and gate.acquire(0, never)
+    gate.enter(10)  # a job's file: it must not wait for the background's next block
+    assert gate.must_yield(0)
+    got: list[bool] = []
+    for _ in range(3):
+        t = threading.Thread(target=lambda: got.append(gate.acquire(10, never)))
+        t.start()
+        t.join(timeout=0.3)
+    assert got == [True, True], "lent at once, at most twice the slots in use"
+    gate.release()  # the background gives one back at its block: the third goes
+    wait_for(lambda: len(got) == 3)
+    stop = threading.Event()
+    stop.set()
+    assert not gate.acquire(0, stop), "a lower priority gets nothing while the job runs"

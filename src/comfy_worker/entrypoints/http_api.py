@@ -7,8 +7,10 @@ Endpoints (OpenAPI at ``/docs``):
   (422 invalid input/workflow, 500 execution error, 504 timeout, 503 not ready).
 - ``POST /generate``: queues a job, answers ``{"id", "status"}`` (202) at once.
 - ``GET /status/{id}``: ``queued`` / ``running`` / ``completed`` / ``failed`` with its output.
-- ``GET /health``: 200 only when the models are synced and ComfyUI is ready; 503 with the
-  reason otherwise (``syncing models``, ``starting ComfyUI``, ``start-up failed: ...``).
+- ``GET /health``: 200 when the worker is ready (ComfyUI up; in ``all`` sync mode also
+  every locked model synced), with the background sync in its body; 503 with the phase
+  and reason otherwise (``starting ComfyUI``, ``restarting ComfyUI``, ``start-up failed:
+  ...``).
 
 Jobs run one at a time, in arrival order, on one thread (``job_queue.JobQueue``). The
 server answers ``/health`` at once while :meth:`Worker.start` runs in the background
@@ -374,7 +376,7 @@ def create_app(service: ApiService, *, max_request_bytes: int,
 
     @app.get("/health", responses={200: _json(_READINESS_SCHEMA, "ready"),
                                    503: _json(_READINESS_SCHEMA, "not ready, and why")},
-             summary="200 when models are synced and ComfyUI is ready")
+             summary="200 when the worker takes jobs (see the sync mode)")
     async def health() -> JSONResponse:
         state = service.health()
         body = {**state.to_json(), "queued": service.queue.waiting}
