@@ -78,6 +78,32 @@ def test_worker_is_ready_at_boot_and_the_first_job_fetches_its_locked_model(
     assert worker.readiness().to_json()["sync"]["files_done"] == 1
 
 
+def test_read_ahead_reads_a_jobs_cold_model_and_can_be_turned_off(
+        worker: Worker, model_env: Any) -> None:
+    from support.slowfs import evict_file
+
+    from comfy_worker.readahead import resident_bytes
+
+    model = model_env.models_dir / "upscale_models" / model_env.model_name
+    run(worker, {"workflow": upscale_workflow(model_env.model_name, 8, 8)})  # present
+    evict_file(model)
+    assert resident_bytes(model) == 0
+    updates: list[dict[str, Any]] = []
+    on = run(worker, {"workflow": upscale_workflow(model_env.model_name, 9, 9)},
+             progress=updates.append)
+    assert "readahead" in on["timings"]
+    assert any(u.get("stage") == "readahead" for u in updates)
+    original = worker.settings
+    worker.settings = original.replace(readahead=False)
+    try:
+        evict_file(model)
+        off = run(worker, {"workflow": upscale_workflow(model_env.model_name, 10, 10)})
+    finally:
+        worker.settings = original
+    assert len(_images(off)) == 1
+    assert "readahead" not in off["timings"]
+
+
 def test_batch_of_two_returns_both_images_with_their_node(worker: Worker) -> None:
     result = run(worker, {"workflow": empty_image_workflow(40, 24, batch=2)})
     images = _images(result)
