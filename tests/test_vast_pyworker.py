@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import datetime
 import json
-import os
 import socket
 import subprocess
 import threading
@@ -41,20 +40,6 @@ from comfy_worker.errors import ModelHashMismatch
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-VENV = REPO / ".vast-pyworker"
-
-
-@pytest.fixture(scope="session")
-def vast_python() -> str:
-    proc = subprocess.run([str(REPO / "scripts" / "install_vast_pyworker.sh"), str(VENV)],
-                          capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0:
-        reason = ("could not build the vastai virtualenv (PyPI unreachable?):\n"
-                  + (proc.stdout + proc.stderr)[-2000:])
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true but {reason}", pytrace=False)
-        pytest.skip(reason)
-    return str(VENV / "bin" / "python")
 
 
 class Autoscaler:

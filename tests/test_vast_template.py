@@ -24,7 +24,6 @@ import pytest
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-VENV = REPO / ".vast-pyworker"
 DOC = REPO / "docs" / "deploy.md"
 IMAGE_DISK_GB = 12  # the GPU image unpacked (~9 GB) plus headroom
 
@@ -44,19 +43,6 @@ print(json.dumps({"command": args.func.__name__, "name": args.name, "image": arg
                   "disk_space": args.disk_space, "runtype": fields["runtype"],
                   "private": fields["private"], "filters": fields["extra_filters"]}))
 """
-
-
-@pytest.fixture(scope="module")
-def vast_python() -> str:
-    proc = subprocess.run([str(REPO / "scripts" / "install_vast_pyworker.sh"), str(VENV)],
-                          capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0:
-        reason = ("could not build the vastai virtualenv (PyPI unreachable?):\n"
-                  + (proc.stdout + proc.stderr)[-2000:])
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true but {reason}", pytrace=False)
-        pytest.skip(reason)
-    return str(VENV / "bin" / "python")
 
 
 def documented_command() -> list[str]:

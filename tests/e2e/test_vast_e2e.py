@@ -13,7 +13,7 @@ import time
 
 import pytest
 import requests
-from test_vast_pyworker import Autoscaler, _free_port, vast_python  # noqa: F401 (fixture)
+from test_vast_pyworker import Autoscaler, _free_port
 
 from comfy_worker.entrypoints.vast import FATAL_LINE, READY_LINE
 from e2e.conftest import ComfyInstall, ModelEnv, e2e_env
@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.comfyui, pytest.mark.slow]
 
 
 def test_vast_command_syncs_boots_benchmarks_and_serves_signed_jobs(
-        vast_python: str, comfy_install: ComfyInstall,  # noqa: F811
+        vast_python: str, comfy_install: ComfyInstall,
         model_env: ModelEnv, tmp_path_factory: pytest.TempPathFactory) -> None:
     autoscaler = Autoscaler()
     worker_port, api_port = _free_port(), _free_port()
