@@ -1,14 +1,14 @@
 """Read-ahead: how much faster is a job whose model sits on a slow network volume?
 
 A read-only FUSE passthrough with ``--latency-ms`` per read request plays the network
-volume (tests/support/slowfs.py, page cache kept across opens and ``--max-background``
-requests served at once, as network volume clients do). On it: a verified ~280 MB SD 1.5 checkpoint (random weights, loaded by
-ComfyUI as SD 1.5). A ready worker (CPU ComfyUI) with that volume; ``--rounds`` times,
-alternating which goes first, each from a cold start of that file: ComfyUI restarted
-(so the checkpoint is loaded again) and the file's pages dropped from the page cache,
-then one job (the editor's default workflow at 64x64, 2 steps), once with
-``COMFY_WORKER_READAHEAD=1`` and once with ``0``. Prints the job latencies and their
-ratio; target: with read-ahead <= 0.5 x without.
+volume (tests/support/slowfs.py: page cache kept across opens, ``--max-background``
+requests served at once, as network volume clients do). On it: a verified ~280 MB
+SD 1.5 checkpoint (random weights, loaded by ComfyUI as SD 1.5). A ready worker (CPU
+ComfyUI) with that volume; ``--rounds`` times, alternating which goes first, each from
+a cold start of that file (ComfyUI restarted, so the checkpoint is loaded again, and
+the file's pages dropped from the page cache), one job (the editor's default workflow
+at 64x64, 2 steps) with ``COMFY_WORKER_READAHEAD=1`` and one with ``0``. Prints the job
+latencies and their ratio; target: with read-ahead <= 0.5 x without.
 
 Run: ``python benchmarks/volume_readahead.py [--rounds 3] [--latency-ms 5]``
 (needs FUSE: Debian ``fuse``/``libfuse2`` and ``fusepy``; scripts/test.sh installs them).
