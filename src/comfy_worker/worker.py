@@ -185,9 +185,7 @@ class Worker:
         self._set(Readiness(Phase.STARTING, "running the warm-up job"))
         t0 = time.perf_counter()
         try:
-            request = parse_job_input(self._warmup_input,
-                                      default_timeout=self.settings.job_timeout,
-                                      folders=allowed_folders(self.lock.extra_folders))
+            request = self._parse(self._warmup_input)
             result = self._run(request, job_id="warmup", progress=None, cancel=None)
         except WorkerError as err:
             raise WarmupFailed(
@@ -260,10 +258,13 @@ class Worker:
                 cancel: threading.Event | None = None) -> JobResult:
         """One job. Raises a :class:`WorkerError` for any failure (a bug becomes an
         ``InternalError``, logged with its traceback); the worker stays up."""
-        request = parse_job_input(job_input, default_timeout=self.settings.job_timeout,
-                                  folders=allowed_folders(self.lock.extra_folders))
+        request = self._parse(job_input)
         self._wait_started()
         return self._run(request, job_id=job_id, progress=progress, cancel=cancel)
+
+    def _parse(self, job_input: object) -> JobRequest:
+        return parse_job_input(job_input, default_timeout=self.settings.job_timeout,
+                               folders=allowed_folders(self.lock.extra_folders))
 
     def _run(self, request: JobRequest, *, job_id: str | None, progress: ProgressFn | None,
              cancel: threading.Event | None) -> JobResult:
