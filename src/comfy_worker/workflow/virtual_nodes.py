@@ -14,12 +14,14 @@ graph).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from comfy_worker.workflow.graph import (
     Config,
+    Graph,
     InputSlot,
+    Link,
     Node,
     OutputSlot,
     Widget,
@@ -70,6 +72,16 @@ def _strict(a: Any, b: Any) -> bool:
     if isinstance(a, float) and math.isnan(a):
         return False
     return bool(a == b)
+
+
+def _linked_targets(graph: Graph, link_ids: Iterable[Any]) -> Iterator[tuple[Link, Node]]:
+    """Each of ``link_ids`` (a snapshot: callers may disconnect as they go) whose link and
+    target node exist, with that target."""
+    for link_id in list(link_ids):
+        link = graph.link_by_property(link_id)
+        target = graph.node_by_id(link.target_id) if link is not None else None
+        if link is not None and target is not None:
+            yield link, target
 
 
 def _nil(v: Any) -> bool:
@@ -321,13 +333,7 @@ def _merge_widget_config(node: Node, loader: Loader) -> None:
     if config is None or config[0] not in ("INT", "FLOAT"):
         return
     root = node.graph.root
-    for link_id in list(links):
-        link = root.link_by_property(link_id)
-        if link is None:
-            continue
-        target = root.node_by_id(link.target_id)
-        if target is None:
-            continue
+    for link, target in _linked_targets(root, links):
         slot = _at(target.inputs, link.target_slot, wrap=False)
         if slot is None or slot.widget is None:
             continue
@@ -411,13 +417,8 @@ def reroute_connections_changed(node: Node, loader: Loader) -> None:
     target_type: Any = None
     while stack:
         current = stack.pop()
-        for link_id in list(current.outputs[0].links or []) if current.outputs else []:
-            link = graph.link_by_property(link_id)
-            if link is None:
-                continue
-            target = graph.node_by_id(link.target_id)
-            if target is None:
-                continue
+        for link, target in _linked_targets(
+                graph, current.outputs[0].links or [] if current.outputs else []):
             if target.kind == "reroute":
                 stack.append(target)
                 chain.append(target)
@@ -437,13 +438,8 @@ def reroute_connections_changed(node: Node, loader: Loader) -> None:
     for reroute in chain:
         if reroute.outputs:
             reroute.outputs[0].type = origin_type or "*"
-        for link_id in list(reroute.outputs[0].links or []) if reroute.outputs else []:
-            link = graph.link_by_property(link_id)
-            if link is None:
-                continue
-            target = graph.node_by_id(link.target_id)
-            if target is None:
-                continue
+        for link, target in _linked_targets(
+                graph, reroute.outputs[0].links or [] if reroute.outputs else []):
             slot = _at(target.inputs, link.target_slot, wrap=False)
             if slot is not None and slot.widget is not None:
                 config = widget_config(slot)
@@ -460,10 +456,6 @@ def reroute_connections_changed(node: Node, loader: Loader) -> None:
                                loader)
         else:
             _set_widget_config(reroute.inputs[0], None, loader)
-
-
-def _nil(v: Any) -> bool:
-    return v is None or v is UNDEFINED
 
 
 def slot_root(loader: Loader) -> Any:
@@ -489,11 +481,7 @@ def _set_widget_config(slot: InputSlot, config: Config | None, loader: Loader) -
     if config is not None:
         recreate_widget(origin, loader)
     else:
-        for link_id in list(origin.outputs[0].links or []):
-            out_link = origin.graph.link_by_property(link_id)
-            if out_link is not None:
-                target = origin.graph.node_by_id(out_link.target_id)
-                if target is not None:
-                    origin.graph.disconnect_input(target, out_link.target_slot)
+        for out_link, target in _linked_targets(origin.graph, origin.outputs[0].links or []):
+            origin.graph.disconnect_input(target, out_link.target_slot)
         origin.outputs[0].links = []
         on_last_disconnect(origin)
