@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import signal
 import struct
+import subprocess
 import zlib
 from pathlib import Path
 from typing import Any
@@ -174,3 +176,14 @@ def sparse_safetensors(path: Path, size: int, tag: str) -> Path:
         fh.write(struct.pack("<Q", len(header)) + header)
         fh.truncate(size)
     return path
+
+
+def stop_process(proc: subprocess.Popen[Any], grace: float = 30.0) -> None:
+    """SIGTERM a server the test started, SIGKILL after ``grace`` seconds."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

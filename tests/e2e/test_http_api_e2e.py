@@ -24,7 +24,13 @@ import pytest
 import requests
 
 from e2e.conftest import ComfyInstall, ModelEnv, e2e_env
-from e2e.helpers import empty_image_workflow, png_size, slow_upscale_workflow, upscale_workflow
+from e2e.helpers import (
+    empty_image_workflow,
+    png_size,
+    slow_upscale_workflow,
+    stop_process,
+    upscale_workflow,
+)
 
 pytestmark = pytest.mark.comfyui
 
@@ -75,13 +81,7 @@ def served(comfy_install: ComfyInstall, model_env: ModelEnv,
         s.ready_after_s = time.monotonic() - t0
         yield s
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
 
 
 def _png(item: dict[str, Any]) -> tuple[int, int]:

@@ -19,7 +19,6 @@ import base64
 import hashlib
 import json
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -35,7 +34,13 @@ from support import HFServer, ServedFile, lock_entry
 
 from comfy_worker.sync.cache import list_cache
 from e2e.conftest import ComfyInstall, ModelEnv, e2e_env
-from e2e.helpers import compact_upscaler, png_size, sparse_safetensors, upscale_workflow
+from e2e.helpers import (
+    compact_upscaler,
+    png_size,
+    sparse_safetensors,
+    stop_process,
+    upscale_workflow,
+)
 
 pytestmark = pytest.mark.comfyui
 
@@ -262,13 +267,7 @@ def server(comfy_install: ComfyInstall, big_sources: list[Path],
             wait_for(ready, 240, "the server's /health to answer 200")
             yield s
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc)
             shutil.rmtree(models, ignore_errors=True)  # hundreds of MB of big files
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -30,7 +29,7 @@ from comfy_worker.job.preflight import JOB_MARKER_INPUT
 from comfy_worker.worker import Worker
 from comfy_worker.workflow.embedded import embedded_texts
 from e2e.conftest import ComfyInstall, ModelEnv, e2e_env
-from e2e.helpers import png_size, ui_upscale_workflow
+from e2e.helpers import png_size, stop_process, ui_upscale_workflow
 
 pytestmark = pytest.mark.comfyui
 
@@ -88,12 +87,7 @@ def served_url(comfy_install: ComfyInstall, model_env: ModelEnv,
             time.sleep(0.1)
         yield url
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def test_ui_workflow_through_serve_as_a_real_client_sends_it(served_url: str,
