@@ -2,9 +2,11 @@
 
 Nothing else in the package calls ``os.environ``: entrypoints build one frozen
 :class:`Settings` with :func:`load_settings` (environment first, command-line flags over
-it) and pass it down. :data:`SETTINGS` lists each setting once: its environment
-variable, the :class:`Settings` field it fills, the parser that reads it (naming the
-variable or flag and the value it could not read) and its command-line flag, if any.
+it) and pass it down. Each setting is declared once, on its :class:`Settings` field
+(:func:`setting`): its environment variable, the parser that reads it (naming the
+variable or flag and the value it could not read) and its command-line flag, if any;
+:data:`SETTINGS` is the table built from the fields, and :func:`env_name` gives a
+field's variable for messages.
 CLI flags go through the same parsers as the environment. README.md's settings table
 lists every variable (a test checks it).
 """
@@ -168,57 +170,12 @@ class Setting:
 
 P = "COMFY_WORKER_"
 
-SETTINGS: tuple[Setting, ...] = (
-    # models: lock -> plan -> fetch -> verify -> place
-    Setting(P + "LOCK", "lock_path", path, "--lock"),
-    Setting(P + "MODELS_DIR", "models_dir", path, "--models-dir"),
-    Setting(P + "VOLUME", "volume", path, "--volume"),
-    Setting(P + "JOBS", "jobs", integer(1), "--jobs"),
-    Setting(P + "CONNECTIONS", "connections", integer(1)),
-    Setting(P + "RETRIES", "retries", integer(0)),
-    Setting(P + "STALL_TIMEOUT", "stall_timeout", number(1.0)),
-    Setting(P + "FAST_VERIFY", "fast_verify", boolean),
-    Setting(P + "SYNC_MODE", "sync_mode", choice("on-demand", "all"), "--sync-mode"),
-    Setting(P + "PREFETCH", "prefetch", boolean),
-    Setting(P + "MODEL_WAIT_TIMEOUT", "model_wait_timeout", number(1.0)),
-    Setting(P + "MODEL_CACHE_BYTES", "model_cache_bytes", byte_size),
-    Setting(P + "READAHEAD", "readahead", boolean),
-    Setting(P + "READAHEAD_MEMORY", "readahead_memory", fraction),
-    Setting("HF_ENDPOINT", "hf_endpoint", endpoint),
-    Setting("HF_TOKEN", "hf_token", secret),
-    # ComfyUI: launch -> ready
-    Setting("COMFYUI_DIR", "comfyui_dir", path, "--comfyui-dir"),
-    Setting("COMFYUI_PYTHON", "comfyui_python", text),
-    Setting("COMFYUI_CPU", "comfyui_cpu", boolean, "--cpu"),
-    Setting("COMFYUI_EXTRA_ARGS", "comfyui_extra_args", words),
-    Setting(P + "WORK_DIR", "work_dir", path),
-    Setting("COMFYUI_BOOT_TIMEOUT", "boot_timeout", number(1.0)),
-    Setting(P + "WARMUP", "warmup", path),
-    # jobs: job -> validate -> run -> collect
-    Setting(P + "JOB_TIMEOUT", "job_timeout", number(0.1)),
-    Setting(P + "MAX_OUTPUT_BYTES", "max_output_bytes", integer(1)),
-    Setting(P + "INPUT_URL_MAX_BYTES", "input_url_max_bytes", byte_size),
-    Setting(P + "INPUT_URL_TIMEOUT", "input_url_timeout", number(0.1)),
-    Setting("BUCKET_ENDPOINT_URL", "bucket_endpoint_url", text),
-    Setting("BUCKET_ACCESS_KEY_ID", "bucket_access_key_id", secret),
-    Setting("BUCKET_SECRET_ACCESS_KEY", "bucket_secret_access_key", secret),
-    Setting("BUCKET_NAME", "bucket_name", text),
-    # serving
-    Setting(P + "HOST", "host", text, "--host"),
-    Setting(P + "PORT", "port", integer(0), "--port"),
-    Setting(P + "MAX_REQUEST_BYTES", "max_request_bytes", integer(1)),
-    Setting(P + "API_TOKEN", "api_token", secret),
-    Setting(P + "RESTART_AFTER_JOBS", "restart_after_jobs", integer(0)),
-    Setting(P + "MAX_COMFY_RSS", "max_comfy_rss", byte_size),
-    # Vast.ai PyWorker
-    Setting(P + "VAST_PYTHON", "vast_python", text),
-    Setting(P + "VAST_MODEL_LOG", "vast_model_log", path),
-    Setting(P + "VAST_BENCHMARK", "vast_benchmark", path),
-    Setting(P + "VAST_BENCHMARK_RUNS", "vast_benchmark_runs", integer(1)),
-    Setting(P + "VAST_MAX_QUEUE_TIME", "vast_max_queue_time", number(0.1)),
-    # RunPod
-    Setting("RUNPOD_WEBHOOK_GET_JOB", "runpod_platform", present),
-)
+
+def setting(env: str, default: Any, parse: Parser, *, flag: str | None = None) -> Any:
+    """A :class:`Settings` field read from ``env`` (and ``flag``) by ``parse``: each
+    setting is declared once, on its field; :data:`SETTINGS` is built from the fields."""
+    return dataclasses.field(default=default,
+                             metadata={"env": env, "parse": parse, "flag": flag})
 
 
 @dataclass(frozen=True)
@@ -227,113 +184,115 @@ class Settings:
     variable and flag are in :data:`SETTINGS`."""
 
     # --- models: lock → plan → fetch → verify → place -----------------------------
-    lock_path: Path = Path("models.lock.json")
+    lock_path: Path = setting(P + "LOCK", Path("models.lock.json"), path, flag="--lock")
     """The lock file to sync."""
-    models_dir: Path = Path("models")
+    models_dir: Path = setting(P + "MODELS_DIR", Path("models"), path, flag="--models-dir")
     """Local ComfyUI models root (default ``$COMFYUI_DIR/models`` when COMFYUI_DIR is
     set, else ``./models``)."""
-    volume: Path | None = None
+    volume: Path | None = setting(P + "VOLUME", None, path, flag="--volume")
     """Network volume root; models live in ``V/models``."""
-    jobs: int = 4
+    jobs: int = setting(P + "JOBS", 4, integer(1), flag="--jobs")
     """Files downloaded at once."""
-    connections: int = 8
+    connections: int = setting(P + "CONNECTIONS", 8, integer(1))
     """Parallel byte ranges per file."""
-    retries: int = 3
+    retries: int = setting(P + "RETRIES", 3, integer(0))
     """Attempts per file after the first (hash mismatch, 5xx, cut)."""
-    stall_timeout: float = 60.0
+    stall_timeout: float = setting(P + "STALL_TIMEOUT", 60.0, number(1.0))
     """Seconds a download may receive nothing before it is restarted."""
-    fast_verify: bool = False
+    fast_verify: bool = setting(P + "FAST_VERIFY", False, boolean)
     """On the warm path, trust size + safetensors header instead of a full sha256 for
     files seen before (never for new downloads)."""
-    sync_mode: str = "on-demand"
+    sync_mode: str = setting(
+        P + "SYNC_MODE", "on-demand", choice("on-demand", "all"), flag="--sync-mode")
     """``on-demand``: ready when ComfyUI is up; a job waits only for the models it uses,
     fetched first; the rest of the lock downloads in the background. ``all``: ready only
     once every locked model is present and verified."""
-    prefetch: bool = True
+    prefetch: bool = setting(P + "PREFETCH", True, boolean)
     """On demand: download the rest of the lock in the background (lowest priority);
     False downloads only what jobs ask for."""
-    model_wait_timeout: float = 1800.0
+    model_wait_timeout: float = setting(P + "MODEL_WAIT_TIMEOUT", 1800.0, number(1.0))
     """Seconds a job may wait for its models (not counted in its execution timeout)."""
-    model_cache_bytes: int = 10 * 2**30
+    model_cache_bytes: int = setting(P + "MODEL_CACHE_BYTES", 10 * 2**30, byte_size)
     """Bytes of models that jobs bring (``input.models``) kept on disk; least recently
     used first out, never a locked file, never one a running job uses."""
-    readahead: bool = True
+    readahead: bool = setting(P + "READAHEAD", True, boolean)
     """Read a job's model files into the page cache with large parallel reads before its
     prompt is queued (and the volume's locked files while ComfyUI boots), so ComfyUI's
     small reads hit memory instead of a slow network volume."""
-    readahead_memory: float = 0.5
+    readahead_memory: float = setting(P + "READAHEAD_MEMORY", 0.5, fraction)
     """At most this fraction of available memory is filled by read-ahead."""
-    hf_endpoint: str = DEFAULT_HF_ENDPOINT
+    hf_endpoint: str = setting("HF_ENDPOINT", DEFAULT_HF_ENDPOINT, endpoint)
     """Hugging Face endpoint (a mirror, or a test server)."""
-    hf_token: Secret | None = None
+    hf_token: Secret | None = setting("HF_TOKEN", None, secret)
     """Token for gated/private repos. Never printed."""
 
     # --- ComfyUI: launch → ready --------------------------------------------------
-    comfyui_dir: Path | None = None
+    comfyui_dir: Path | None = setting("COMFYUI_DIR", None, path, flag="--comfyui-dir")
     """The ComfyUI checkout holding ``main.py``."""
-    comfyui_python: str = sys.executable
+    comfyui_python: str = setting("COMFYUI_PYTHON", sys.executable, text)
     """The interpreter that runs ComfyUI (default: this one)."""
-    comfyui_cpu: bool | None = None
+    comfyui_cpu: bool | None = setting("COMFYUI_CPU", None, boolean, flag="--cpu")
     """Force ``--cpu`` (True) or GPU (False); None: ``--cpu`` when no GPU is seen."""
-    comfyui_extra_args: tuple[str, ...] = ()
+    comfyui_extra_args: tuple[str, ...] = setting("COMFYUI_EXTRA_ARGS", (), words)
     """Extra ``main.py`` arguments, split on whitespace."""
-    work_dir: Path | None = None
+    work_dir: Path | None = setting(P + "WORK_DIR", None, path)
     """ComfyUI's input/output/temp dirs (default: a temp dir)."""
-    boot_timeout: float = 300.0
+    boot_timeout: float = setting("COMFYUI_BOOT_TIMEOUT", 300.0, number(1.0))
     """Seconds to wait for ComfyUI to answer /system_stats."""
-    warmup: Path | None = None
+    warmup: Path | None = setting(P + "WARMUP", None, path)
     """A JSON job input run once after start-up, before the worker reports ready (its
     failure fails start-up)."""
 
     # --- jobs: job → validate → run → collect ---------------------------------------
-    job_timeout: float = 600.0
+    job_timeout: float = setting(P + "JOB_TIMEOUT", 600.0, number(0.1))
     """Default seconds per job (``input.timeout`` overrides)."""
-    max_output_bytes: int = 20 * 1024 * 1024
+    max_output_bytes: int = setting(P + "MAX_OUTPUT_BYTES", 20 * 1024 * 1024, integer(1))
     """Total base64 output allowed inline."""
-    input_url_max_bytes: int = 50 * 1024 * 1024
+    input_url_max_bytes: int = setting(P + "INPUT_URL_MAX_BYTES", 50 * 1024 * 1024, byte_size)
     """Largest input image fetched from a URL (``images[].url``)."""
-    input_url_timeout: float = 30.0
+    input_url_timeout: float = setting(P + "INPUT_URL_TIMEOUT", 30.0, number(0.1))
     """Seconds to connect to, and between reads from, an input image URL."""
-    bucket_endpoint_url: str | None = None
+    bucket_endpoint_url: str | None = setting("BUCKET_ENDPOINT_URL", None, text)
     """S3 endpoint (as worker-comfyui); outputs go there when set."""
-    bucket_access_key_id: Secret | None = None
+    bucket_access_key_id: Secret | None = setting("BUCKET_ACCESS_KEY_ID", None, secret)
     """S3 key id. Never printed."""
-    bucket_secret_access_key: Secret | None = None
+    bucket_secret_access_key: Secret | None = setting("BUCKET_SECRET_ACCESS_KEY", None, secret)
     """S3 secret. Never printed."""
-    bucket_name: str | None = None
+    bucket_name: str | None = setting("BUCKET_NAME", None, text)
     """S3 bucket for outputs (default: the month, ``%m-%y``, as runpod's ``rp_upload``
     names it)."""
 
     # --- serving ------------------------------------------------------------------
-    host: str = "0.0.0.0"
+    host: str = setting(P + "HOST", "0.0.0.0", text, flag="--host")
     """Local HTTP API bind address."""
-    port: int = 8000
+    port: int = setting(P + "PORT", 8000, integer(0), flag="--port")
     """Local HTTP API port."""
-    max_request_bytes: int = 64 * 1024 * 1024
+    max_request_bytes: int = setting(P + "MAX_REQUEST_BYTES", 64 * 1024 * 1024, integer(1))
     """Largest request body the HTTP API accepts."""
-    api_token: Secret | None = None
+    api_token: Secret | None = setting(P + "API_TOKEN", None, secret)
     """When set, every HTTP API route but /health needs ``Authorization: Bearer TOKEN``.
     Never printed."""
-    restart_after_jobs: int = 0
+    restart_after_jobs: int = setting(P + "RESTART_AFTER_JOBS", 0, integer(0))
     """Restart ComfyUI after this many jobs (between jobs; 0 = never)."""
-    max_comfy_rss: int = 0
+    max_comfy_rss: int = setting(P + "MAX_COMFY_RSS", 0, byte_size)
     """Restart ComfyUI between jobs once its resident memory passes this many bytes
     (0 = never)."""
 
     # --- Vast.ai PyWorker (comfy-worker vast; docs/serving.md) ------------------------
-    vast_python: str = "/opt/vast-pyworker/bin/python"
+    vast_python: str = setting(P + "VAST_PYTHON", "/opt/vast-pyworker/bin/python", text)
     """The PyWorker virtualenv's python (scripts/install_vast_pyworker.sh)."""
-    vast_model_log: Path = Path("/var/log/comfy-worker/model.log")
+    vast_model_log: Path = setting(
+        P + "VAST_MODEL_LOG", Path("/var/log/comfy-worker/model.log"), path)
     """The model log the PyWorker watches for ready/fatal lines."""
-    vast_benchmark: Path | None = None
+    vast_benchmark: Path | None = setting(P + "VAST_BENCHMARK", None, path)
     """JSON job input the PyWorker benchmarks (default: a tiny EmptyImage -> SaveImage
     workflow)."""
-    vast_benchmark_runs: int = 3
+    vast_benchmark_runs: int = setting(P + "VAST_BENCHMARK_RUNS", 3, integer(1))
     """Timed benchmark runs after one warm-up."""
-    vast_max_queue_time: float = 30.0
+    vast_max_queue_time: float = setting(P + "VAST_MAX_QUEUE_TIME", 30.0, number(0.1))
     """Estimated queue seconds after which the PyWorker answers 429."""
 
-    runpod_platform: bool = False
+    runpod_platform: bool = setting("RUNPOD_WEBHOOK_GET_JOB", False, present)
     """Running on RunPod (RUNPOD_WEBHOOK_GET_JOB is set) rather than in the runpod SDK's
     local test modes; progress updates are sent only then."""
 
@@ -341,8 +300,20 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
 
-_FIELDS = frozenset(f.name for f in dataclasses.fields(Settings))
+SETTINGS: tuple[Setting, ...] = tuple(
+    Setting(f.metadata["env"], f.name, f.metadata["parse"], f.metadata["flag"])
+    for f in dataclasses.fields(Settings))
+"""The table: every setting's variable, field, parser and flag, in declaration order."""
+
+_FIELDS = frozenset(s.field for s in SETTINGS)
 _BY_FLAG = {s.flag: s for s in SETTINGS if s.flag}
+_BY_FIELD = {s.field: s for s in SETTINGS}
+
+
+def env_name(field: str) -> str:
+    """The environment variable of the :class:`Settings` field ``field`` (for messages
+    and hints: ``env_name("job_timeout")`` is ``COMFY_WORKER_JOB_TIMEOUT``)."""
+    return _BY_FIELD[field].env
 
 
 def _from_env(env: Mapping[str, str]) -> dict[str, Any]:

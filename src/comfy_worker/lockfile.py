@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from comfy_worker.atomic_write import write_text_atomic
+from comfy_worker.config import env_name
 from comfy_worker.errors import LockfileError
 from comfy_worker.jsontypes import json_text, json_type_name
 
@@ -367,7 +368,7 @@ def load_lock(path: Path) -> Lockfile:
     except FileNotFoundError:
         raise LockfileError(
             f'lock file "{path}" does not exist',
-            hint="pass --lock FILE (or COMFY_WORKER_LOCK), or create one with "
+            hint=f"pass --lock FILE (or {env_name('lock_path')}), or create one with "
             "`comfy-worker lock add`",
         ) from None
     try:

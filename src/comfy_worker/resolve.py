@@ -12,7 +12,7 @@ import logging
 import re
 from urllib.parse import urlsplit
 
-from comfy_worker.config import Settings
+from comfy_worker.config import Settings, env_name
 from comfy_worker.errors import SourceError
 from comfy_worker.lockfile import HfSource, LockEntry, UrlSource
 from comfy_worker.sync import fetch
@@ -57,7 +57,8 @@ def resolve(text: str, path: str, settings: Settings) -> LockEntry:
                 raise SourceError(
                     f"{text}: the Hub answered no commit for revision {parsed.revision!r} "
                     f"(X-Repo-Commit: {remote.commit!r})",
-                    hint=f"check HF_ENDPOINT ({settings.hf_endpoint}) or pin a commit")
+                    hint=f"check {env_name('hf_endpoint')} ({settings.hf_endpoint}) or pin a "
+                    "commit")
             source = parsed.at(commit)
             if remote.sha256 is not None and remote.size is not None:
                 log.info("%s: LFS metadata: sha256 %s, %d bytes", text, remote.sha256,

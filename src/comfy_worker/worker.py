@@ -29,7 +29,7 @@ from typing import Any
 from comfy_worker import sync as model_sync
 from comfy_worker.comfy.process import ComfyProcess, LaunchConfig, State, gpu_present
 from comfy_worker.comfy.recycle import process_rss, restart_reason
-from comfy_worker.config import Settings
+from comfy_worker.config import Settings, env_name
 from comfy_worker.errors import (
     ComfyStartError,
     WarmupFailed,
@@ -109,7 +109,7 @@ class Worker:
     def _prepare(self) -> Lockfile:
         if self.settings.warmup is not None:  # a bad file fails start-up before the boot
             self._warmup_input = unwrap_request(
-                read_job_file(self.settings.warmup, setting="COMFY_WORKER_WARMUP"))
+                read_job_file(self.settings.warmup, setting=env_name("warmup")))
         lock = self._load_lock()
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.paths = model_sync.prepare_model_paths(self.settings, lock, folder_markers=True)
@@ -189,9 +189,9 @@ class Worker:
             result = self._run(request, job_id="warmup", progress=None, cancel=None)
         except WorkerError as err:
             raise WarmupFailed(
-                f"the warm-up job (COMFY_WORKER_WARMUP={self.settings.warmup}) failed: "
+                f"the warm-up job ({env_name('warmup')}={self.settings.warmup}) failed: "
                 f"{err.message}", hint=err.hint or "fix the warm-up job, or unset "
-                "COMFY_WORKER_WARMUP", details=[err.to_json()]) from err
+                f"{env_name('warmup')}", details=[err.to_json()]) from err
         self.timings["warmup_s"] = time.perf_counter() - t0
         self._jobs_done = 0  # start-up's own job does not count for the recycle rules
         log.info("warm-up job done in %.1f s (%d image(s), %d video(s))",
@@ -418,8 +418,8 @@ def launch_config(settings: Settings, work_dir: Path,
     """How to launch ComfyUI for these settings (COMFYUI_DIR is required)."""
     s = settings
     if s.comfyui_dir is None:
-        raise ComfyStartError("COMFYUI_DIR is not set",
-                              hint="set COMFYUI_DIR (or --comfyui-dir) to a ComfyUI "
+        raise ComfyStartError(f"{env_name('comfyui_dir')} is not set",
+                              hint=f"set {env_name('comfyui_dir')} (or --comfyui-dir) to a ComfyUI "
                               "checkout; scripts/setup_comfyui.sh makes one")
     cpu = s.comfyui_cpu if s.comfyui_cpu is not None else not gpu_present()
     return LaunchConfig(

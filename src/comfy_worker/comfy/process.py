@@ -27,6 +27,7 @@ from typing import IO
 
 import requests
 
+from comfy_worker.config import env_name
 from comfy_worker.errors import ComfyDied, ComfyStartError
 
 log = logging.getLogger(__name__)
@@ -275,14 +276,14 @@ class ComfyProcess:
         main = self.cfg.comfyui_dir / "main.py"
         if not main.is_file():
             raise ComfyStartError(
-                f"COMFYUI_DIR={str(self.cfg.comfyui_dir)!r} has no main.py",
-                hint="set COMFYUI_DIR (or --comfyui-dir) to a ComfyUI checkout; "
+                f"{env_name('comfyui_dir')}={str(self.cfg.comfyui_dir)!r} has no main.py",
+                hint=f"set {env_name('comfyui_dir')} (or --comfyui-dir) to a ComfyUI checkout; "
                 "scripts/setup_comfyui.sh makes one in ./.comfyui/ComfyUI",
             )
         python = self.cfg.python
         if shutil.which(python) is None and not Path(python).is_file():
-            raise ComfyStartError(f"COMFYUI_PYTHON={python!r} is not an executable",
-                                  hint="point COMFYUI_PYTHON at the Python that has "
+            raise ComfyStartError(f"{env_name('comfyui_python')}={python!r} is not an executable",
+                                  hint=f"point {env_name('comfyui_python')} at the Python that has "
                                   "ComfyUI's requirements installed")
         for d in (self.cfg.input_dir, self.cfg.output_dir, self.cfg.temp_dir,
                   self.cfg.user_dir):
@@ -301,7 +302,7 @@ class ComfyProcess:
         except OSError as exc:
             logfile.close()
             raise ComfyStartError(f"could not run {cmd[0]!r}: {exc}",
-                                  hint="check COMFYUI_PYTHON") from exc
+                                  hint=f"check {env_name('comfyui_python')}") from exc
         self._generation += 1
         child = _Child(proc=proc, port=port, generation=self._generation,
                        started=time.monotonic())
@@ -338,7 +339,8 @@ class ComfyProcess:
                     raise ComfyStartError(
                         death_message(rc, self.log_tail(), during="while starting"),
                         hint="fix the error above (missing Python package? bad "
-                        "COMFYUI_EXTRA_ARGS?); the full log is " + str(self.cfg.log_path),
+                        f"{env_name('comfyui_extra_args')}?); the full log is "
+                        + str(self.cfg.log_path),
                     )
                 try:
                     if http.get(url, timeout=2).status_code == 200:
@@ -351,7 +353,7 @@ class ComfyProcess:
                         f"ComfyUI did not answer /system_stats within "
                         f"{self.cfg.boot_timeout:.0f} s; last log lines:\n"
                         + "\n".join(f"  | {x}" for x in self.log_tail()),
-                        hint="raise COMFYUI_BOOT_TIMEOUT if start-up is just slow",
+                        hint=f"raise {env_name('boot_timeout')} if start-up is just slow",
                     )
                 time.sleep(READY_POLL_S)
         child.ready_seconds = time.monotonic() - child.started

@@ -6,17 +6,19 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from comfy_worker.config import env_name
+
 
 def restart_reason(*, jobs_done: int, rss_bytes: int | None, after_jobs: int,
                    max_rss: int) -> str | None:
     """Why ComfyUI should be restarted now, or None (pure). ``after_jobs``/``max_rss``
     of 0 turn that rule off."""
     if after_jobs and jobs_done >= after_jobs:
-        return f"{jobs_done} job(s) since it started (COMFY_WORKER_RESTART_AFTER_JOBS=" \
+        return f"{jobs_done} job(s) since it started ({env_name('restart_after_jobs')}=" \
                f"{after_jobs})"
     if max_rss and rss_bytes is not None and rss_bytes > max_rss:
         return (f"its memory (RSS {rss_bytes / 2**20:.0f} MiB) is over "
-                f"COMFY_WORKER_MAX_COMFY_RSS={max_rss} bytes ({max_rss / 2**20:.0f} MiB)")
+                f"{env_name('max_comfy_rss')}={max_rss} bytes ({max_rss / 2**20:.0f} MiB)")
     return None
 
 

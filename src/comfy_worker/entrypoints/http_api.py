@@ -37,7 +37,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from comfy_worker.config import Secret
+from comfy_worker.config import Secret, env_name
 from comfy_worker.entrypoints.job_queue import CANCELLED, ApiService, Job, Outcome
 from comfy_worker.errors import (
     JobCancelled,
@@ -172,9 +172,9 @@ class BodySizeLimit:
         body = json.dumps(RequestTooLarge(
             f"request body too large: {size} sent, the limit is {self.max_bytes} bytes",
             details=[{"limit_bytes": self.max_bytes,
-                      "setting": "COMFY_WORKER_MAX_REQUEST_BYTES"}],
+                      "setting": env_name("max_request_bytes")}],
             hint="send smaller input images (or a URL to them), or raise "
-                 "COMFY_WORKER_MAX_REQUEST_BYTES",
+                 f"{env_name('max_request_bytes')}",
         ).to_json()).encode()
         await send({"type": "http.response.start", "status": 413, "headers": [
             (b"content-type", b"application/json"),
@@ -222,7 +222,7 @@ class RequireToken:
         given = bearer_token(scope.get("headers", []))
         err = Unauthorized(
             "missing API token" if given is None else "wrong API token",
-            hint="send the header 'Authorization: Bearer <COMFY_WORKER_API_TOKEN>'")
+            hint=f"send the header 'Authorization: Bearer <{env_name('api_token')}>'")
         body = json.dumps(err.to_json()).encode()
         challenge = b'Bearer realm="comfy-worker"' + (
             b', error="invalid_token"' if given is not None else b"")
@@ -266,7 +266,7 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: _json(_ERROR_SCHEMA, text) for code, text in (
-        (400, "body is not JSON"), (413, "body over COMFY_WORKER_MAX_REQUEST_BYTES"),
+        (400, "body is not JSON"), (413, f"body over {env_name('max_request_bytes')}"),
         (422, "invalid job input or workflow"), (429, "queue full"),
         (499, "the client hung up; the job was cancelled"),
         (500, "the workflow failed"), (502, "a model source failed"),

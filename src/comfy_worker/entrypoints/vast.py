@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from comfy_worker.config import Settings
+from comfy_worker.config import Settings, env_name
 from comfy_worker.entrypoints.http_api import bind_socket, run_server
 from comfy_worker.entrypoints.job_queue import ApiService
 from comfy_worker.job.inputs import read_job_file
@@ -96,7 +96,7 @@ def benchmark_input(settings: Settings) -> dict[str, Any]:
     """The job input the PyWorker benchmarks: COMFY_WORKER_VAST_BENCHMARK or the default."""
     if settings.vast_benchmark is None:
         return DEFAULT_BENCHMARK
-    return read_job_file(settings.vast_benchmark, setting="COMFY_WORKER_VAST_BENCHMARK")
+    return read_job_file(settings.vast_benchmark, setting=env_name("vast_benchmark"))
 
 
 # --- I/O edges -------------------------------------------------------------------------
@@ -139,7 +139,7 @@ def run_vast(service_worker: Any, settings: Settings,
     """
     state_dir = settings.vast_model_log.parent
     if settings.api_token:
-        log.info("COMFY_WORKER_API_TOKEN is not used in vast mode: the API listens on "
+        log.info(f"{env_name('api_token')} is not used in vast mode: the API listens on "
                  "%s only and the PyWorker checks the autoscaler's signature on every "
                  "request", MODEL_HOST)
     model_log = ModelLog(settings.vast_model_log)
@@ -165,7 +165,7 @@ def run_vast(service_worker: Any, settings: Settings,
             child = subprocess.Popen(command, cwd=state_dir)
         except OSError as exc:
             log.error("cannot start the PyWorker %s: %s (run "
-                      "scripts/install_vast_pyworker.sh or set COMFY_WORKER_VAST_PYTHON)",
+                      f"scripts/install_vast_pyworker.sh or set {env_name('vast_python')})",
                       settings.vast_python, exc)
             child_exit.append(127)
             server.should_exit = True

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from comfy_worker.config import env_name
 from comfy_worker.errors import ConfigError, InputFetchFailed
 from comfy_worker.job.request import InputImage, redact_url
 from comfy_worker.jsontypes import json_type_name
@@ -54,7 +55,7 @@ def _fetch(image: InputImage, index: int, *, max_bytes: int, timeout: float) -> 
     except requests.RequestException as exc:
         raise InputFetchFailed(f"{where}: {type(exc).__name__}",
                                hint="check the URL; the worker must be able to reach it "
-                               "within COMFY_WORKER_INPUT_URL_TIMEOUT seconds") from None
+                               f"within {env_name('input_url_timeout')} seconds") from None
     if not data:
         raise InputFetchFailed(f"{where}: the server sent 0 bytes",
                                hint="point the URL at the image file itself")
@@ -80,7 +81,7 @@ def _read_capped(r: object, *, where: str, max_bytes: int) -> bytes:
 def _too_large(where: str, size: str, limit: int) -> InputFetchFailed:
     return InputFetchFailed(f"{where}: the image is {size}, over the {limit}-byte limit",
                             hint="send a smaller image, or raise "
-                            "COMFY_WORKER_INPUT_URL_MAX_BYTES")
+                            f"{env_name('input_url_max_bytes')}")
 
 
 def read_job_file(path: Path, *, setting: str) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from comfy_worker.config import env_name
 from comfy_worker.errors import OutputTooLarge
 
 VIDEO_EXTENSIONS = (".gif", ".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v")
@@ -104,8 +105,9 @@ def check_inline_size(sizes: Iterable[int], limit: int) -> int:
         raise OutputTooLarge(
             f"outputs are {_size_text(total)} as base64 ({len(sizes)} file(s)), over the "
             f"{_size_text(limit)} limit for inline results",
-            hint="configure S3 upload (BUCKET_ENDPOINT_URL, BUCKET_ACCESS_KEY_ID, "
-            "BUCKET_SECRET_ACCESS_KEY), raise COMFY_WORKER_MAX_OUTPUT_BYTES, or return "
+            hint=f"configure S3 upload ({env_name('bucket_endpoint_url')}, "
+            f"{env_name('bucket_access_key_id')}, {env_name('bucket_secret_access_key')}), "
+            f"raise {env_name('max_output_bytes')}, or return "
             "fewer/smaller images",
             details=[{"total_base64_bytes": total, "limit_bytes": limit,
                       "files": len(sizes)}],

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from comfy_worker.config import env_name
 from comfy_worker.errors import ComfyDied, ComfyError, JobCancelled, JobError, JobTimeout
 from comfy_worker.job.answers import execution_error, validation_error
 from comfy_worker.job.connection import Connection, ConnectionFactory
@@ -229,7 +230,7 @@ class JobRunner:
             raise JobTimeout(
                 f"job timed out after {run.request.timeout:g} s; ComfyUI was interrupted "
                 "and its queue cleared",
-                hint='raise "timeout" in the job input or COMFY_WORKER_JOB_TIMEOUT',
+                hint=f'raise "timeout" in the job input or {env_name("job_timeout")}',
                 details=[{**details[0], "timeout_s": run.request.timeout,
                           "node_id": tracker.current,
                           "class_type": tracker.current_class_type}])

@@ -7,6 +7,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING
 
+from comfy_worker.config import env_name
 from comfy_worker.errors import JobError, OutputUploadFailed
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ class S3Uploader:
             import boto3
             from botocore.config import Config
         except ImportError as exc:  # pragma: no cover - depends on the install
-            raise JobError("BUCKET_ENDPOINT_URL is set but boto3 is not installed",
+            raise JobError(f"{env_name('bucket_endpoint_url')} is set but boto3 is not installed",
                            hint="pip install 'comfy-worker[s3]'") from exc
         key_id = settings.bucket_access_key_id
         secret = settings.bucket_secret_access_key
@@ -55,4 +56,4 @@ class S3Uploader:
         except Exception as exc:  # botocore raises many unrelated types
             raise OutputUploadFailed(
                 f"S3 upload of {name!r} to bucket {self.bucket!r} failed: {exc}",
-                hint="check BUCKET_ENDPOINT_URL, the bucket and the keys") from exc
+                hint=f"check {env_name('bucket_endpoint_url')}, the bucket and the keys") from exc

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from comfy_worker.config import Settings
+from comfy_worker.config import Settings, env_name
 from comfy_worker.errors import DiskFull, GatedModel, ModelNotFound, SyncError
 from comfy_worker.lockfile import HfSource, Source, UrlSource
 from comfy_worker.sync.download import (
@@ -98,18 +98,19 @@ def http_error(status: int, *, path: str, source: Source, settings: Settings,
     what = source.describe()
     if status in (401, 403):
         if isinstance(source, HfSource):
-            token_state = ("HF_TOKEN is set but has no access to this repo"
-                           if settings.hf_token else "HF_TOKEN is not set")
+            token_state = (f"{env_name('hf_token')} is set but has no access to this repo"
+                           if settings.hf_token else f"{env_name('hf_token')} is not set")
             return GatedModel(
                 f'"{path}": {what} answered {status}: the model is gated or private '
                 f"({token_state})",
                 hint=f"accept the model's terms on the Hub page of {source.repo}, then set "
-                "HF_TOKEN to a token of an account with access (a read token is enough)",
+                f"{env_name('hf_token')} to a token of an account with access (a read token is "
+                "enough)",
             )
         return GatedModel(
             f'"{path}": {what} answered {status}: the server requires authorization',
             hint="use a URL that needs no login, or host the file on Hugging Face and "
-            "lock it as hf://owner/repo/file with HF_TOKEN set",
+            f"lock it as hf://owner/repo/file with {env_name('hf_token')} set",
         )
     if status == 404:
         hint = ("check repo, revision and file in the lock (`comfy-worker lock add` "

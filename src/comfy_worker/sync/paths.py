@@ -12,7 +12,7 @@ import yaml
 
 from comfy_worker.atomic_write import write_text_atomic
 from comfy_worker.comfy.folder_markers import write_markers
-from comfy_worker.config import Settings
+from comfy_worker.config import Settings, env_name
 from comfy_worker.errors import SyncError
 from comfy_worker.lockfile import KNOWN_FOLDERS, Lockfile
 
@@ -119,6 +119,6 @@ def prepare_model_paths(settings: Settings, lock: Lockfile, *,
     except OSError as exc:
         raise SyncError(
             f"cannot write {dest}: {exc.strerror or exc}",
-            hint="make the models dir writable (--models-dir / COMFY_WORKER_MODELS_DIR)",
+            hint=f"make the models dir writable (--models-dir / {env_name('models_dir')})",
         ) from None
     return ModelPaths(roots=tuple(roots), extra_model_paths=dest, marker_root=markers)

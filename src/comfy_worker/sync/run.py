@@ -26,7 +26,7 @@ from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 
-from comfy_worker.config import Settings
+from comfy_worker.config import Settings, env_name
 from comfy_worker.errors import (
     DownloadFailed,
     ModelHashMismatch,
@@ -321,7 +321,7 @@ class FileSync:
             f'"{entry.path}": download from {entry.source.describe()} failed after '
             f"{attempts} attempts: {last}",
             hint="the source is unreachable or failing; retry later, or raise "
-            "COMFY_WORKER_RETRIES")
+            f"{env_name('retries')}")
 
 
 def remove_stale_temps(target: Path) -> None:

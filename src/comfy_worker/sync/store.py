@@ -49,7 +49,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from comfy_worker.config import Settings
+from comfy_worker.config import Settings, env_name
 from comfy_worker.errors import (
     JobCancelled,
     JobInputInvalid,
@@ -74,8 +74,8 @@ BACKGROUND = 0
 JOB = 10
 """Priority of a file a job waits for."""
 
-WAIT_TIMEOUT_SETTING = "COMFY_WORKER_MODEL_WAIT_TIMEOUT"
-CACHE_BYTES_SETTING = "COMFY_WORKER_MODEL_CACHE_BYTES"
+WAIT_TIMEOUT_SETTING = env_name("model_wait_timeout")
+CACHE_BYTES_SETTING = env_name("model_cache_bytes")
 _PROGRESS_EVERY = 1.0
 _POLL = 0.1
 _LOG_EVERY = 30.0
