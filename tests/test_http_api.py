@@ -23,28 +23,35 @@ from comfy_worker.entrypoints.http_api import (
     DISCONNECT_POLL_SECONDS,
     content_length,
     response_for,
-    unwrap_job_input,
 )
 from comfy_worker.entrypoints.job_queue import Job, JobQueue
 from comfy_worker.errors import ComfyStartError, JobInputInvalid, ShuttingDown
 from comfy_worker.job import JobResult
+from comfy_worker.job.request import job_input_of
 
 # --- pure parts -------------------------------------------------------------------------
 
 
 def test_unwrap_accepts_wrapped_and_bare_job_inputs() -> None:
-    assert unwrap_job_input({"input": {"workflow": {"1": {}}}}) == {"workflow": {"1": {}}}
-    assert unwrap_job_input({"workflow": {"1": {}}}) == {"workflow": {"1": {}}}
+    assert job_input_of({"input": {"workflow": {"1": {}}}}) == {"workflow": {"1": {}}}
+    assert job_input_of({"workflow": {"1": {}}}) == {"workflow": {"1": {}}}
 
 
-def test_unwrap_passes_an_input_given_as_a_json_string_on_to_the_job_parser() -> None:
-    assert unwrap_job_input({"input": '{"workflow": {}}'}) == '{"workflow": {}}'
+def test_unwrap_decodes_an_input_or_a_body_given_as_a_json_string() -> None:
+    assert job_input_of({"input": '{"workflow": {}}'}) == {"workflow": {}}
+    assert job_input_of('{"input": {"workflow": {}}}') == {"workflow": {}}
+    assert job_input_of('{"workflow": {}}') == {"workflow": {}}
 
 
-@pytest.mark.parametrize("body", [[1, 2], "x", {"input": [1]}, {"input": 3}])
+@pytest.mark.parametrize("body", [[1, 2], {"input": [1]}, {"input": 3}, "[1]", "3"])
 def test_unwrap_rejects_non_objects_naming_the_type(body: object) -> None:
     with pytest.raises(JobInputInvalid, match="not an object"):
-        unwrap_job_input(body)
+        job_input_of(body, where="request body")
+
+
+def test_unwrap_rejects_a_string_that_is_not_json() -> None:
+    with pytest.raises(JobInputInvalid, match="request body is a string but not valid JSON"):
+        job_input_of("x", where="request body")
 
 
 @pytest.mark.parametrize(("error", "status"), [

@@ -53,7 +53,7 @@ def test_malformed_workflow_is_named(raw: dict, fragment: str) -> None:
 
 
 def test_input_that_is_not_an_object_is_refused() -> None:
-    with pytest.raises(JobInputInvalid, match='job "input" is array'):
+    with pytest.raises(JobInputInvalid, match='job "input" is a JSON array, not an object'):
         parse([WF])
 
 
@@ -108,7 +108,7 @@ def test_the_whole_input_as_a_json_string_is_decoded() -> None:
     assert req.workflow == WF and req.timeout == 5.0
     with pytest.raises(JobInputInvalid, match='job "input" is a string but not valid JSON'):
         parse("{nope")
-    with pytest.raises(JobInputInvalid, match='job "input" is array'):
+    with pytest.raises(JobInputInvalid, match='job "input" is a JSON array, not an object'):
         parse(json.dumps([WF]))
 
 

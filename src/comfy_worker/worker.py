@@ -41,7 +41,7 @@ from comfy_worker.errors import (
 from comfy_worker.job import JobRequest, JobResult, JobRunner, NodeProgress, parse_job_input
 from comfy_worker.job.connection import comfy_connections
 from comfy_worker.job.delivery import LazyDelivery
-from comfy_worker.job.inputs import fetch_url_images, read_job_file, unwrap_request
+from comfy_worker.job.inputs import fetch_url_images, read_job_file
 from comfy_worker.job.models import brought_model_error, needed_entries, request_models
 from comfy_worker.job.preflight import Available
 from comfy_worker.lockfile import Lockfile, allowed_folders, load_lock
@@ -108,8 +108,8 @@ class Worker:
 
     def _prepare(self) -> Lockfile:
         if self.settings.warmup is not None:  # a bad file fails start-up before the boot
-            self._warmup_input = unwrap_request(
-                read_job_file(self.settings.warmup, setting=env_name("warmup")))
+            self._warmup_input = read_job_file(self.settings.warmup,
+                                               setting=env_name("warmup"))
         lock = self._load_lock()
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.paths = model_sync.prepare_model_paths(self.settings, lock, folder_markers=True)

@@ -12,6 +12,7 @@ from typing import Any
 
 from comfy_worker.config import Settings
 from comfy_worker.errors import LockfileError
+from comfy_worker.job.request import job_input_of
 from comfy_worker.lockfile import (
     Lockfile,
     allowed_folders,
@@ -70,7 +71,7 @@ def lock_from_workflow(args: argparse.Namespace, settings: Settings) -> int:
 
 def _ui_document(doc: dict[str, Any]) -> dict[str, Any]:
     """The workflow itself from a job input or RunPod request wrapped around it."""
-    inner = doc.get("input", doc) if isinstance(doc.get("input"), dict) else doc
+    inner = job_input_of(doc, where="the workflow file")
     workflow = inner.get("workflow")
     return workflow if isinstance(workflow, dict) else inner
 

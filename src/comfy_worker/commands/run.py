@@ -14,6 +14,7 @@ import base64
 import json
 import logging
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from comfy_worker.commands.workflow import read_workflow_file
 from comfy_worker.config import Settings
 from comfy_worker.errors import JobInputInvalid, WorkerError
 from comfy_worker.job import JobResult, NodeProgress
+from comfy_worker.job.request import job_input_of
 from comfy_worker.sync.store import WaitProgress
 from comfy_worker.worker import ReadaheadProgress
 
@@ -30,9 +32,9 @@ log = logging.getLogger(__name__)
 def build_job_input(document: Any, images: list[Path], timeout: float | None) -> dict[str, Any]:
     """The job input for a file given to ``run`` plus ``--images``/``--timeout`` (pure
     except for reading the image files)."""
-    if isinstance(document, dict) and isinstance(document.get("input"), dict):
-        document = document["input"]
-    if isinstance(document, dict) and "workflow" in document:
+    if isinstance(document, dict):
+        document = job_input_of(document, where="the workflow file")
+    if isinstance(document, Mapping) and "workflow" in document:
         job_input = dict(document)
     else:
         job_input = {"workflow": document}

@@ -41,7 +41,6 @@ from comfy_worker.config import Secret, env_name
 from comfy_worker.entrypoints.job_queue import CANCELLED, ApiService, Job, Outcome
 from comfy_worker.errors import (
     JobCancelled,
-    JobInputInvalid,
     JobNotFound,
     RequestInvalid,
     RequestTooLarge,
@@ -50,7 +49,7 @@ from comfy_worker.errors import (
     WorkerStartFailed,
     WorkerStarting,
 )
-from comfy_worker.jsontypes import json_type_name
+from comfy_worker.job.request import job_input_of
 from comfy_worker.readiness import Phase, Readiness
 
 log = logging.getLogger(__name__)
@@ -61,25 +60,6 @@ CLIENT_CLOSED_REQUEST = 499
 """nginx's status for a client that hung up before the answer (the job is cancelled)."""
 
 # --- small pure decisions ------------------------------------------------------------
-
-
-def unwrap_job_input(body: Any) -> dict[str, Any] | str:
-    """The job input from a request body: ``{"input": {...}}`` or the bare ``{...}``; the
-    input may be a JSON string of the object (:func:`parse_job_input` decodes it)."""
-    if not isinstance(body, dict):
-        raise JobInputInvalid(
-            f"request body is a JSON {json_type_name(body)}, not an object",
-            hint='send {"input": {"workflow": {...}}} or {"workflow": {...}}',
-        )
-    if "input" in body:
-        inner = body["input"]
-        if not isinstance(inner, dict | str):
-            raise JobInputInvalid(
-                f"'input' is a JSON {json_type_name(inner)}, not an object",
-                hint='send {"input": {"workflow": {...}}}',
-            )
-        return inner
-    return body
 
 
 def response_for(outcome: Outcome) -> tuple[int, dict[str, Any]]:
@@ -317,14 +297,14 @@ def create_app(service: ApiService, *, max_request_bytes: int,
     if api_token:
         app.add_middleware(RequireToken, token=api_token)  # added last: runs first
 
-    async def read_job_input(request: Request) -> dict[str, Any] | str:
+    async def read_job_input(request: Request) -> Mapping[str, Any]:
         raw = await request.body()
         try:
             body = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise RequestInvalid("request body is not valid JSON", details=[str(exc)],
                                  hint="send a JSON object, e.g. {\"input\": {...}}") from None
-        return unwrap_job_input(body)
+        return job_input_of(body, where="request body")
 
     async def accept(request: Request, *, keep: bool) -> Job | JSONResponse:
         """The request's job, queued; or the response that says why it was not."""

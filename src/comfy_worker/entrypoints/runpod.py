@@ -69,7 +69,7 @@ def make_handler(worker: Worker, send_progress: ProgressSender | None) -> Handle
 
         def run() -> dict[str, Any]:
             try:
-                return worker.run_job(job.get("input"), job_id=job_id, progress=progress,
+                return worker.run_job(job, job_id=job_id, progress=progress,
                                       cancel=cancel).to_json()
             except WorkerError as err:  # RunPod marks a result with "error" as failed
                 return err.to_json()

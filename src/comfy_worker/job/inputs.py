@@ -97,8 +97,3 @@ def read_job_file(path: Path, *, setting: str) -> dict[str, Any]:
                           "object", hint='use {"workflow": {...}} or {"input": {"workflow": '
                           "{...}}}")
     return payload
-
-
-def unwrap_request(document: dict[str, Any]) -> Any:
-    """The job input of a stored request: ``{"input": X}`` gives X, anything else itself."""
-    return document.get("input", document)

@@ -191,22 +191,42 @@ def parse_models(raw: object, *, folders: frozenset[str]) -> tuple[LockEntry, ..
         raise JobInputInvalid(exc.message, hint=exc.hint) from None
 
 
-def parse_job_input(raw: object, *, default_timeout: float,
-                    folders: frozenset[str] = KNOWN_FOLDERS) -> JobRequest:
-    """Validate a job's ``input`` (an object, or one as a JSON string). Raises
-    :class:`JobInputInvalid`. ``folders``: the model folders a job's ``models`` may use
-    (ComfyUI's and the lock's ``extra_folders``)."""
+def _json_object(raw: object, *, where: str) -> Mapping[str, Any]:
+    """``raw`` as an object: itself, or decoded from a JSON string of one."""
     if isinstance(raw, str):
         try:
             raw = json.loads(raw)
         except ValueError as exc:
-            raise JobInputInvalid(f'job "input" is a string but not valid JSON: {exc}',
+            raise JobInputInvalid(f"{where} is a string but not valid JSON: {exc}",
                                   hint='send {"workflow": {...}} as an object, or as a JSON '
                                   "string of one") from None
     if not isinstance(raw, Mapping):
-        raise JobInputInvalid(f'job "input" is {json_type_name(raw)}, expected an object',
-                              hint='send {"input": {"workflow": {...}}}')
-    return JobRequest(workflow=parse_workflow(raw.get("workflow")),
-                      images=parse_images(raw.get("images")),
-                      timeout=parse_timeout(raw.get("timeout"), default_timeout),
-                      models=parse_models(raw.get("models"), folders=folders))
+        raise JobInputInvalid(f"{where} is a JSON {json_type_name(raw)}, not an object",
+                              hint='send {"input": {"workflow": {...}}} or {"workflow": {...}}')
+    return raw
+
+
+def job_input_of(body: object, *, where: str = 'job "input"') -> Mapping[str, Any]:
+    """The job input a request carries, whatever its wrapping: every edge (HTTP, RunPod,
+    Vast, ``run``, job files) reads a body through this one function.
+
+    ``{"input": X}`` gives X (RunPod's shape, and worker-comfyui's), anything else is the
+    input itself; the body, and X, may each be a JSON string of the object (worker-comfyui's
+    clients send the input so). A job input never has a field named ``input``, so a bare
+    input passes through unchanged. Raises :class:`JobInputInvalid` naming ``where``."""
+    doc = _json_object(body, where=where)
+    if "input" in doc:
+        doc = _json_object(doc["input"], where="'input'")
+    return doc
+
+
+def parse_job_input(raw: object, *, default_timeout: float,
+                    folders: frozenset[str] = KNOWN_FOLDERS) -> JobRequest:
+    """Validate a job (its input, or a body around it: :func:`job_input_of`). Raises
+    :class:`JobInputInvalid`. ``folders``: the model folders a job's ``models`` may use
+    (ComfyUI's and the lock's ``extra_folders``)."""
+    doc = job_input_of(raw)
+    return JobRequest(workflow=parse_workflow(doc.get("workflow")),
+                      images=parse_images(doc.get("images")),
+                      timeout=parse_timeout(doc.get("timeout"), default_timeout),
+                      models=parse_models(doc.get("models"), folders=folders))
