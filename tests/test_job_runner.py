@@ -28,10 +28,11 @@ from comfy_worker.errors import (
 )
 from comfy_worker.job import JobRequest, JobResult
 from comfy_worker.job.delivery import InlineDelivery
+from comfy_worker.job.events import NodeProgress
 from comfy_worker.job.preflight import Available
 from comfy_worker.job.request import InputImage
 from comfy_worker.job.runner import JobRunner
-from comfy_worker.job.tracker import NodeProgress, PromptTracker, State
+from comfy_worker.job.tracker import PromptTracker, State
 
 PID = "prompt-1"
 WORKFLOW = {

@@ -29,8 +29,9 @@ from comfy_worker.errors import (
     ModelWaitTimeout,
     ShuttingDown,
 )
+from comfy_worker.job.events import WaitProgress
 from comfy_worker.lockfile import LockEntry, load_lock, parse_lock
-from comfy_worker.sync import ModelStore, WaitProgress, prepare_model_paths
+from comfy_worker.sync import ModelStore, prepare_model_paths
 from comfy_worker.sync import verify as sync_verify
 
 MIB = 1024 * 1024

@@ -22,9 +22,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from comfy_worker import sync as model_sync
 from comfy_worker.comfy.process import ComfyProcess, LaunchConfig, State, gpu_present
@@ -38,9 +37,10 @@ from comfy_worker.errors import (
     WorkerStarting,
     as_worker_error,
 )
-from comfy_worker.job import JobRequest, JobResult, JobRunner, NodeProgress, parse_job_input
+from comfy_worker.job import JobRequest, JobResult, JobRunner, parse_job_input
 from comfy_worker.job.connection import comfy_connections
 from comfy_worker.job.delivery import LazyDelivery
+from comfy_worker.job.events import ProgressFn, ReadaheadProgress
 from comfy_worker.job.inputs import fetch_url_images, read_job_file
 from comfy_worker.job.models import brought_model_error, needed_entries, request_models
 from comfy_worker.job.preflight import Available
@@ -49,29 +49,10 @@ from comfy_worker.readahead import memory_budget_now, read_ahead
 from comfy_worker.readiness import Phase, Readiness
 from comfy_worker.sync import check as sync_check
 from comfy_worker.sync.paths import STATE_DIR
-from comfy_worker.sync.store import Claim, ModelStore, WaitProgress
+from comfy_worker.sync.store import Claim, ModelStore
 from comfy_worker.workflow.convert import is_ui_workflow, ui_to_api
 
 log = logging.getLogger(__name__)
-
-@dataclass(frozen=True)
-class ReadaheadProgress:
-    """A job's model files being read into memory before its prompt is queued."""
-
-    bytes_done: int
-    bytes_total: int
-    seconds: float
-
-    def to_json(self) -> dict[str, Any]:
-        rate = self.bytes_done / self.seconds / 1e6 if self.seconds > 0 else 0.0
-        return {"stage": "readahead", "bytes_done": self.bytes_done,
-                "bytes_total": self.bytes_total, "mb_per_s": round(rate, 1)}
-
-
-ProgressFn = Callable[[NodeProgress | WaitProgress | ReadaheadProgress], None]
-"""Receives what a job is doing: waiting for its models, or running its nodes; each
-update has ``to_json()`` (``"stage": "models"`` or ``"running"``)."""
-
 
 class Worker:
     def __init__(self, settings: Settings) -> None:

@@ -21,10 +21,9 @@ from typing import Any
 from comfy_worker.commands.workflow import read_workflow_file
 from comfy_worker.config import Settings
 from comfy_worker.errors import JobInputInvalid, WorkerError
-from comfy_worker.job import JobResult, NodeProgress
+from comfy_worker.job import JobResult
+from comfy_worker.job.events import JobEvent, NodeProgress
 from comfy_worker.job.request import job_input_of
-from comfy_worker.sync.store import WaitProgress
-from comfy_worker.worker import ReadaheadProgress
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +52,7 @@ def build_job_input(document: Any, images: list[Path], timeout: float | None) ->
     return job_input
 
 
-def _log_progress(update: NodeProgress | WaitProgress | ReadaheadProgress) -> None:
+def _log_progress(update: JobEvent) -> None:
     if not isinstance(update, NodeProgress):
         log.info("%s", json.dumps(update.to_json()))
         return

@@ -27,6 +27,7 @@ from comfy_worker.errors import (
     WorkerError,
     as_worker_error,
 )
+from comfy_worker.job.events import JobEvent
 from comfy_worker.readiness import Phase, Readiness
 
 log = logging.getLogger(__name__)
@@ -46,10 +47,6 @@ class Result(Protocol):
 
 Outcome = Result | WorkerError
 """What a finished job holds: its result, or the error it failed with."""
-
-
-class Progress(Protocol):
-    def to_json(self) -> dict[str, Any]: ...
 
 
 class WorkerLike(Protocol):
@@ -85,7 +82,7 @@ class Job:
     started: float | None = None
     finished: float | None = None
     outcome: Outcome | None = None
-    progress: Progress | None = None
+    progress: JobEvent | None = None
     size: int = 0
     cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     """Set when nobody waits for the result any more: skipped if queued, interrupted if
@@ -308,7 +305,7 @@ class ApiService:
         return self._failure or self.worker.readiness()
 
     def _run_job(self, job: Job) -> Result:
-        def progress(update: Progress) -> None:
+        def progress(update: JobEvent) -> None:
             job.progress = update
 
         return self.worker.run_job(job.input, job_id=job.id, progress=progress,

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from comfy_worker.errors import WorkerError
-from comfy_worker.job import NodeProgress
+from comfy_worker.job.events import JobEvent
 from comfy_worker.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def make_handler(worker: Worker, send_progress: ProgressSender | None) -> Handle
         if send_progress is not None:
             throttle = Throttle(PROGRESS_INTERVAL_S)
 
-            def progress(update: NodeProgress) -> None:
+            def progress(update: JobEvent) -> None:
                 if throttle.ready():
                     send_progress(job, update.to_json())
 

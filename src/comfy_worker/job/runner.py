@@ -24,6 +24,7 @@ from comfy_worker.errors import ComfyDied, ComfyError, JobCancelled, JobError, J
 from comfy_worker.job.answers import execution_error, validation_error
 from comfy_worker.job.connection import Connection, ConnectionFactory
 from comfy_worker.job.delivery import Delivery
+from comfy_worker.job.events import ProgressFn
 from comfy_worker.job.outputs import JobResult, OutputFile, collect_output_files
 from comfy_worker.job.preflight import (
     Available,
@@ -47,7 +48,6 @@ ABORT_GRACE_S = 30.0
 """After /interrupt, how long a prompt may take to stop before ComfyUI is restarted."""
 QUEUE_POLL_S = 1.0
 
-ProgressFn = Callable[[NodeProgress], None]
 Clock = Callable[[], float]
 
 

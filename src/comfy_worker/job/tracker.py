@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from comfy_worker.comfy import events as ev
+from comfy_worker.job.events import NodeProgress
 
 WS_POLL_S = 0.25
 """Longest wait for one event: cancel and liveness are checked at least this often."""
@@ -31,24 +32,6 @@ class State(enum.Enum):
     """The job's deadline passed: the runner interrupts ComfyUI."""
     DIED = "died"
     """ComfyUI is gone (exited, or restarted by its supervisor)."""
-
-
-@dataclass(frozen=True)
-class NodeProgress:
-    """A progress update: the node that runs, its step/max and an overall percent."""
-
-    node: str | None
-    class_type: str | None
-    step: float | None
-    max: float | None
-    percent: float
-    nodes_done: int
-    nodes_total: int
-
-    def to_json(self) -> dict[str, Any]:
-        return {"stage": "running", "node": self.node, "class_type": self.class_type,
-                "step": self.step, "max": self.max, "percent": self.percent,
-                "nodes_done": self.nodes_done, "nodes_total": self.nodes_total}
 
 
 def node_progress(*, node: str | None, class_type: str | None, step: float | None,

@@ -11,7 +11,7 @@ from comfy_worker.sync.paths import (
     write_extra_model_paths,
 )
 from comfy_worker.sync.run import FileResult, SyncReport, sync_models
-from comfy_worker.sync.store import Claim, ModelStore, StoreStatus, WaitProgress
+from comfy_worker.sync.store import Claim, ModelStore, StoreStatus
 
 __all__ = [
     "Claim",
@@ -20,7 +20,6 @@ __all__ = [
     "ModelStore",
     "StoreStatus",
     "SyncReport",
-    "WaitProgress",
     "extra_model_paths_location",
     "model_roots",
     "prepare_model_paths",

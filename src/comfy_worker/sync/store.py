@@ -60,6 +60,7 @@ from comfy_worker.errors import (
     ShuttingDown,
     WorkerError,
 )
+from comfy_worker.job.events import ProgressFn, WaitProgress
 from comfy_worker.lockfile import LockEntry, Lockfile, allowed_folders, validate_model_path
 from comfy_worker.sync import cache, fetch
 from comfy_worker.sync.download import Download
@@ -82,24 +83,6 @@ _LOG_EVERY = 30.0
 
 
 # --- values -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class WaitProgress:
-    """How far one claim's files are, for a job's progress updates."""
-
-    files_done: int
-    files_total: int
-    bytes_done: int
-    bytes_total: int
-    bytes_per_s: float
-    waiting_for: tuple[str, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"stage": "models", "files_done": self.files_done,
-                "files_total": self.files_total, "bytes_done": self.bytes_done,
-                "bytes_total": self.bytes_total, "bytes_per_s": round(self.bytes_per_s),
-                "waiting_for": list(self.waiting_for)}
 
 
 @dataclass(frozen=True)
@@ -804,7 +787,7 @@ class Claim:
         self.release()
 
     def wait(self, *, timeout: float | None = None, cancel: threading.Event | None = None,
-             on_progress: Callable[[WaitProgress], None] | None = None
+             on_progress: ProgressFn | None = None
              ) -> Mapping[str, Path]:
         """Block until every file is present and verified: ``{path: location}``.
 
