@@ -28,6 +28,9 @@ can do at that cap. On a small shared machine (2 cores) the server, the download
 the ~1 CPU-second sha256 per GiB compete for CPU; ``--per-conn-mbps 12 --total-mbps
 120`` then measures the sync at a rate the machine can serve while hashing.
 
+The bare hf_transfer row needs the ``bench`` extra (``pip install -e ".[bench]"``):
+hf_transfer is not a runtime dependency.
+
     python benchmarks/sync_throughput.py                  # both cases, 1 GiB each
     python benchmarks/sync_throughput.py --size-mib 128 --fast-size-mib 256   # quick
     python benchmarks/sync_throughput.py --case fast --rounds 5

@@ -7,6 +7,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from support.verify_reads import VerifyReads
+
+from comfy_worker.sync import verify as sync_verify
 
 REPO = Path(__file__).resolve().parents[1]
 VAST_VENV = REPO / ".vast-pyworker"
@@ -25,3 +28,11 @@ def vast_python() -> str:
             pytest.fail(f"CI=true but {reason}", pytrace=False)
         pytest.skip(reason)
     return str(VAST_VENV / "bin" / "python")
+
+
+@pytest.fixture
+def verify_reads(monkeypatch: pytest.MonkeyPatch) -> VerifyReads:
+    """Counts the bytes :mod:`comfy_worker.sync.verify` reads from files from now on."""
+    counter = VerifyReads()
+    monkeypatch.setattr(sync_verify, "open", counter.open, raising=False)
+    return counter

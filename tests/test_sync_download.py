@@ -144,31 +144,7 @@ def test_the_hash_follows_the_bytes_so_little_is_left_after_the_last_one(
     assert dl.tail_hashed is not None and dl.tail_hashed <= 2 * MIB  # one range per connection
 
 
-# --- pause, cancel, priorities --------------------------------------------------------
-
-
-def test_pause_stops_the_traffic_and_resume_finishes_without_losing_bytes(
-        tmp_path: Path) -> None:
-    with HFServer(per_connection_bps=2_000_000) as hub:
-        served = hub.add_url("m.bin", random_bytes(6 * MIB))
-        dl = download_of(served, tmp_path / "m.bin", connections=2, chunk=3 * MIB)
-        thread, out = run_in_thread(dl)
-        wait_for(lambda: dl.received >= MIB)
-
-        dl.pause()
-        time.sleep(1.5)  # the blocks in flight land (0.5 s each at 2 MB/s)
-        before = (dl.received, hub.bytes_served(served))
-        time.sleep(1.0)
-        assert (dl.received, hub.bytes_served(served)) == before, "traffic while paused"
-        assert dl.paused and thread.is_alive()
-
-        dl.resume()
-        thread.join(timeout=30)
-
-    assert out.get("sha256") == served.sha256, out
-    resumed = [q.range for q in hub.requests(served, "GET")
-               if q.range and int(q.range[6:].split("-")[0]) % (3 * MIB) != 0]
-    assert resumed, "a paused range continues from where it stopped"
+# --- cancel, priorities --------------------------------------------------------
 
 
 def test_cancel_stops_every_connection_at_once(tmp_path: Path) -> None:

@@ -15,12 +15,12 @@ from support import (
     safetensors_bytes,
     write_lock_file,
 )
+from support.verify_reads import VerifyReads
 
 from comfy_worker.config import Settings, load_settings
 from comfy_worker.errors import DownloadFailed
 from comfy_worker.lockfile import load_lock, parse_lock
 from comfy_worker.sync import model_roots, prepare_model_paths, sync_models
-from comfy_worker.sync import verify as sync_verify
 
 
 def settings_for(hub: HFServer, tmp: Path, **kw: object) -> Settings:
@@ -60,71 +60,72 @@ def test_cold_sync_downloads_every_file_verified(hf_server: HFServer, tmp_path: 
     assert report.to_json()["files"][0].keys() >= {"path", "action", "bytes", "seconds"}
 
 
-def test_warm_start_of_20_verified_files_reads_no_bytes(hf_server: HFServer,
-                                                         tmp_path: Path) -> None:
+def test_warm_start_of_20_verified_files_reads_no_bytes(
+        hf_server: HFServer, tmp_path: Path, verify_reads: VerifyReads) -> None:
     files = serve_loras(hf_server, 20, floats=2_000)
     s = settings_for(hf_server, tmp_path)
     write_lock_file(s.lock_path, files)
     sync_models(s, progress=False)
     hf_server.reset_counters()
-    read_before = sync_verify.BYTES_READ.value
+    read_before = verify_reads.value
 
     report = sync_models(s, progress=False)
 
     assert [f.action for f in report.files] == ["cached"] * 20
-    assert sync_verify.BYTES_READ.value == read_before
+    assert verify_reads.value == read_before
     assert hf_server.requests() == []
 
 
-def test_changed_mtime_makes_the_file_hashed_again(hf_server: HFServer, tmp_path: Path) -> None:
+def test_changed_mtime_makes_the_file_hashed_again(
+        hf_server: HFServer, tmp_path: Path, verify_reads: VerifyReads) -> None:
     files = serve_loras(hf_server, 1)
     s = settings_for(hf_server, tmp_path)
     write_lock_file(s.lock_path, files)
     sync_models(s, progress=False)
     target = tmp_path / "models" / "loras" / "l0.safetensors"
     os.utime(target, ns=(1_000_000_000, 1_000_000_000))
-    before = sync_verify.BYTES_READ.value
+    before = verify_reads.value
 
     report = sync_models(s, progress=False)
 
     assert report.files[0].action == "cached"
-    assert sync_verify.BYTES_READ.value - before == target.stat().st_size
+    assert verify_reads.value - before == target.stat().st_size
     hf_server.reset_counters()
     sync_models(s, progress=False)  # the new record holds again
-    assert sync_verify.BYTES_READ.value - before == target.stat().st_size
+    assert verify_reads.value - before == target.stat().st_size
 
 
-def test_fast_verify_checks_header_of_a_file_seen_before(hf_server: HFServer,
-                                                         tmp_path: Path) -> None:
+def test_fast_verify_checks_header_of_a_file_seen_before(
+        hf_server: HFServer, tmp_path: Path, verify_reads: VerifyReads) -> None:
     files = serve_loras(hf_server, 1, floats=200_000)
     s = settings_for(hf_server, tmp_path, fast_verify=True)
     write_lock_file(s.lock_path, files)
     sync_models(s, progress=False)
     target = tmp_path / "models" / "loras" / "l0.safetensors"
     os.utime(target, ns=(2_000_000_000, 2_000_000_000))
-    before = sync_verify.BYTES_READ.value
+    before = verify_reads.value
 
     report = sync_models(s, progress=False)
 
     assert report.files[0].action == "cached"
-    read = sync_verify.BYTES_READ.value - before
+    read = verify_reads.value - before
     assert 0 < read < 4096  # the header only, not the 800 kB of tensors
 
 
-def test_fast_verify_hashes_a_file_seen_for_the_first_time(hf_server: HFServer,
-                                                           tmp_path: Path) -> None:
+def test_fast_verify_hashes_a_file_seen_for_the_first_time(
+        hf_server: HFServer, tmp_path: Path, verify_reads: VerifyReads) -> None:
     files = serve_loras(hf_server, 1, floats=50_000)
     s = settings_for(hf_server, tmp_path, fast_verify=True)
     write_lock_file(s.lock_path, files)
     target = tmp_path / "models" / "loras" / "l0.safetensors"
     target.parent.mkdir(parents=True)
     target.write_bytes(files["loras/l0.safetensors"].read(0, files["loras/l0.safetensors"].size))
-    before = sync_verify.BYTES_READ.value
+    before = verify_reads.value
 
     report = sync_models(s, progress=False)
 
     assert report.files[0].action == "cached"
-    assert sync_verify.BYTES_READ.value - before == target.stat().st_size
+    assert verify_reads.value - before == target.stat().st_size
     assert hf_server.bytes_served() == 0
 
 

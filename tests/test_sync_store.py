@@ -20,6 +20,7 @@ from support import (
     lock_entry,
     write_lock_file,
 )
+from support.verify_reads import VerifyReads
 
 from comfy_worker.config import load_settings
 from comfy_worker.errors import (
@@ -32,7 +33,6 @@ from comfy_worker.errors import (
 from comfy_worker.job.events import WaitProgress
 from comfy_worker.lockfile import LockEntry, load_lock, parse_lock
 from comfy_worker.sync import ModelStore, prepare_model_paths
-from comfy_worker.sync import verify as sync_verify
 
 MIB = 1024 * 1024
 
@@ -207,7 +207,8 @@ def test_two_concurrent_claims_of_one_file_cause_one_download(
 
 
 def test_present_files_are_done_at_once_and_a_warm_store_reads_nothing(
-        hf_server: HFServer, tmp_path: Path, stores: list[ModelStore]) -> None:
+        hf_server: HFServer, tmp_path: Path, stores: list[ModelStore],
+        verify_reads: VerifyReads) -> None:
     files = {f"loras/l{i}.safetensors": hf_server.add_file("acme/l", f"l{i}.safetensors",
                                                           data(300_000, seed=i))
              for i in range(3)}
@@ -215,7 +216,7 @@ def test_present_files_are_done_at_once_and_a_warm_store_reads_nothing(
     store.wait_all()
     store.close()
     hf_server.reset_counters()
-    read_before = sync_verify.BYTES_READ.value
+    read_before = verify_reads.value
 
     warm = make_store(stores, hf_server, tmp_path, files)  # a restarted worker
     warm.start()
@@ -229,7 +230,7 @@ def test_present_files_are_done_at_once_and_a_warm_store_reads_nothing(
     assert (status.files_done, status.bytes_done) == (3, sum(f.size for f in files.values()))
     assert status.complete and status.failed == () and status.downloading == ()
     assert hf_server.requests() == []
-    assert sync_verify.BYTES_READ.value == read_before
+    assert verify_reads.value == read_before
 
 
 # --- failures --------------------------------------------------------------------------

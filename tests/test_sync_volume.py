@@ -18,10 +18,10 @@ from support import (
     skip_or_fail,
     write_lock_file,
 )
+from support.verify_reads import VerifyReads
 
 from comfy_worker.config import Settings, load_settings
 from comfy_worker.sync import sync_models
-from comfy_worker.sync import verify as sync_verify
 
 
 def settings_for(hub: HFServer, tmp: Path, **kw: object) -> Settings:
@@ -55,8 +55,8 @@ def test_file_on_the_volume_is_used_in_place(hf_server: HFServer, tmp_path: Path
     assert hf_server.bytes_served() == 0
 
 
-def test_missing_files_are_fetched_into_a_writable_volume(hf_server: HFServer,
-                                                          tmp_path: Path) -> None:
+def test_missing_files_are_fetched_into_a_writable_volume(
+        hf_server: HFServer, tmp_path: Path, verify_reads: VerifyReads) -> None:
     files = serve(hf_server, 2)
     (tmp_path / "vol").mkdir()
     s = settings_for(hf_server, tmp_path)
@@ -70,10 +70,10 @@ def test_missing_files_are_fetched_into_a_writable_volume(hf_server: HFServer,
 
     # The next worker (fresh local dir) finds them on the volume, verified, unread.
     hf_server.reset_counters()
-    before = sync_verify.BYTES_READ.value
+    before = verify_reads.value
     nxt = sync_models(s.replace(models_dir=tmp_path / "local2"), progress=False)
     assert [f.action for f in nxt.files] == ["volume", "volume"]
-    assert sync_verify.BYTES_READ.value == before
+    assert verify_reads.value == before
     assert hf_server.requests() == []
 
 
@@ -90,7 +90,7 @@ def test_no_volume_directory_means_local_downloads(hf_server: HFServer, tmp_path
 
 
 def test_read_only_volume_is_read_in_place_and_downloads_go_local(
-        hf_server: HFServer, tmp_path: Path) -> None:
+        hf_server: HFServer, tmp_path: Path, verify_reads: VerifyReads) -> None:
     files = serve(hf_server, 2)
     s = settings_for(hf_server, tmp_path)
     write_lock_file(s.lock_path, files)
@@ -111,10 +111,10 @@ def test_read_only_volume_is_read_in_place_and_downloads_go_local(
         second_path = list(files)[1]
         assert report.files[1].location == tmp_path / "local" / second_path
         # The read-only volume file's record went to the local state dir: no re-hash.
-        before = sync_verify.BYTES_READ.value
+        before = verify_reads.value
         again = sync_models(s, progress=False)
         assert [f.action for f in again.files] == ["volume", "cached"]
-        assert sync_verify.BYTES_READ.value == before
+        assert verify_reads.value == before
     finally:
         subprocess.run(["umount", str(tmp_path / "vol")], check=False)
 

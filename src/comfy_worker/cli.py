@@ -153,10 +153,18 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return load_settings(flags=flags)
 
 
+QUIET_LOGGERS = ("httpx", "httpx2")
+"""Libraries that log every request at INFO (huggingface_hub's HTTP client): WARNING
+and up only, so our per-file lines stay readable."""
+
+
 def _setup_logging(verbosity: int) -> None:
+    """The one place logging is configured: our lines on stderr, INFO (``-v``: DEBUG)."""
     level = logging.DEBUG if verbosity > 0 else logging.INFO
     logging.basicConfig(level=level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _handler_name(args: argparse.Namespace) -> str:

@@ -323,12 +323,6 @@ def _cgroup_memory_files(proc_self_cgroup: str) -> tuple[Path, Path, Path] | Non
     return None
 
 
-def available_memory() -> int:
-    """Bytes of memory this process may fill with page cache now (``/proc/meminfo``,
-    bounded by its memory cgroup's headroom)."""
-    return memory_budget(1.0, _read("/proc/meminfo"), cgroup_headroom_bytes=_cgroup_now())
-
-
 def memory_budget_now(fraction: float) -> int:
     """:func:`memory_budget` of this machine (or container) now."""
     return memory_budget(fraction, _read("/proc/meminfo"), cgroup_headroom_bytes=_cgroup_now())

@@ -15,7 +15,6 @@ file is present and verified. The worker's state is one
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 import threading
@@ -48,7 +47,7 @@ from comfy_worker.lockfile import Lockfile, allowed_folders, load_lock
 from comfy_worker.readahead import memory_budget_now, read_ahead
 from comfy_worker.readiness import Phase, Readiness
 from comfy_worker.sync import check as sync_check
-from comfy_worker.sync.paths import STATE_DIR
+from comfy_worker.sync.paths import state_dir
 from comfy_worker.sync.store import Claim, ModelStore
 from comfy_worker.workflow.convert import is_ui_workflow, ui_to_api
 
@@ -370,7 +369,7 @@ class Worker:
 
     @property
     def state_dir(self) -> Path:
-        return Path(os.path.abspath(self.settings.models_dir)) / STATE_DIR
+        return state_dir(self.settings)
 
     def stop(self) -> None:
         self._startup_readahead.set()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from comfy_worker.lockfile import (
     write_lock,
 )
 from comfy_worker.sync.check import verify_file
-from comfy_worker.sync.paths import STATE_DIR
+from comfy_worker.sync.paths import state_dir
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +103,10 @@ def _report(args: argparse.Namespace, lock_file: Path, added: list[Any], plan: A
 def lock_verify(args: argparse.Namespace, settings: Settings) -> int:
     lock = load_lock(Path(args.lock) if args.lock else settings.lock_path)
     root = Path(args.dir)
-    state_dir = Path(os.path.abspath(settings.models_dir)) / STATE_DIR
+    records = state_dir(settings)
     results: list[dict[str, Any]] = []
     for entry in lock.models:
-        verdict = verify_file(root / entry.path, entry, fast=args.fast, state_dir=state_dir)
+        verdict = verify_file(root / entry.path, entry, fast=args.fast, state_dir=records)
         results.append({"path": entry.path, "ok": verdict.ok, "check": verdict.detail})
     bad = [r for r in results if not r["ok"]]
     if args.json:

@@ -103,10 +103,6 @@ def touch(location: Path) -> None:
         os.utime(used_path(location))
 
 
-def is_request_file(location: Path) -> bool:
-    return used_path(location).is_file()
-
-
 def unmark(location: Path) -> None:
     """``location`` is a locked file: take its sidecar away, so no worker evicts it."""
     with contextlib.suppress(OSError):

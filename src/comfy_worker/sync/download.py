@@ -4,7 +4,7 @@ A :class:`Download` splits the file into ranges (parts) and runs up to ``connect
 threads. Each thread takes the lowest part nobody holds, GETs it with a ``Range``
 header, and ``pwrite``s each block at its offset. A part's bytes are written strictly
 in order, so every part has a written prefix that never changes again: a cut or
-stalled connection, a pause or a yield resumes the part from that prefix's end (a new
+stalled connection or a yield resumes the part from that prefix's end (a new
 ``Range`` request), never rewriting a byte.
 
 The hash follows the file, not the network: the calling thread hashes the contiguous
@@ -29,14 +29,14 @@ sync draw connection slots from one :class:`Gate`; waiting downloads get slots h
 priority first, and while a download of higher priority runs (or waits for a slot), a
 lower one gives its slots up at the next block and takes none until it is done. Raising
 a running download's :attr:`~Download.priority` takes effect at its next block, with no
-byte fetched again. :meth:`Download.pause` / :meth:`~Download.resume` stop and restart
-one download the same way, keeping every byte already written.
+byte fetched again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import functools
 import hashlib
 import heapq
@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
 BLOCK = MIB
-"""Bytes per read and write: few enough calls at 300 MB/s, a short wait to yield or pause."""
+"""Bytes per read and write: few enough calls at 300 MB/s, a short wait to yield."""
 _HASH_BUFFER = 4 * MIB
 
 
@@ -251,7 +251,7 @@ class Writeback:
                 if sync_file_range is not None:
                     if sync_file_range(self.fd, start, end - start, _SYNC_FILE_RANGE_WRITE):
                         err = ctypes.get_errno()
-                        if err in (22, 29, 38, 95):  # EINVAL ESPIPE ENOSYS EOPNOTSUPP
+                        if err in (errno.EINVAL, errno.ESPIPE, errno.ENOSYS, errno.EOPNOTSUPP):
                             sync_file_range = None
                             os.fdatasync(self.fd)
                         else:
@@ -342,8 +342,6 @@ class Download:
         self._first = 0  # index of the first unfinished part
         self._cond = threading.Condition()
         self._stop = threading.Event()
-        self._running = threading.Event()  # cleared while paused
-        self._running.set()
         self._error: BaseException | None = None
         self._responses: set[Any] = set()
         self._received = 0
@@ -390,22 +388,9 @@ class Download:
                 self.gate.enter(value)
         self.gate.wake()
 
-    @property
-    def paused(self) -> bool:
-        return not self._running.is_set()
-
-    def pause(self) -> None:
-        """Stop at the next block of each connection, keeping every byte written; the
-        connections' slots go back to the gate."""
-        self._running.clear()
-
-    def resume(self) -> None:
-        self._running.set()
-
     def cancel(self) -> None:
         """Stop now: open connections are shut down; :meth:`run` raises Cancelled."""
         self._stop.set()
-        self._running.set()
         with self._cond:
             responses = list(self._responses)
             self._cond.notify_all()
@@ -438,7 +423,6 @@ class Download:
                     self._finished = True  # errors of stragglers no longer matter
                 writeback.close()
                 self._stop.set()
-                self._running.set()
                 self.gate.wake()
                 for t in workers:
                     if t.ident is not None:
@@ -510,9 +494,6 @@ class Download:
                                               max_retries=0))
         try:
             while not self._stop.is_set():
-                self._running.wait()
-                if self._stop.is_set():
-                    break
                 part = self._take()
                 if part is None:
                     break
@@ -627,7 +608,7 @@ class Download:
                 return
             if self._stop.is_set():
                 raise Cancelled()
-            if not self._running.is_set() or self.gate.must_yield(self._priority):
+            if self.gate.must_yield(self._priority):
                 raise _Yielded()
             try:
                 data = r.raw.read(min(BLOCK, left), decode_content=False)

@@ -40,10 +40,6 @@ from comfy_worker.sync.download import (
 )
 
 log = logging.getLogger(__name__)
-# huggingface_hub's HTTP client logs every request at INFO; keep our per-file lines readable.
-for _name in ("httpx2", "httpx"):
-    if logging.getLogger(_name).level == logging.NOTSET:
-        logging.getLogger(_name).setLevel(logging.WARNING)
 
 _TIMEOUT = (10.0, 60.0)
 MIB = 1024 * 1024

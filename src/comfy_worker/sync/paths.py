@@ -34,9 +34,15 @@ def model_roots(settings: Settings) -> list[Path]:
     return roots
 
 
+def state_dir(settings: Settings) -> Path:
+    """The worker's own files (verification records, ComfyUI's yaml):
+    ``MODELS_DIR/.comfy-worker``."""
+    return Path(os.path.abspath(settings.models_dir)) / STATE_DIR
+
+
 def extra_model_paths_location(settings: Settings) -> Path:
     """Where ``sync`` writes the yaml: ``MODELS_DIR/.comfy-worker/extra_model_paths.yaml``."""
-    return Path(os.path.abspath(settings.models_dir)) / STATE_DIR / "extra_model_paths.yaml"
+    return state_dir(settings) / "extra_model_paths.yaml"
 
 
 def temp_path(target: Path) -> Path:

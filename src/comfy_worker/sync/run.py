@@ -36,7 +36,7 @@ from comfy_worker.errors import (
 from comfy_worker.lockfile import LockEntry, Lockfile, load_lock
 from comfy_worker.sync import check, fetch
 from comfy_worker.sync.download import Download, Gate
-from comfy_worker.sync.paths import STATE_DIR, ModelPaths, prepare_model_paths, temp_path
+from comfy_worker.sync.paths import ModelPaths, prepare_model_paths, state_dir, temp_path
 from comfy_worker.sync.place import can_write, file_lock, publish
 from comfy_worker.sync.plan import action_for, backoff_seconds, download_root
 from comfy_worker.sync.progress import Progress
@@ -154,7 +154,7 @@ class FileSync:
             roots, self.volume_models,
             volume_usable=volume_there and self.volume_models is not None
             and can_write(self.volume_models))
-        self.state_dir = Path(os.path.abspath(settings.models_dir)) / STATE_DIR
+        self.state_dir = state_dir(settings)
         self.slots = FileSlots(settings.jobs)
         # One pool of connections for all files (see download.Gate): the model store
         # raises a file a job waits for above the background ones.

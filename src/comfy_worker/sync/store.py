@@ -35,7 +35,6 @@ every claim of that path waits on it.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import itertools
 import logging
@@ -43,7 +42,7 @@ import shutil
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -882,14 +881,3 @@ class Claim:
             if f.requested and f.result is not None:
                 cache.touch(f.result.location)
             store._end_use(path)
-
-
-@contextlib.contextmanager
-def claimed(store: ModelStore, entries: Sequence[LockEntry], *, requested: bool = False
-            ) -> Iterator[Claim]:
-    """``with claimed(store, entries) as claim: claim.wait(...)``: released after."""
-    claim = store.ensure(entries, requested=requested)
-    try:
-        yield claim
-    finally:
-        claim.release()

@@ -1,8 +1,4 @@
-"""Checking a file against its lock entry: full sha256, or size + safetensors header.
-
-:data:`BYTES_READ` counts every byte this module reads from model files, so tests can
-prove that a warm start reads none.
-"""
+"""Checking a file against its lock entry: full sha256, or size + safetensors header."""
 
 from __future__ import annotations
 
@@ -11,27 +7,12 @@ import json
 import logging
 import os
 import struct
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 _BUFFER = 1024 * 1024  # measured: as fast as 8 MiB or mmap, kinder to caches
-
-
-class _Counter:
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.value = 0
-
-    def add(self, n: int) -> None:
-        with self._lock:
-            self.value += n
-
-
-BYTES_READ = _Counter()
-"""Bytes of model files read by :func:`sha256_file` and :func:`safetensors_header_ok`."""
 
 
 def sha256_file(path: Path, progress: Callable[[int], None] | None = None) -> str:
@@ -42,7 +23,6 @@ def sha256_file(path: Path, progress: Callable[[int], None] | None = None) -> st
     with open(path, "rb", buffering=0) as fh:
         while n := fh.readinto(buf):
             h.update(view[:n])
-            BYTES_READ.add(n)
             if progress is not None:
                 progress(n)
     return h.hexdigest()
@@ -70,7 +50,6 @@ def safetensors_header_ok(path: Path, size: int) -> tuple[bool, str]:
             if n > 100 * 1024 * 1024 or 8 + n > size:
                 return False, f"header length {n} does not fit the file"
             header = json.loads(fh.read(n))
-            BYTES_READ.add(8 + n)
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         return False, f"unreadable header: {exc}"
     if not isinstance(header, dict):
