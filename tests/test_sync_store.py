@@ -16,6 +16,7 @@ import pytest
 from support import (
     HFServer,
     ServedFile,
+    Valve,
     hf_server_fixture,  # noqa: F401
     lock_entry,
     write_lock_file,
@@ -131,39 +132,57 @@ def test_a_job_needing_a_file_still_downloading_waits_for_it_and_gets_it(
 
 def test_a_job_file_not_yet_started_is_fetched_ahead_of_earlier_background_files(
         tmp_path: Path, stores: list[ModelStore]) -> None:
-    # One link for everything: bandwidth is what the priorities share.
-    with HFServer(total_bps=16_000_000) as hub:
+    # Scripted, not timed: each file's bytes go out only as the test's valves allow, so
+    # every step below is a state the test waits for, whatever the machine's load.
+    with HFServer() as hub:
         background = {f"checkpoints/bg{i}.safetensors": hub.add_file(
-            "acme/bg", f"bg{i}.safetensors", data(12 * MIB if i < 2 else 256 * 1024, seed=i))
-            for i in range(6)}
+            "acme/bg", f"bg{i}.safetensors", data(6 * MIB, seed=i)) for i in range(6)}
+        valves = {path: Valve(2 * MIB) for path in background}
+        for path, valve in valves.items():
+            background[path].valve = valve
         job_file = hub.add_file("acme/job", "j.safetensors", data(16 * MIB, seed=9))
+        job_file.valve = Valve(8 * MIB)
         files = {**background, "loras/j.safetensors": job_file}  # last in the lock
-        # jobs=2: two files download (4 connection slots), four more are picked up by the
-        # background threads; the job's file is still in the queue, not started.
+        # jobs=2: two files download (4 connection slots), two more are located by the
+        # other background threads and wait for a file slot; the job's file is still in
+        # the queue, not started.
         store = make_store(stores, hub, tmp_path, files, jobs=2, connections=2)
         store.start()
-        downloading = list(background)[:2]
-        wait_for(lambda: all(bytes_of(store, p) >= 512 * 1024 for p in downloading))
+
+        def held() -> list[str]:  # files at 2 MiB with both connections held
+            return [p for p, v in valves.items() if v.sent == 2 * MIB and v.waiting == 2]
+
+        wait_for(lambda: len(held()) == 2)
+        downloading = held()
         assert hub.requests(job_file, "GET") == []  # (maybe located, waiting for a slot)
-        before = sum(bytes_of(store, p) for p in downloading)
-        done_before = store.status().files_done
-        # More than the yield's slack (one block per connection) is left of each.
-        assert all(bytes_of(store, p) < 8 * MIB for p in downloading)
+        assert store.status().files_done == 0
 
         with store.ensure([entry(store, "loras/j.safetensors")]) as claim:
+            job_file.valve.wait_until(sent=8 * MIB, waiting=1)  # the job's file runs
+            # The background connections get bytes again while the job's file is half
+            # done: each finishes the block it was reading (1 MiB), then gives its
+            # connection up (4 connections: at most 4 MiB more in all).
+            for valve in valves.values():
+                valve.allow(None)
+            wait_for(lambda: all(q.ended is not None for p in downloading
+                                 for q in hub.requests(files[p], "GET")))
+            yielded = sum(bytes_of(store, p) for p in downloading)
+            assert yielded <= 2 * 2 * MIB + 4 * MIB, f"background got {yielded} bytes"
+            for valve in valves.values():  # (so the state after the job stays still)
+                valve.hold()
+            job_file.valve.allow(None)
             where = claim.wait(timeout=60)
         status = store.status()
-        during = sum(bytes_of(store, p) for p in downloading) - before
 
         assert sha_of(where["loras/j.safetensors"]) == job_file.sha256
-        assert status.files_done == done_before + 1, "a background file finished first"
-        assert not any((tmp_path / "models" / p).exists() for p in downloading)
-        # The background downloads gave their connections up at their next block (1 MiB
-        # each, 4 connections) although 2 slots were free: sharing the link would have
-        # given them ~16 MiB meanwhile.
-        assert during <= 5 * MIB, f"background got {during} bytes while the job waited"
+        assert status.files_done == 1, "a background file finished first"
+        assert not any((tmp_path / "models" / p).exists() for p in background)
+        # While the job's file ran, the background took no byte more than its last block.
+        assert sum(bytes_of(store, p) for p in downloading) == yielded
         assert {d.priority for d in status.downloading} <= {"background"}
 
+        for valve in valves.values():
+            valve.allow(None)
         report = store.wait_all()  # the background then finishes
         assert [f.path for f in report.files] == list(files)
         for path, served in files.items():

@@ -34,6 +34,7 @@ from comfy_worker.sync.cache import (
     bytes_to_free,
     eviction_order,
     list_cache,
+    plan_eviction,
 )
 
 MIB = 1024 * 1024
@@ -291,3 +292,33 @@ def test_eviction_order_is_least_recently_used_first_without_protected_files() -
              (("new", 30.0), ("old", 10.0), ("mid", 20.0), ("held", 5.0))]
     order = eviction_order(files, protected=lambda p: p == "loras/held")
     assert [f.path for f in order] == ["loras/old", "loras/mid", "loras/new"]
+
+
+def cached(name: str, size: int, last_used: float) -> CachedFile:
+    return CachedFile(f"loras/{name}", Path(name), size, last_used)
+
+
+def test_plan_eviction_frees_only_what_the_new_file_needs_oldest_first() -> None:
+    files = [cached("a", 4, 1.0), cached("b", 4, 2.0), cached("c", 4, 3.0)]
+    plan = plan_eviction(files, size=5, pending=0, cap=14, free_disk=100,
+                         protected=lambda p: False)
+    assert plan.fits and plan.need == 3
+    assert [f.path for f in plan.candidates] == ["loras/a", "loras/b", "loras/c"]
+
+
+def test_plan_eviction_says_a_file_that_can_never_fit_does_not_fit() -> None:
+    # c is in use: even with a and b gone, 4 + 2 pending + 9 > 14.
+    files = [cached("a", 4, 1.0), cached("b", 4, 2.0), cached("c", 4, 3.0)]
+    plan = plan_eviction(files, size=9, pending=2, cap=14, free_disk=100,
+                         protected=lambda p: p == "loras/c")
+    assert not plan.fits
+    assert [f.path for f in plan.candidates] == ["loras/a", "loras/b"]
+    # Larger than the cap itself: never fits, whatever is cached.
+    assert not plan_eviction([], size=15, pending=0, cap=14, free_disk=100,
+                             protected=lambda p: False).fits
+
+
+def test_plan_eviction_counts_a_full_disk() -> None:
+    plan = plan_eviction([cached("a", 4, 1.0)], size=5, pending=0, cap=100, free_disk=2,
+                         protected=lambda p: False)
+    assert plan.fits and plan.need == 3

@@ -26,6 +26,7 @@ from support.hf_server import (
     RateLimiter,
     RequestRecord,
     ServedFile,
+    Valve,
     iter_random_bytes,
     write_random_file,
 )
@@ -79,6 +80,7 @@ __all__ = [
     "RateLimiter",
     "RequestRecord",
     "ServedFile",
+    "Valve",
     "hf_server_fixture",
     "iter_random_bytes",
     "lock_entry",

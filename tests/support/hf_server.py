@@ -17,7 +17,8 @@ Fault injection per file (:class:`Faults`): answer a status N times (``fail_time
 ``fail_status``), always answer a status (``status_always``), flip a byte in N
 responses (``corrupt_times``, ``corrupt_at``), cut the connection after some bytes N
 times (``cut_times``, ``cut_after``, ``cut_start`` for one range), go silent mid-body
-(``stall_times``). Repos can be
+(``stall_times``); hold its bytes until the test lets them go (``valve``: a
+:class:`Valve`). Repos can be
 gated (:meth:`HFServer.gate`): no token → 401, a token without access → 403.
 Bandwidth caps per connection and in total (``per_connection_bps``, ``total_bps``)
 make it usable for throughput benchmarks.
@@ -90,6 +91,64 @@ class Faults:
     stall_seconds: float = 30.0
 
 
+class Valve:
+    """A test's hand on one file's bytes (``ServedFile.valve``): the server sends at most
+    ``allowed`` body bytes of the file, over all its connections together, then each
+    connection waits (sending nothing) until the test allows more. A test then drives
+    downloads through a script (how far each file is at each step), not through
+    wall-clock luck. ``allowed=None``: open."""
+
+    def __init__(self, allowed: int | None = 0) -> None:
+        self._cond = threading.Condition()
+        self._allowed = allowed
+        self.sent = 0
+        """Body bytes the server let through."""
+        self.waiting = 0
+        """Connections held at the valve now."""
+
+    def allow(self, n: int | None) -> None:
+        """Let ``n`` more bytes through (None: open the valve)."""
+        with self._cond:
+            self._allowed = None if n is None or self._allowed is None else self._allowed + n
+            self._cond.notify_all()
+
+    def hold(self) -> None:
+        """Let no more bytes through (until :meth:`allow`)."""
+        with self._cond:
+            self._allowed = self.sent
+
+    def take(self, n: int, stopping: threading.Event) -> int:
+        """Up to ``n`` bytes a connection may send now (waits while none; 0 when the
+        server stops)."""
+        with self._cond:
+            self.waiting += 1
+            try:
+                while (self._allowed is not None and self.sent >= self._allowed
+                       and not stopping.is_set()):
+                    self._cond.notify_all()
+                    self._cond.wait(0.05)
+            finally:
+                self.waiting -= 1
+            if stopping.is_set():
+                return 0
+            k = n if self._allowed is None else min(n, self._allowed - self.sent)
+            self.sent += k
+            self._cond.notify_all()
+            return k
+
+    def wait_until(self, *, sent: int | None = None, waiting: int | None = None,
+                   timeout: float = 30.0) -> None:
+        """Block until ``sent`` bytes went out and ``waiting`` connections are held."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not ((sent is None or self.sent >= sent)
+                       and (waiting is None or self.waiting >= waiting)):
+                left = deadline - time.monotonic()
+                assert left > 0, (f"valve: sent {self.sent} (want {sent}), waiting "
+                                  f"{self.waiting} (want {waiting})")
+                self._cond.wait(min(left, 0.05))
+
+
 @dataclass
 class ServedFile:
     """One file the server can serve. ``url`` is where a client downloads it."""
@@ -106,6 +165,8 @@ class ServedFile:
     lfs: bool = True
     ranges: bool = True
     faults: Faults = field(default_factory=Faults)
+    valve: Valve | None = None
+    """When set, its body bytes go out only as the test allows (:class:`Valve`)."""
 
     def read(self, start: int, length: int) -> bytes:
         if self.data is not None:
@@ -563,6 +624,10 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             while sent < limit:
                 n = min(chunk, limit - sent)
+                if served.valve is not None:
+                    n = served.valve.take(n, self.hub._stopping)
+                    if n == 0:
+                        break
                 if logged is None and sent + n == limit:  # the last write: count it first
                     logged = self._record(served, status, limit)
                 for limiter in (self.conn_limiter, self.hub.total_limiter):

@@ -71,6 +71,35 @@ def eviction_order(files: Iterable[CachedFile], *, protected: Callable[[str], bo
                   key=lambda f: (f.last_used, f.path))
 
 
+@dataclass(frozen=True)
+class EvictionPlan:
+    """How to make room for one more request file (:func:`plan_eviction`)."""
+
+    need: int
+    """Bytes to free."""
+    candidates: tuple[CachedFile, ...]
+    """The files that may go, least recently used first: evict them in order until
+    ``need`` bytes are freed (skipping one another process still holds)."""
+    fits: bool
+    """Whether evicting every candidate would make the file fit under the cap; when not,
+    nothing should be evicted: the file can never fit now."""
+
+
+def plan_eviction(files: Iterable[CachedFile], *, size: int, pending: int, cap: int,
+                  free_disk: int, protected: Callable[[str], bool]) -> EvictionPlan:
+    """The eviction policy (pure): least recently used first, never a ``protected`` file
+    (locked, or in use), and only as many bytes as ``size`` more need under ``cap`` (with
+    ``pending`` bytes of other request files downloading) and on the disk."""
+    files = list(files)
+    candidates = eviction_order(files, protected=protected)
+    cached = sum(f.size for f in files)
+    kept = cached - sum(f.size for f in candidates)
+    return EvictionPlan(
+        need=bytes_to_free(cached=cached, pending=pending, size=size, cap=cap,
+                           free_disk=free_disk),
+        candidates=tuple(candidates), fits=kept + pending + size <= cap)
+
+
 # --- on disk ----------------------------------------------------------------------------
 
 

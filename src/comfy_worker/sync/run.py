@@ -175,6 +175,14 @@ class FileSync:
                 return root
         return None
 
+    def vouched_root(self, entry: LockEntry) -> Path | None:
+        """:meth:`trusted_root`, or None when the roots cannot be read (the download path
+        then says why)."""
+        try:
+            return self.trusted_root(entry)
+        except OSError:
+            return None
+
     def result(self, entry: LockEntry, root: Path, seconds: float = 0.0) -> FileResult:
         """The result for a file found verified in ``root``."""
         return FileResult(entry.path, action_for(root, self.volume_models), root / entry.path,
