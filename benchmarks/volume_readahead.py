@@ -87,7 +87,7 @@ def main() -> int:
                     result = worker.run_job(job)
                     row["with" if ahead else "without"] = time.perf_counter() - t0
                     if ahead:
-                        row["readahead"] = result.timings.get("readahead", 0.0) / 1000
+                        row["readahead"] = result.timings.get("readahead_ms", 0.0) / 1000
                 rows.append(row)
                 print(f"round {r + 1}: with read-ahead {row['with']:6.2f} s (reading "
                       f"{row['readahead']:.2f} s of it)   without "

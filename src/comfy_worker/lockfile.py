@@ -20,6 +20,7 @@ naming the entry, the field, the value and the fix.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -31,6 +32,8 @@ from comfy_worker.atomic_write import write_text_atomic
 from comfy_worker.config import env_name
 from comfy_worker.errors import LockfileError
 from comfy_worker.jsontypes import json_text, json_type_name
+
+log = logging.getLogger(__name__)
 
 LOCK_VERSION = 1
 
@@ -359,6 +362,16 @@ def parse_entry(raw: object, *, where: str, folders: frozenset[str]) -> LockEntr
         raise LockfileError(f"{where}: unknown field(s) {unknown}",
                             hint='allowed: "path", "source", "sha256", "size"')
     return LockEntry(path=path, source=source, sha256=sha.lower(), size=size)
+
+
+def load_lock_if_any(path: Path) -> Lockfile:
+    """The lock at ``path``; an empty one (logged) when there is no file: the worker then
+    syncs nothing, and ComfyUI still sees the model folders."""
+    if not Path(path).exists():
+        log.warning("no lock file at %s: no models are synced (ComfyUI still sees the "
+                    "model folders)", path)
+        return Lockfile()
+    return load_lock(path)
 
 
 def load_lock(path: Path) -> Lockfile:

@@ -323,6 +323,17 @@ def _cgroup_memory_files(proc_self_cgroup: str) -> tuple[Path, Path, Path] | Non
     return None
 
 
+def read_ahead_in_background(files: Sequence[Path], *, memory: float,
+                             cancel: threading.Event) -> threading.Thread:
+    """:func:`read_ahead` of ``files`` in a thread of its own, within ``memory`` (a
+    fraction of the memory available now), until done or ``cancel`` is set."""
+    thread = threading.Thread(target=read_ahead, args=(list(files),), name="readahead-startup",
+                              kwargs={"budget_bytes": memory_budget_now(memory),
+                                      "cancel": cancel}, daemon=True)
+    thread.start()
+    return thread
+
+
 def memory_budget_now(fraction: float) -> int:
     """:func:`memory_budget` of this machine (or container) now."""
     return memory_budget(fraction, _read("/proc/meminfo"), cgroup_headroom_bytes=_cgroup_now())

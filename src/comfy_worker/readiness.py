@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from comfy_worker.comfy.process import State
 from comfy_worker.errors import WorkerError
 
 
@@ -46,6 +47,19 @@ class Readiness:
     def accepts_jobs(self) -> bool:
         """Jobs may be queued: ready, or recovering (they wait for the new ComfyUI)."""
         return self.phase in (Phase.READY, Phase.RECOVERING)
+
+    def following(self, comfy: State, *, alive: bool, last_error: str | None) -> Readiness:
+        """After start-up the worker follows ComfyUI's supervisor (pure): a ready worker
+        whose ComfyUI is restarting or down is RECOVERING, one whose ComfyUI stopped is
+        STOPPED."""
+        if not self.ready or (comfy is State.READY and alive):
+            return self
+        if comfy is State.STOPPED:
+            return replace(self, phase=Phase.STOPPED, reason="stopped")
+        if comfy is State.STARTING:
+            return replace(self, phase=Phase.RECOVERING, reason="restarting ComfyUI")
+        return replace(self, phase=Phase.RECOVERING,
+                       reason=f"ComfyUI is down: {last_error or 'exited'}")
 
     @classmethod
     def failed(cls, error: WorkerError) -> Readiness:

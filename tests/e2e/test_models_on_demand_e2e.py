@@ -314,7 +314,7 @@ def test_a_job_needing_a_locked_file_still_downloading_waits_for_it_and_runs(
     assert body["status"] == "completed", body
     output = body["output"]
     assert [png_of(i) for i in output["images"]] == [(16, 12)]
-    assert output["timings"]["models_wait"] > 0, output["timings"]
+    assert output["timings"]["models_wait_ms"] > 0, output["timings"]
     waits = [p for p in progress if p["stage"] == "models"]
     assert waits, progress
     assert all(p["waiting_for"] == [SLOW] for p in waits), waits
@@ -322,7 +322,7 @@ def test_a_job_needing_a_locked_file_still_downloading_waits_for_it_and_runs(
     assert sha256_of(server.models_dir / SLOW) == slow.sha256
     assert priorities == {"job"}, priorities  # the background download, raised
     assert server.hub.bytes_served(slow) == slow.size  # in place: no byte fetched twice
-    print(f"\nwaited {output['timings']['models_wait'] / 1000:.1f} s for {SLOW} "
+    print(f"\nwaited {output['timings']['models_wait_ms'] / 1000:.1f} s for {SLOW} "
           f"({len(waits)} progress update(s) with stage 'models')")
 
 
@@ -342,7 +342,7 @@ def test_a_job_needing_a_file_not_yet_started_gets_it_before_the_big_files(
 
     assert r.status_code == 200, r.text
     assert [png_of(i) for i in r.json()["images"]] == [(24, 20)]
-    assert r.json()["timings"]["models_wait"] > 0
+    assert r.json()["timings"]["models_wait_ms"] > 0
     assert sha256_of(server.models_dir / SMALL) == small.sha256
     unfinished = [p for p, n in big_served.items() if n < BIG_SIZE]
     assert unfinished == list(server.bigs), big_served  # not one big file had finished

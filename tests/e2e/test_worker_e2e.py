@@ -73,7 +73,7 @@ def test_worker_is_ready_at_boot_and_the_first_job_fetches_its_locked_model(
     assert {"boot_s", "ready_s"} <= set(worker.timings)
     result = run(worker, {"workflow": upscale_workflow(model_env.model_name, 8, 8)})
     assert len(_images(result)) == 1
-    assert "models_wait" in result["timings"]
+    assert "models_wait_ms" in result["timings"]
     assert (model_env.models_dir / "upscale_models" / model_env.model_name).is_file()
     assert worker.readiness().to_json()["sync"]["files_done"] == 1
 
@@ -91,7 +91,8 @@ def test_read_ahead_reads_a_jobs_cold_model_and_can_be_turned_off(
     updates: list[dict[str, Any]] = []
     on = run(worker, {"workflow": upscale_workflow(model_env.model_name, 9, 9)},
              progress=updates.append)
-    assert "readahead" in on["timings"]
+    assert "readahead_ms" in on["timings"]
+    assert on["timings"]["readahead"] == on["timings"]["readahead_ms"]  # deprecated alias
     assert any(u.get("stage") == "readahead" for u in updates)
     original = worker.settings
     worker.settings = original.replace(readahead=False)
@@ -101,7 +102,7 @@ def test_read_ahead_reads_a_jobs_cold_model_and_can_be_turned_off(
     finally:
         worker.settings = original
     assert len(_images(off)) == 1
-    assert "readahead" not in off["timings"]
+    assert "readahead_ms" not in off["timings"] and "readahead" not in off["timings"]
 
 
 def test_batch_of_two_returns_both_images_with_their_node(worker: Worker) -> None:

@@ -27,7 +27,7 @@ from typing import IO
 
 import requests
 
-from comfy_worker.config import env_name
+from comfy_worker.config import Settings, env_name
 from comfy_worker.errors import ComfyDied, ComfyStartError
 
 log = logging.getLogger(__name__)
@@ -481,3 +481,19 @@ class ComfyProcess:
         if watchdog is not None and watchdog is not threading.current_thread():
             watchdog.join(5)
         log.info("ComfyUI stopped")
+
+
+def launch_config(settings: Settings, work_dir: Path,
+                  extra_model_paths: Path | None = None) -> LaunchConfig:
+    """How to launch ComfyUI for these settings (COMFYUI_DIR is required)."""
+    s = settings
+    if s.comfyui_dir is None:
+        raise ComfyStartError(f"{env_name('comfyui_dir')} is not set",
+                              hint=f"set {env_name('comfyui_dir')} (or --comfyui-dir) to a ComfyUI "
+                              "checkout; scripts/setup_comfyui.sh makes one")
+    cpu = s.comfyui_cpu if s.comfyui_cpu is not None else not gpu_present()
+    return LaunchConfig(
+        comfyui_dir=Path(s.comfyui_dir), python=s.comfyui_python, work_dir=work_dir,
+        extra_model_paths=extra_model_paths, cpu=cpu, extra_args=tuple(s.comfyui_extra_args),
+        boot_timeout=s.boot_timeout,
+    )

@@ -3,10 +3,17 @@ grew past a limit (leaky custom nodes). Decided between jobs, never during one."
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
+from comfy_worker.comfy.process import State
 from comfy_worker.config import env_name
+from comfy_worker.errors import WorkerError
+
+log = logging.getLogger(__name__)
 
 
 def restart_reason(*, jobs_done: int, rss_bytes: int | None, after_jobs: int,
@@ -39,3 +46,58 @@ def process_rss(pid: int) -> int | None:
     except OSError:
         return None
     return parse_vm_rss(text) if os.name == "posix" else None
+
+
+class Supervised(Protocol):
+    """What the recycle rule needs of :class:`~comfy_worker.comfy.process.ComfyProcess`."""
+
+    @property
+    def state(self) -> State: ...
+
+    @property
+    def generation(self) -> int: ...
+
+    @property
+    def pid(self) -> int | None: ...
+
+    def restart(self, reason: str) -> None: ...
+
+
+class Recycler:
+    """Counts the jobs run on each ComfyUI process and, after a job, restarts it when
+    :func:`restart_reason` says so (the next job waits for the new one)."""
+
+    def __init__(self, comfy: Supervised, *, after_jobs: int, max_rss: int,
+                 rss: Callable[[int], int | None] = process_rss) -> None:
+        self._comfy = comfy
+        self._after_jobs = after_jobs
+        self._max_rss = max_rss
+        self._rss = rss
+        self._generation = comfy.generation
+        self.jobs_done = 0
+        """Jobs run on the current process."""
+
+    def forget_jobs(self) -> None:
+        """Jobs so far do not count (start-up's own warm-up job)."""
+        self.jobs_done = 0
+
+    def job_done(self) -> str | None:
+        """A job ended: restart ComfyUI if a rule says so; the reason, or None."""
+        comfy = self._comfy
+        if comfy.state is not State.READY:
+            return None
+        if comfy.generation != self._generation:  # restarted meanwhile (a crash)
+            self._generation, self.jobs_done = comfy.generation, 0
+        self.jobs_done += 1
+        pid = comfy.pid
+        rss = self._rss(pid) if self._max_rss and pid is not None else None
+        reason = restart_reason(jobs_done=self.jobs_done, rss_bytes=rss,
+                                after_jobs=self._after_jobs, max_rss=self._max_rss)
+        if reason is None:
+            return None
+        try:
+            comfy.restart(reason)
+        except WorkerError as exc:  # it stopped or died meanwhile: nothing to do
+            log.debug("no restart: %s", exc.message)
+            return None
+        return reason

@@ -98,8 +98,7 @@ def started_comfyui_object_info(settings: Settings) -> Mapping[str, Any]:
     import tempfile
 
     from comfy_worker.comfy.client import ComfyClient
-    from comfy_worker.comfy.process import ComfyProcess
-    from comfy_worker.worker import launch_config
+    from comfy_worker.comfy.process import ComfyProcess, launch_config
 
     with tempfile.TemporaryDirectory(prefix="comfy-worker-convert-") as work:
         log.info("starting ComfyUI to read its node definitions (or pass --object-info)")

@@ -40,6 +40,11 @@ class OutputItem:
                 "node_id": self.node_id}
 
 
+DEPRECATED_TIMINGS = {"models_wait": "models_wait_ms", "readahead": "readahead_ms"}
+"""Old timing names (without their unit) still sent beside the new ones, for one release
+(docs/runtime.md says so); every timing key ends in its unit."""
+
+
 @dataclass(frozen=True)
 class JobResult:
     """A job that ran: its images, videos and timings (milliseconds)."""
@@ -58,9 +63,13 @@ class JobResult:
         return replace(self, timings=timings)
 
     def to_json(self) -> dict[str, Any]:
+        timings = {k: round(v, 1) for k, v in self.timings.items()}
+        for old, new in DEPRECATED_TIMINGS.items():
+            if new in timings:
+                timings[old] = timings[new]
         return {"images": [i.to_json() for i in self.images],
                 "videos": [v.to_json() for v in self.videos],
-                "timings": {k: round(v, 1) for k, v in self.timings.items()}}
+                "timings": timings}
 
 
 def collect_output_files(outputs: Mapping[str, Any]) -> list[OutputFile]:
