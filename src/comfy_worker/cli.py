@@ -12,10 +12,11 @@ import argparse
 import importlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from comfy_worker.config import SETTINGS, Settings, load_settings
+from comfy_worker.entrypoints.platform import PLATFORMS, platform_named
 from comfy_worker.errors import ConfigError, WorkerError
 
 log = logging.getLogger(__name__)
@@ -128,21 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serving_model_options(run)
     _add_comfy_options(run)
 
-    runpod = sub.add_parser("runpod", help="serve as a RunPod serverless worker "
-                            "(runpod SDK flags such as --test_input pass through)")
-    _add_serving_model_options(runpod)
-    _add_comfy_options(runpod)
-
-    serve = sub.add_parser("serve", help="serve the local HTTP API")
-    g = serve.add_argument_group("HTTP API")
-    _setting_flag(g, "--host", "bind address (default 0.0.0.0)", metavar="ADDR")
-    _setting_flag(g, "--port", "port (default 8000)", metavar="PORT")
-    _add_serving_model_options(serve)
-    _add_comfy_options(serve)
-
-    vast = sub.add_parser("vast", help="serve as a Vast.ai serverless PyWorker")
-    _add_serving_model_options(vast)
-    _add_comfy_options(vast)
+    for platform in PLATFORMS:  # runpod, serve, vast: entrypoints/platform.py
+        cmd = sub.add_parser(platform.name, help=platform.summary)
+        if platform.flags:
+            g = cmd.add_argument_group(platform.summary)
+            for flag in platform.flags:
+                _setting_flag(g, flag.flag, flag.help, metavar=flag.metavar)
+        _add_serving_model_options(cmd)
+        _add_comfy_options(cmd)
     return parser
 
 
@@ -167,8 +161,14 @@ def _setup_logging(verbosity: int) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def _handler(args: argparse.Namespace) -> Callable[[argparse.Namespace, Settings], int]:
+    """The function of ``comfy_worker.commands`` that runs the command."""
+    name = "platform" if platform_named(args.command) is not None else args.command
+    module = importlib.import_module(f"comfy_worker.commands.{name}")
+    return getattr(module, _handler_name(args))  # type: ignore[no-any-return]
+
+
 def _handler_name(args: argparse.Namespace) -> str:
-    """The function of ``comfy_worker.commands.<command>`` that runs the command."""
     if args.command == "lock":
         return "lock_" + args.lock_command.replace("-", "_")
     if args.command == "workflow":
@@ -179,17 +179,16 @@ def _handler_name(args: argparse.Namespace) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    # `runpod` hands the rest of the command line to the runpod SDK's own parser.
-    if argv and argv[0] == "runpod":
+    # A platform with an SDK of its own (runpod) hands it the rest of the command line.
+    platform = platform_named(argv[0]) if argv else None
+    if platform is not None and platform.sdk_args:
         args, _unknown = parser.parse_known_args(argv)
     else:
         args = parser.parse_args(argv)
     _setup_logging(args.verbose)
     try:
         settings = settings_from_args(args)
-        module = importlib.import_module(f"comfy_worker.commands.{args.command}")
-        handler = getattr(module, _handler_name(args))
-        return int(handler(args, settings) or 0)
+        return int(_handler(args)(args, settings) or 0)
     except ConfigError as exc:
         print(f"comfy-worker: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -17,6 +17,10 @@ server answers ``/health`` at once while :meth:`Worker.start` runs in the backgr
 (``job_queue.ApiService``). A fatal start-up failure keeps the process up, reporting the
 reason on ``/health`` and to every job request, so a platform health check (or the Vast
 PyWorker) sees why; :func:`run_server` then returns 1 when the server is stopped.
+
+As a platform (``comfy-worker serve``, entrypoints/platform.py): it starts the worker in
+the background once the socket is bound; it reads readiness on ``GET /health``; it serves
+jobs through the queue, one at a time (:func:`main`).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from comfy_worker.config import Secret, env_name
+from comfy_worker.config import Secret, Settings, env_name
 from comfy_worker.entrypoints.job_queue import CANCELLED, ApiService, Job, Outcome
 from comfy_worker.errors import (
     JobCancelled,
@@ -411,6 +415,17 @@ def make_server(app: FastAPI) -> uvicorn.Server:
     config = uvicorn.Config(app, log_config=None, access_log=False, timeout_graceful_shutdown=5,
                             lifespan="off")
     return _Server(config)
+
+
+def main(settings: Settings) -> int:
+    """``comfy-worker serve``: bind ``--host``/``--port`` at once, answer ``/health`` with
+    503 while the worker starts in the background, serve until SIGINT/SIGTERM. Exits 1
+    if start-up had failed, else 0."""
+    from comfy_worker.worker import Worker
+
+    return run_server(ApiService(Worker(settings)), host=settings.host, port=settings.port,
+                      max_request_bytes=settings.max_request_bytes,
+                      api_token=settings.api_token)
 
 
 def run_server(service: ApiService, *, host: str, port: int, max_request_bytes: int,

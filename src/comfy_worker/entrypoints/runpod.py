@@ -9,17 +9,25 @@ and waits for that before it gives the cancellation back to the SDK.
 
 The SDK's local modes work unchanged: ``--test_input '{"input": ...}'``, a
 ``test_input.json`` in the working directory, ``--rp_serve_api --rp_api_port N``.
+
+As a platform (entrypoints/platform.py): it starts the worker before serving (blocking);
+it reads no readiness (RunPod sends jobs only once the SDK runs); it serves each RunPod
+job through the async handler. SIGTERM stops ComfyUI cleanly (exit 143).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from types import FrameType
 from typing import Any
 
+from comfy_worker.config import Settings
 from comfy_worker.errors import WorkerError
 from comfy_worker.job.events import JobEvent
 from comfy_worker.worker import Worker
@@ -90,10 +98,16 @@ def make_handler(worker: Worker, send_progress: ProgressSender | None) -> Handle
     return handler
 
 
-def serve(settings: Any) -> int:
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # SystemExit unwinds through `finally`, which stops ComfyUI cleanly.
+    sys.exit(128 + signum)
+
+
+def main(settings: Settings) -> int:
     """Start the worker, then hand control to the runpod SDK (which reads ``sys.argv``)."""
     import runpod  # imported here: `comfy-worker run/serve` do not need it
 
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     worker = Worker(settings)
     try:
         worker.start()

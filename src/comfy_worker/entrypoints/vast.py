@@ -19,6 +19,10 @@ a ready line from an earlier run cannot count.
 
 If the PyWorker exits, the server stops and this command exits non-zero (the container
 restarts); on SIGTERM both stop.
+
+As a platform (entrypoints/platform.py): it starts the worker in the background behind
+the HTTP API; it reads readiness into the model log; it serves the PyWorker's
+``/generate/sync`` requests through the HTTP API's queue (:func:`main`).
 """
 
 from __future__ import annotations
@@ -129,6 +133,13 @@ def _stop_child(child: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait()
+
+
+def main(settings: Settings) -> int:
+    """``comfy-worker vast``: the model server and the PyWorker, until either stops."""
+    from comfy_worker.worker import Worker
+
+    return run_vast(Worker(settings), settings)
 
 
 def run_vast(service_worker: Any, settings: Settings,
