@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from comfy_worker.comfy.folder_markers import (
+from comfy_worker.job.models import needed_entries
+from comfy_worker.lockfile import LockEntry, UrlSource
+from comfy_worker.sync.folder_markers import (
     EMPTY_SAFETENSORS,
     folder_of_marker,
     loader_folders,
@@ -12,8 +14,6 @@ from comfy_worker.comfy.folder_markers import (
     without_markers,
     write_markers,
 )
-from comfy_worker.job.models import needed_entries
-from comfy_worker.lockfile import LockEntry, UrlSource
 
 
 def entry(path: str) -> LockEntry:

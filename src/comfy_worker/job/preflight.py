@@ -10,8 +10,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from comfy_worker.comfy.folder_markers import loader_folders, without_markers
 from comfy_worker.errors import WorkflowInvalid
+from comfy_worker.sync.folder_markers import loader_folders, without_markers
 
 MODEL_EXTENSIONS = (".safetensors", ".sft", ".ckpt", ".pt", ".pt2", ".pth", ".bin", ".gguf",
                     ".onnx", ".pkl")

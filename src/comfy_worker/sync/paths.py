@@ -11,10 +11,10 @@ from pathlib import Path
 import yaml
 
 from comfy_worker.atomic_write import write_text_atomic
-from comfy_worker.comfy.folder_markers import write_markers
 from comfy_worker.config import Settings, env_name
 from comfy_worker.errors import SyncError
 from comfy_worker.lockfile import KNOWN_FOLDERS, Lockfile
+from comfy_worker.sync.folder_markers import write_markers
 
 STATE_DIR = ".comfy-worker"
 """Our own files inside the local models root (the yaml, records for read-only roots)."""
@@ -99,7 +99,7 @@ class ModelPaths:
     extra_model_paths: Path
     """The yaml for ComfyUI's ``--extra-model-paths-config``."""
     marker_root: Path | None = None
-    """The root of the folder markers (:mod:`comfy_worker.comfy.folder_markers`), listed
+    """The root of the folder markers (:mod:`comfy_worker.sync.folder_markers`), listed
     last in the yaml; no models live there."""
 
 
