@@ -19,7 +19,8 @@ from comfy_worker.comfy.process import (
     cli_flag_checker,
     death_message,
 )
-from comfy_worker.errors import ComfyDied, ComfyStartError
+from comfy_worker.comfy.version import MIN_VERSION, parse_version, unsupported_reason
+from comfy_worker.errors import ComfyDied, ComfyStartError, ComfyVersionUnsupported
 
 SERVING_MAIN = '''
 import argparse, http.server, json, sys
@@ -191,3 +192,56 @@ def test_recycle_rules() -> None:
     assert reason is not None and "3072 MiB" in reason and "MAX_COMFY_RSS" in reason
     assert parse_vm_rss("Name:\tpython\nVmRSS:\t  524288 kB\nVmSwap: 0 kB\n") == 512 * 2**20
     assert parse_vm_rss("Name: x\n") is None
+
+
+def versioned_main(version: str, *, cancel_route: bool) -> str:
+    """A stand-in ComfyUI that reports ``version`` and has (or lacks) the per-prompt
+    cancel route."""
+    stats = '{"system": {"comfyui_version": "VERSION"}}'.replace("VERSION", version)
+    post = """    def do_POST(self):
+        ok = ROUTE and self.path.startswith("/api/jobs/") and self.path.endswith("/cancel")
+        body = b'{"cancelled": false}' if ok else b"404: Not Found"
+        self.send_response(200 if ok else 404)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+""".replace("ROUTE", str(cancel_route))
+    return SERVING_MAIN.replace('{"system": {}}', stats).replace(
+        "    def log_message", post + "    def log_message")
+
+
+def test_comfyuis_version_and_features_are_read_when_it_is_ready(tmp_path: Path) -> None:
+    new = ComfyProcess(config(fake_comfyui(tmp_path / "new", versioned_main(
+        "0.33.0", cancel_route=True)), tmp_path / "new", boot_timeout=20))
+    old = ComfyProcess(config(fake_comfyui(tmp_path / "old", versioned_main(
+        "0.3.75", cancel_route=False)), tmp_path / "old", boot_timeout=20))
+    try:
+        new.start()
+        old.start()
+        assert new.features.to_json() == {"version": "0.33.0", "cancel_by_id": True}
+        assert old.features.to_json() == {"version": "0.3.75", "cancel_by_id": False}
+    finally:
+        new.stop()
+        old.stop()
+
+
+@pytest.mark.parametrize("version", ["0.3.74", "0.2.7", "v0.3.10"])
+def test_a_comfyui_older_than_the_minimum_is_refused_naming_both_versions(
+        tmp_path: Path, version: str) -> None:
+    proc = ComfyProcess(config(fake_comfyui(tmp_path, versioned_main(
+        version, cancel_route=False)), tmp_path, boot_timeout=20))
+    with pytest.raises(ComfyVersionUnsupported) as info:
+        proc.start()
+    message = str(info.value)
+    assert f"ComfyUI {version} is older than 0.3.75" in message and "COMFYUI_DIR" in message
+    assert info.value.reference == "comfyui-version-unsupported"
+    assert not proc.alive()  # the refused process does not linger
+
+
+@pytest.mark.parametrize(("text", "parsed"), [
+    ("0.33.0", (0, 33, 0)), ("v0.3.75", (0, 3, 75)), ("0.38.1-rc2", (0, 38, 1)),
+    ("", None), ("dev", None), (None, None), (3, None)])
+def test_version_parsing(text: object, parsed: tuple[int, int, int] | None) -> None:
+    assert parse_version(text) == parsed
+    assert unsupported_reason(text if isinstance(text, str) else None) is None or (
+        parsed is not None and parsed < MIN_VERSION)

@@ -202,7 +202,7 @@ class FakeComfy:
 
 def test_the_recycle_rule_restarts_comfyui_after_n_jobs_even_when_a_job_fails() -> None:
     comfy = FakeComfy()
-    recycler = Recycler(comfy, after_jobs=2, max_rss=0)
+    recycler = Recycler(comfy, load_settings(env={}, restart_after_jobs=2))
     models = FakeModels(lambda e: FakeClaim({}, ModelWaitTimeout("no")))
     p = pipeline(models=models, after_job=recycler.job_done)
 

@@ -135,17 +135,13 @@ class ScriptedConnection:
         path.write_bytes(b"PNG" + filename.encode())  # the file ComfyUI wrote
         return path.read_bytes()
 
-    def queue(self) -> dict[str, Any]:
-        return {"queue_running": [] if self.stops_on_interrupt else [[1, PID]],
-                "queue_pending": []}
+    def prompt_active(self, prompt_id: str) -> bool:
+        return prompt_id == PID and not self.stops_on_interrupt
 
-    def interrupt(self) -> None:
-        self.calls.append("interrupt")
+    def cancel_prompt(self, prompt_id: str) -> None:
+        self.calls.append(f"cancel {prompt_id}")
         if self.stops_on_interrupt:
             self.script.insert(0, executing(None))
-
-    def clear_queue(self) -> None:
-        self.calls.append("clear_queue")
 
     def delete_history(self, prompt_id: str) -> None:
         self.calls.append(f"delete_history {prompt_id}")
@@ -214,6 +210,20 @@ def test_tracker_folds_events_into_progress_and_ignores_other_prompts() -> None:
     assert t.state(now=99, cancelled=True, alive=False) is State.FINISHED
 
 
+def test_tracker_counts_nodes_that_progress_state_reports_finished() -> None:
+    t = PromptTracker(PID, WORKFLOW, deadline=10.0)
+    t.feed(executing("1"))
+    # Newer ComfyUI: every active node's state; "5.0.0.1" is node 2 expanded at run time.
+    t.feed(ev.ProgressState(PID, nodes={
+        "1": {"state": "finished", "value": 1, "max": 1, "display_node_id": "1"},
+        "5.0.0.1": {"state": "finished", "value": 1, "max": 1, "display_node_id": "2"},
+        "3": {"state": "running", "value": 0, "max": 1, "display_node_id": "3"},
+        "99": {"state": "finished"}}))  # not a node of this workflow
+    assert t.done == {"1", "2"}
+    update = t.feed(progress("3", 1, 2))
+    assert update is not None and (update.nodes_done, update.percent) == (2, 83.3)
+
+
 @pytest.mark.parametrize(("now", "cancelled", "alive", "expected"), [
     (0.0, True, False, State.CANCELLED),
     (10.0, False, False, State.TIMED_OUT),
@@ -266,7 +276,7 @@ def test_a_finished_prompt_returns_its_outputs_reports_progress_and_cleans_up(
     assert list(dirs["input"].iterdir()) == [] and list(dirs["output"].iterdir()) == []
 
 
-def test_cancel_mid_step_interrupts_clears_the_queue_and_raises_cancelled(
+def test_cancel_mid_step_stops_its_prompt_by_id_and_raises_cancelled(
         dirs: dict[str, Path]) -> None:
     clock = Clock()
     cancel = threading.Event()
@@ -282,7 +292,7 @@ def test_cancel_mid_step_interrupts_clears_the_queue_and_raises_cancelled(
         runner_for(conn, clock=clock).run(JobRequest(WORKFLOW, timeout=60),
                                           progress=on_progress, cancel=cancel)
     assert info.value.details == [{"prompt_id": PID}]
-    assert conn.calls.index("clear_queue") < conn.calls.index("interrupt")
+    assert conn.calls.count(f"cancel {PID}") == 1
     assert "kill" not in conn.calls
 
 
@@ -294,7 +304,7 @@ def test_timeout_names_the_running_node_and_interrupts(dirs: dict[str, Path]) ->
     (detail,) = info.value.details
     assert detail == {"prompt_id": PID, "timeout_s": 3, "node_id": "2",
                       "class_type": "Upscale"}
-    assert "interrupt" in conn.calls and "kill" not in conn.calls
+    assert f"cancel {PID}" in conn.calls and "kill" not in conn.calls
     assert info.value.status == 504
 
 
@@ -304,7 +314,7 @@ def test_a_prompt_that_ignores_interrupt_gets_comfyui_killed(dirs: dict[str, Pat
     with pytest.raises(JobTimeout):
         runner_for(conn, clock=clock).run(JobRequest(WORKFLOW, timeout=1))
     assert "kill" in conn.calls
-    assert conn.calls.index("interrupt") < conn.calls.index("kill")
+    assert conn.calls.index(f"cancel {PID}") < conn.calls.index("kill")
 
 
 def test_comfyui_dying_mid_prompt_is_comfy_died(dirs: dict[str, Path]) -> None:
@@ -313,7 +323,7 @@ def test_comfyui_dying_mid_prompt_is_comfy_died(dirs: dict[str, Path]) -> None:
     with pytest.raises(ComfyDied, match="SIGKILL") as info:
         runner_for(conn, clock=clock).run(JobRequest(WORKFLOW, timeout=60))
     assert info.value.status == 503
-    assert "interrupt" not in conn.calls
+    assert f"cancel {PID}" not in conn.calls
 
 
 def test_a_dropped_websocket_is_reconnected_and_the_job_finishes(

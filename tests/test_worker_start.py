@@ -25,7 +25,7 @@ from comfy_worker.errors import (
     WorkerStartFailed,
     WorkerStarting,
 )
-from comfy_worker.readiness import Phase, Readiness
+from comfy_worker.readiness import Phase
 from comfy_worker.worker import Worker
 
 STAND_IN_MAIN = '''
@@ -134,7 +134,10 @@ def test_comfyui_boots_while_the_models_are_still_syncing(tmp_path: Path) -> Non
             worker.start()
             sync_end = t0 + worker.timings["sync_s"]
             comfy_started = float((tmp_path / "ComfyUI" / "main.py.started").read_text())
-            assert worker.readiness() == Readiness(Phase.READY, "ready")
+            ready = worker.readiness()
+            assert (ready.phase, ready.reason) == (Phase.READY, "ready")
+            # The stand-in ComfyUI reports no version and has no per-prompt routes.
+            assert ready.comfyui == {"version": None, "cancel_by_id": False}
             assert (tmp_path / "models" / "checkpoints" / "m.safetensors").read_bytes() == data
         finally:
             stop.set()
@@ -144,7 +147,8 @@ def test_comfyui_boots_while_the_models_are_still_syncing(tmp_path: Path) -> Non
     assert "syncing models" in reasons  # ComfyUI was up, the sync still running
     yaml_text = (tmp_path / "models" / ".comfy-worker" / "extra_model_paths.yaml").read_text()
     assert str(tmp_path / "models") in yaml_text and "checkpoints" in yaml_text
-    assert worker.readiness() == Readiness(Phase.STOPPED, "stopped")
+    stopped = worker.readiness()
+    assert (stopped.phase, stopped.reason) == (Phase.STOPPED, "stopped")
 
 
 def test_a_failed_sync_fails_start_and_stops_comfyui(tmp_path: Path) -> None:

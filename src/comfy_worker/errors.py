@@ -155,6 +155,12 @@ class ComfyStartError(ComfyError):
     reference = "comfyui-start-failed"
 
 
+class ComfyVersionUnsupported(ComfyStartError):
+    """The ComfyUI at COMFYUI_DIR is older than the oldest version the worker supports."""
+
+    reference = "comfyui-version-unsupported"
+
+
 class ComfyDied(ComfyError):
     """ComfyUI's process exited while the worker needed it."""
 

@@ -38,6 +38,8 @@ class Readiness:
     """For FAILED: the error that stopped the worker."""
     sync: Mapping[str, Any] | None = None
     """The background model sync (files and bytes done/total), when one runs."""
+    comfyui: Mapping[str, Any] | None = None
+    """The running ComfyUI: its version and the features the worker uses."""
 
     @property
     def ready(self) -> bool:
@@ -69,4 +71,6 @@ class Readiness:
         out = {"ready": self.ready, "phase": self.phase.value, "reason": self.reason}
         if self.sync is not None:
             out["sync"] = dict(self.sync)
+        if self.comfyui is not None:
+            out["comfyui"] = dict(self.comfyui)
         return out

@@ -61,8 +61,7 @@ class Worker:
         self.store: ModelStore | None = None
         self.runner: JobRunner | None = None
         self.recycler: Recycler | None = None
-        self.pipeline: JobPipeline | None = None
-        """The per-job stages (:mod:`comfy_worker.job.pipeline`), made by :meth:`start`."""
+        self.pipeline: JobPipeline | None = None  # the per-job stages, made by start()
         self.timings: dict[str, float] = {}
         """``sync_s``, ``boot_s`` and ``ready_s`` (both done) of :meth:`start`."""
         self._lock = threading.Lock()
@@ -80,8 +79,9 @@ class Worker:
     def settings(self, value: Settings) -> None:
         """New settings apply to the next job (its pipeline reads them too)."""
         self._settings = value
-        if self.pipeline is not None:
-            self.pipeline.settings = value
+        for part in (self.pipeline, self.recycler):
+            if part is not None:
+                part.settings = value
 
     # --- start-up ---------------------------------------------------------------------------
 
@@ -102,10 +102,8 @@ class Worker:
                                     ready_timeout=self.settings.boot_timeout)
         self.runner = JobRunner(connect, LazyDelivery(self.settings),
                                 available_models=Available.of(m.path for m in lock.models))
-        s = self.settings
-        self.recycler = Recycler(self.comfy, after_jobs=s.restart_after_jobs,
-                                 max_rss=s.max_comfy_rss)
-        self.pipeline = JobPipeline(s, lock, runner=self.runner, models=self.store,
+        self.recycler = Recycler(self.comfy, self.settings)
+        self.pipeline = JobPipeline(self.settings, lock, runner=self.runner, models=self.store,
                                     after_job=self.recycler.job_done,
                                     first_reads=self._startup_readahead)
         return lock
@@ -200,6 +198,8 @@ class Worker:
         comfy = self.comfy
         if comfy is None:
             return state
+        if comfy.ready_seconds is not None:
+            state = replace(state, comfyui=comfy.features.to_json())
         return state.following(comfy.state, alive=comfy.alive(), last_error=comfy.last_error)
 
     # --- jobs --------------------------------------------------------------------------------

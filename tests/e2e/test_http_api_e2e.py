@@ -96,6 +96,18 @@ def test_health_answers_503_with_the_phase_during_start_up_then_200(served: Serv
     assert served.health_seen[-1] == (200, "ready")
 
 
+def test_health_shows_the_comfyui_version_it_runs(served: Served,
+                                                  comfy_install: ComfyInstall) -> None:
+    body = requests.get(f"{served.url}/health", timeout=5).json()
+    text = (comfy_install.comfyui_dir / "comfyui_version.py").read_text(encoding="utf-8")
+    expected = text.split('__version__ = "')[1].split('"')[0]
+    assert body["comfyui"]["version"] == expected
+    # v0.33.0 cancels one prompt by id; v0.3.75 has no such route (the fallback runs).
+    known = {"0.33.0": True, "0.3.75": False}
+    if expected in known:
+        assert body["comfyui"]["cancel_by_id"] is known[expected]
+
+
 def test_sync_job_wrapped_and_bare_return_pngs(served: Served) -> None:
     wrapped = requests.post(f"{served.url}/generate/sync",
                             json={"input": {"workflow": empty_image_workflow(32, 16)}},

@@ -17,6 +17,7 @@ import requests
 import websocket
 
 from comfy_worker.comfy.events import Event, parse_event
+from comfy_worker.comfy.version import Features, reported_version
 from comfy_worker.errors import ComfyError
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,10 @@ class PromptResponse:
             pid = self.body.get("prompt_id")
             return str(pid) if pid else None
         return None
+
+
+PROBE_ID = "00000000-0000-4000-8000-000000000000"
+"""A prompt id no prompt has: cancelling it tells whether the route exists."""
 
 
 class ComfyClient:
@@ -71,6 +76,28 @@ class ComfyClient:
                              f"{resp.text[:200]!r}") from exc
 
     # --- reads ------------------------------------------------------------------------
+
+    def system_stats(self) -> dict[str, Any]:
+        return self._json("GET", "/system_stats")
+
+    def features(self) -> Features:
+        """The version ``/system_stats`` reports, and whether the per-prompt job routes
+        exist (probed with a cancel of an id no prompt has: a no-op where they do)."""
+        version = reported_version(self.system_stats())
+        probe = self._request("POST", f"/api/jobs/{PROBE_ID}/cancel", json={})
+        return Features(version=version, cancel_by_id=probe.status_code == 200)
+
+    def job_status(self, prompt_id: str) -> str | None:
+        """``GET /api/jobs/{id}``'s status (``pending``, ``in_progress``, ``completed``,
+        ``failed``, ``cancelled``), or None for an id ComfyUI does not know."""
+        resp = self._request("GET", f"/api/jobs/{prompt_id}")
+        if resp.status_code == 404:
+            return None
+        if resp.status_code != 200:
+            raise ComfyError(f"ComfyUI GET /api/jobs/{prompt_id} answered HTTP "
+                             f"{resp.status_code}")
+        status = resp.json().get("status")
+        return status if isinstance(status, str) else None
 
     def object_info(self, node_class: str | None = None) -> dict[str, Any]:
         path = "/object_info" if node_class is None else f"/object_info/{node_class}"
@@ -117,11 +144,24 @@ class ComfyClient:
             body = resp.text
         return PromptResponse(resp.status_code, body)
 
-    def interrupt(self) -> None:
-        self._request("POST", "/interrupt", json={})
+    def interrupt(self, prompt_id: str | None = None) -> None:
+        """Interrupt the running prompt; with ``prompt_id``, only if that one runs."""
+        self._request("POST", "/interrupt", json={"prompt_id": prompt_id} if prompt_id else {})
 
     def clear_queue(self) -> None:
         self._request("POST", "/queue", json={"clear": True})
+
+    def dequeue(self, prompt_id: str) -> None:
+        """Take a pending prompt out of the queue (a no-op for one not pending)."""
+        self._request("POST", "/queue", json={"delete": [prompt_id]})
+
+    def cancel(self, prompt_id: str) -> None:
+        """``POST /api/jobs/{id}/cancel``: interrupted if it runs, dequeued if it waits
+        (newer ComfyUI: :attr:`Features.cancel_by_id`)."""
+        resp = self._request("POST", f"/api/jobs/{prompt_id}/cancel", json={})
+        if resp.status_code != 200:
+            raise ComfyError(f"ComfyUI POST /api/jobs/{prompt_id}/cancel answered HTTP "
+                             f"{resp.status_code}: {resp.text[:200]}")
 
     def delete_history(self, prompt_id: str) -> None:
         self._request("POST", "/history", json={"delete": [prompt_id]})

@@ -27,8 +27,10 @@ from typing import IO
 
 import requests
 
+from comfy_worker.comfy.client import ComfyClient
+from comfy_worker.comfy.version import MIN_VERSION, Features, unsupported_reason, version_text
 from comfy_worker.config import Settings, env_name
-from comfy_worker.errors import ComfyDied, ComfyStartError
+from comfy_worker.errors import ComfyDied, ComfyError, ComfyStartError, ComfyVersionUnsupported
 
 log = logging.getLogger(__name__)
 comfy_log = logging.getLogger(__name__ + ".comfyui")
@@ -186,6 +188,8 @@ class ComfyProcess:
         self._planned: str | None = None
         """The reason of a restart asked for with :meth:`restart` (not a death)."""
         self.restarts = 0
+        self.features = Features()
+        """What the running ComfyUI offers (its version first), read when it got ready."""
 
     # --- introspection --------------------------------------------------------------
 
@@ -356,15 +360,40 @@ class ComfyProcess:
                         hint=f"raise {env_name('boot_timeout')} if start-up is just slow",
                     )
                 time.sleep(READY_POLL_S)
+        self.features = self._check_features(child)
         child.ready_seconds = time.monotonic() - child.started
         self._failures = 0
         self._last_error = None
-        log.info("ComfyUI ready in %.1f s (pid %d, port %d)", child.ready_seconds,
-                 child.proc.pid, child.port)
+        log.info("ComfyUI %s ready in %.1f s (pid %d, port %d; per-prompt cancel: %s)",
+                 self.features.version or "(version not reported)", child.ready_seconds,
+                 child.proc.pid, child.port, "yes" if self.features.cancel_by_id else "no")
         with self._cond:
             if self._state is not State.STOPPED:
                 self._state = State.READY
             self._cond.notify_all()
+
+    def _check_features(self, child: _Child) -> Features:
+        """Read the version and features; refuse a ComfyUI older than the minimum."""
+        client = ComfyClient(f"http://{HOST}:{child.port}")
+        try:
+            features = client.features()
+        except ComfyError as exc:
+            log.warning("could not read ComfyUI's version and features: %s", exc.message)
+            features = Features()
+        finally:
+            client.close()
+        reason = unsupported_reason(features.version)
+        if reason is not None:
+            self._terminate(child)
+            raise ComfyVersionUnsupported(
+                f"{reason} ({env_name('comfyui_dir')}={self.cfg.comfyui_dir})",
+                hint=f"point {env_name('comfyui_dir')} at ComfyUI "
+                f"{version_text(MIN_VERSION)} or newer (the image carries one), or use an "
+                "older comfy-worker release")
+        if features.version is None:
+            log.warning("ComfyUI did not report its version in /system_stats; assuming it "
+                        "is recent enough")
+        return features
 
     def wait_ready(self, timeout: float | None = None) -> None:
         """Block until READY (e.g. while the watchdog restarts ComfyUI).

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Protocol
 
 from comfy_worker.comfy.process import State
-from comfy_worker.config import env_name
+from comfy_worker.config import Settings, env_name
 from comfy_worker.errors import WorkerError
 
 log = logging.getLogger(__name__)
@@ -67,11 +67,11 @@ class Recycler:
     """Counts the jobs run on each ComfyUI process and, after a job, restarts it when
     :func:`restart_reason` says so (the next job waits for the new one)."""
 
-    def __init__(self, comfy: Supervised, *, after_jobs: int, max_rss: int,
+    def __init__(self, comfy: Supervised, settings: Settings,
                  rss: Callable[[int], int | None] = process_rss) -> None:
         self._comfy = comfy
-        self._after_jobs = after_jobs
-        self._max_rss = max_rss
+        self.settings = settings
+        """Its rules: ``restart_after_jobs``, ``max_comfy_rss`` (read after each job)."""
         self._rss = rss
         self._generation = comfy.generation
         self.jobs_done = 0
@@ -89,10 +89,10 @@ class Recycler:
         if comfy.generation != self._generation:  # restarted meanwhile (a crash)
             self._generation, self.jobs_done = comfy.generation, 0
         self.jobs_done += 1
-        pid = comfy.pid
-        rss = self._rss(pid) if self._max_rss and pid is not None else None
+        pid, s = comfy.pid, self.settings
+        rss = self._rss(pid) if s.max_comfy_rss and pid is not None else None
         reason = restart_reason(jobs_done=self.jobs_done, rss_bytes=rss,
-                                after_jobs=self._after_jobs, max_rss=self._max_rss)
+                                after_jobs=s.restart_after_jobs, max_rss=s.max_comfy_rss)
         if reason is None:
             return None
         try:

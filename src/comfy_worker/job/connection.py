@@ -18,10 +18,13 @@ from comfy_worker.comfy import events as ev
 from comfy_worker.comfy.client import ComfyClient, EventStream, PromptResponse
 from comfy_worker.comfy.process import State
 from comfy_worker.errors import ComfyDied, ComfyError
+from comfy_worker.job.tracker import in_queue
 
 if TYPE_CHECKING:
     from comfy_worker.comfy.process import ComfyProcess
 
+ACTIVE_JOB_STATES = ("pending", "in_progress")
+"""``GET /api/jobs/{id}`` statuses of a prompt that has not ended."""
 RECONNECT_ATTEMPTS = 20
 DEATH_GRACE_S = 2.0
 """A refused connection comes a moment before ComfyUI's exit can be seen: wait this long
@@ -68,11 +71,13 @@ class Connection(Protocol):
 
     def view(self, filename: str, subfolder: str, kind: str) -> bytes: ...
 
-    def queue(self) -> dict[str, Any]: ...
+    def cancel_prompt(self, prompt_id: str) -> None:
+        """Stop the prompt: interrupted if it runs, out of the queue if it waits."""
+        ...
 
-    def interrupt(self) -> None: ...
-
-    def clear_queue(self) -> None: ...
+    def prompt_active(self, prompt_id: str) -> bool:
+        """The prompt still runs or waits in ComfyUI's queue."""
+        ...
 
     def delete_history(self, prompt_id: str) -> None: ...
 
@@ -143,14 +148,20 @@ class ComfyConnection:
     def view(self, filename: str, subfolder: str, kind: str) -> bytes:
         return self._client.view(filename, subfolder, kind)
 
-    def queue(self) -> dict[str, Any]:
-        return self._client.queue()
+    def cancel_prompt(self, prompt_id: str) -> None:
+        """By id where ComfyUI has the route (atomic: it interrupts the prompt only if it
+        still runs); else out of the queue, then interrupted only if it is the one
+        running. Either way no other prompt is touched."""
+        if self.comfy.features.cancel_by_id:
+            self._client.cancel(prompt_id)
+        else:
+            self._client.dequeue(prompt_id)
+            self._client.interrupt(prompt_id)
 
-    def interrupt(self) -> None:
-        self._client.interrupt()
-
-    def clear_queue(self) -> None:
-        self._client.clear_queue()
+    def prompt_active(self, prompt_id: str) -> bool:
+        if self.comfy.features.job_status:
+            return self._client.job_status(prompt_id) in ACTIVE_JOB_STATES
+        return in_queue(self._client.queue(), prompt_id)
 
     def delete_history(self, prompt_id: str) -> None:
         self._client.delete_history(prompt_id)

@@ -38,7 +38,6 @@ from comfy_worker.job.tracker import (
     NodeProgress,
     PromptTracker,
     State,
-    in_queue,
     is_prompt_end,
 )
 
@@ -223,13 +222,13 @@ class JobRunner:
         details = [{"prompt_id": tracker.prompt_id}]
         if state is State.CANCELLED:
             self._stop_prompt(conn, tracker.prompt_id)
-            raise JobCancelled("job cancelled; ComfyUI was interrupted and its queue cleared",
+            raise JobCancelled("job cancelled; ComfyUI was interrupted (its prompt stopped)",
                                details=details)
         if state is State.TIMED_OUT:
             self._stop_prompt(conn, tracker.prompt_id)
             raise JobTimeout(
                 f"job timed out after {run.request.timeout:g} s; ComfyUI was interrupted "
-                "and its queue cleared",
+                "(its prompt stopped)",
                 hint=f'raise "timeout" in the job input or {env_name("job_timeout")}',
                 details=[{**details[0], "timeout_s": run.request.timeout,
                           "node_id": tracker.current,
@@ -270,11 +269,11 @@ class JobRunner:
         return err
 
     def _stop_prompt(self, conn: Connection, prompt_id: str) -> None:
-        """Stop our prompt and anything queued, so nothing runs into the next job; if it
-        will not stop within the grace time, kill ComfyUI (its supervisor restarts it)."""
+        """Stop our prompt (by id: nothing else is touched), so it does not run into the
+        next job; if it will not stop within the grace time, kill ComfyUI (its supervisor
+        restarts it)."""
         try:
-            conn.clear_queue()
-            conn.interrupt()
+            conn.cancel_prompt(prompt_id)
             if self._prompt_stopped(conn, prompt_id):
                 return
         except ComfyError as exc:
@@ -299,7 +298,7 @@ class JobRunner:
                 return True
             if self._clock() >= next_poll:
                 next_poll = self._clock() + QUEUE_POLL_S
-                if not in_queue(conn.queue(), prompt_id):
+                if not conn.prompt_active(prompt_id):
                     return True
         return False
 

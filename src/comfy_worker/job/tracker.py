@@ -72,6 +72,8 @@ class PromptTracker:
             return self._progress(self.current, None, None)
         if isinstance(event, ev.ExecutionCached):
             self.done.update(event.nodes)
+        elif isinstance(event, ev.ProgressState):
+            self.done.update(finished_nodes(event.nodes, self.workflow))
         elif isinstance(event, ev.Progress):
             return self._progress(event.node or self.current, event.value, event.max)
         elif isinstance(event, ev.ExecutionError):
@@ -115,6 +117,21 @@ class PromptTracker:
         if self.current is None:
             return None
         return (self.workflow.get(self.current) or {}).get("class_type")
+
+
+def finished_nodes(nodes: Mapping[str, Any], workflow: Mapping[str, Any]) -> set[str]:
+    """The workflow's nodes a ``progress_state`` event reports finished. Newer ComfyUI
+    sends every active node's state with each update, so nodes that finish without an
+    ``executing`` of the next one (parallel or async nodes, the last one) count as done
+    at once; a node expanded at run time counts through the node it is shown as."""
+    done: set[str] = set()
+    for key, info in nodes.items():
+        if not isinstance(info, Mapping) or info.get("state") != "finished":
+            continue
+        node = str(info.get("display_node_id") or key)
+        if node in workflow:
+            done.add(node)
+    return done
 
 
 def is_prompt_end(event: ev.Event | None, prompt_id: str) -> bool:
