@@ -20,6 +20,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("comfy_worker.errors", "comfy_worker.jsontypes", "comfy_worker.atomic_write",
      "comfy_worker.job.events"),
     ("comfy_worker.config",),
+    ("comfy_worker.net",),
     ("comfy_worker.lockfile",),
     ("comfy_worker.sync", "comfy_worker.readahead", "comfy_worker.resolve"),
     ("comfy_worker.comfy",),

@@ -14,6 +14,7 @@ lists every variable (a test checks it).
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -133,6 +134,41 @@ def byte_size(name: str, raw: str) -> int:
     return int(value * _UNITS[unit])
 
 
+AllowItem = ipaddress.IPv4Network | ipaddress.IPv6Network | str
+
+
+def allow_item(item: str) -> AllowItem:
+    """One item of an allow list: a network (CIDR; an address is a /32 or /128) or a host
+    name, lower-case (``*.suffix``: every name under ``suffix``). ValueError otherwise."""
+    text = item.strip().lower()
+    try:
+        return ipaddress.ip_network(text.strip("[]"), strict=False)
+    except ValueError:
+        pass
+    name = text.removeprefix("*.").rstrip(".")
+    labels = name.split(".")
+    if not name or not all(0 < len(label) <= 63 and label.isascii()
+                            and label.replace("-", "").isalnum()
+                            and not label.startswith("-") for label in labels):
+        raise ValueError(f"{item.strip()!r} is neither a network (CIDR) nor a host name")
+    return text.rstrip(".")
+
+
+def allow_list(name: str, raw: str) -> tuple[AllowItem, ...]:
+    """Comma-separated networks and host names (:func:`allow_item`)."""
+    items: list[AllowItem] = []
+    for part in raw.split(","):
+        if not part.strip():
+            continue
+        try:
+            items.append(allow_item(part))
+        except ValueError as exc:
+            raise ConfigError(f"{name}={raw!r}: {exc}",
+                              hint=f"set {name} to comma-separated CIDRs or host names, "
+                              "e.g. 10.1.0.0/16,models.internal,*.corp.example") from None
+    return tuple(items)
+
+
 def path(name: str, raw: str) -> Path:
     return Path(raw).expanduser()
 
@@ -250,8 +286,17 @@ class Settings:
     """Total base64 output allowed inline."""
     input_url_max_bytes: int = setting(P + "INPUT_URL_MAX_BYTES", 50 * 1024 * 1024, byte_size)
     """Largest input image fetched from a URL (``images[].url``)."""
-    input_url_timeout: float = setting(P + "INPUT_URL_TIMEOUT", 30.0, number(0.1))
-    """Seconds to connect to, and between reads from, an input image URL."""
+    input_url_timeout: float = setting(P + "INPUT_URL_TIMEOUT", 60.0, number(0.1))
+    """Seconds one input image given by URL may take in all (connect, redirects, body);
+    every image of a job is also fetched within the job's own ``timeout``."""
+    max_job_images: int = setting(P + "MAX_JOB_IMAGES", 64, integer(0))
+    """Most entries a job's ``images`` may have."""
+    max_job_models: int = setting(P + "MAX_JOB_MODELS", 32, integer(0))
+    """Most entries a job's ``models`` may have."""
+    url_allow: tuple[AllowItem, ...] = setting(P + "URL_ALLOW", (), allow_list)
+    """Exceptions to the URL policy for job-supplied URLs (``images[].url``,
+    ``models[].source.url``): networks and host names a job may fetch from although they
+    are not public (by default only public unicast addresses)."""
     bucket_endpoint_url: str | None = setting("BUCKET_ENDPOINT_URL", None, text)
     """S3 endpoint (as worker-comfyui); outputs go there when set."""
     bucket_access_key_id: Secret | None = setting("BUCKET_ACCESS_KEY_ID", None, secret)

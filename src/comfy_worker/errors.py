@@ -133,6 +133,14 @@ class ModelCacheFull(DiskFull):
     reference = "model-cache-full"
 
 
+class ModelSourceInvalid(SyncError, ValueError):
+    """A source that cannot be followed: a redirect loop, too many redirects, a redirect
+    to another scheme (``file://``), a URL requests cannot use. A locked source's is the
+    operator's to fix (502); a job's own model's becomes the job's 422 (the caller's)."""
+
+    reference = "model-source-invalid"
+
+
 class ModelPathConflict(SyncError, ValueError):
     """A job's model names a path that holds other bytes for the lock or for a job
     running now."""
@@ -212,6 +220,16 @@ class InputFetchFailed(JobError, ValueError):
     without its query string)."""
 
     reference = "input-fetch-failed"
+    status = 422
+
+
+class UrlNotAllowed(JobError, ValueError):
+    """A URL a job gave (``images[].url``, ``models[].source.url``, or a redirect hop of
+    one) is not allowed by the URL policy: not http(s), or an address that is not public
+    (loopback, private, link-local, ...) and not opened by COMFY_WORKER_URL_ALLOW. Names
+    the field, the URL (redacted) and the setting."""
+
+    reference = "url-not-allowed"
     status = 422
 
 
