@@ -238,3 +238,59 @@ def test_shipped_default_lock_is_valid() -> None:
     assert lock.models, "the default lock pins at least one model"
     for entry in lock.models:
         assert entry.size > 0
+
+
+# --- paths and URLs a stranger may send (a job's models use these rules too) ------------
+
+
+@pytest.mark.parametrize(("path", "says"), [
+    ("loras/a\nb.safetensors", "control character"),
+    ("loras/a\x00.safetensors", "control character"),
+    ("loras/a\x1b[31m.safetensors", "control character"),
+    ("loras/" + "x" * 201 + ".safetensors", "over the 200-byte limit"),
+    ("loras/" + "é" * 101, "over the 200-byte limit"),  # 202 bytes in UTF-8
+    ("loras/" + "/".join(["d" * 100] * 11) + "/x.safetensors", "over the 1024-byte limit"),
+])
+def test_a_path_with_a_control_character_or_a_name_too_long_is_refused(
+        path: str, says: str) -> None:
+    with pytest.raises(LockfileError, match=re.escape(says)) as err:
+        parse_lock(with_change({"path": path}))
+    assert "\n" not in err.value.message and "\x1b" not in err.value.message
+
+
+def test_names_up_to_the_limit_are_accepted() -> None:
+    lock = parse_lock(with_change({"path": "loras/" + "x" * 188 + ".safetensors"}))
+    assert len(lock.models[0].path.split("/")[1]) == 200
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "https://h:notaport/x", "https://h/a b",
+                                 "https://h/a\nb", "https://" + "a" * 9000, "https:///x"])
+def test_a_url_that_cannot_be_used_is_refused_without_echoing_its_secrets(url: str) -> None:
+    with pytest.raises(LockfileError, match=r'field "source\.url"'):
+        parse_lock(with_change({"source.url": url + "?sig=SECRET"}, 1))
+
+
+def test_a_url_source_describes_itself_redacted() -> None:
+    source = UrlSource("https://u:pw@bucket.example/m.safetensors?X-Amz-Signature=SECRET")
+    assert source.describe() == "https://bucket.example/m.safetensors"
+    assert source.to_json()["url"].endswith("SECRET")  # the lock keeps what it pins
+
+
+def test_a_token_belongs_to_a_jobs_entry_never_to_a_lock() -> None:
+    from comfy_worker.lockfile import KNOWN_FOLDERS, parse_entry
+
+    raw = copy.deepcopy(VALID["models"][0])
+    raw["source"]["token"] = "hf_SECRETtoken"
+    with pytest.raises(LockfileError, match=r'"source\.token" is not allowed in a lock'):
+        parse_lock({"version": 1, "models": [raw]})
+    entry = parse_entry(raw, where="models[0]", folders=KNOWN_FOLDERS, job=True)
+    assert isinstance(entry.source, HfSource) and entry.source.token is not None
+    assert entry.source.token.reveal() == "hf_SECRETtoken"
+    shown = repr(entry) + str(entry.to_json()) + entry.source.describe()
+    assert "SECRET" not in shown
+    plain = copy.deepcopy(VALID["models"][0])
+    assert parse_entry(plain, where="m", folders=KNOWN_FOLDERS, job=True) == entry
+    for bad in (5, "", "tok\nen"):
+        raw["source"]["token"] = bad
+        with pytest.raises(LockfileError, match=r'"source\.token" is not a token'):
+            parse_entry(raw, where="models[0]", folders=KNOWN_FOLDERS, job=True)

@@ -64,7 +64,8 @@ def make_store(stores: list[ModelStore], hub: HFServer, tmp: Path,
     values: dict[str, object] = {"lock_path": tmp / "models.lock.json",
                                  "models_dir": tmp / models_dir, "retries": 1}
     values.update(kw)
-    settings = load_settings(env={"HF_ENDPOINT": hub.endpoint}, **values)
+    settings = load_settings(env={"HF_ENDPOINT": hub.endpoint,
+                                  "COMFY_WORKER_URL_ALLOW": "127.0.0.1/32"}, **values)
     write_lock_file(settings.lock_path, files)
     lock = load_lock(settings.lock_path)
     store = ModelStore(settings, lock, prepare_model_paths(settings, lock), prefetch=prefetch)

@@ -18,6 +18,7 @@ from pathlib import Path
 from comfy_worker.config import SETTINGS, Settings, load_settings
 from comfy_worker.entrypoints.platform import PLATFORMS, platform_named
 from comfy_worker.errors import ConfigError, WorkerError
+from comfy_worker.net.redact import RedactingFilter
 
 log = logging.getLogger(__name__)
 
@@ -153,10 +154,13 @@ and up only, so our per-file lines stay readable."""
 
 
 def _setup_logging(verbosity: int) -> None:
-    """The one place logging is configured: our lines on stderr, INFO (``-v``: DEBUG)."""
+    """The one place logging is configured: our lines on stderr, INFO (``-v``: DEBUG).
+    Every URL in every line is redacted (no query string, no credentials)."""
     level = logging.DEBUG if verbosity > 0 else logging.INFO
     logging.basicConfig(level=level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
 

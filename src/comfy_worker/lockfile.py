@@ -29,9 +29,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from comfy_worker.atomic_write import write_text_atomic
-from comfy_worker.config import env_name
+from comfy_worker.config import Secret, env_name
 from comfy_worker.errors import LockfileError
 from comfy_worker.jsontypes import json_text, json_type_name
+from comfy_worker.net.redact import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,12 @@ _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _REPO = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 _REPO_TYPES = ("model", "dataset", "space")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+MAX_NAME_BYTES = 200
+"""Longest file or folder name in a path: 255 (the file system's) less what the worker's
+own files beside it add (``.NAME.<12 hex>.incomplete``: 25 bytes), with room to spare."""
+MAX_PATH_BYTES = 1024
+MAX_URL_CHARS = 8192
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,9 @@ class HfSource:
     file: str
     repo_type: str = "model"
     type: str = field(default="huggingface", init=False)
+    token: Secret | None = field(default=None, compare=False, repr=False)
+    """A job's own Hugging Face token for this file (a job's entry only; never in a
+    lock, never written, shown or logged)."""
 
     @property
     def pinned(self) -> bool:
@@ -99,7 +109,8 @@ class UrlSource:
     type: str = field(default="url", init=False)
 
     def describe(self) -> str:
-        return self.url
+        """The URL as messages and logs show it: without query and credentials."""
+        return redact_url(self.url)
 
     def to_json(self) -> dict[str, Any]:
         return {"type": self.type, "url": self.url}
@@ -202,7 +213,14 @@ def validate_model_path(path: object, *, where: str, folders: frozenset[str]) ->
     if not isinstance(path, str) or not path.strip():
         raise LockfileError(f'{where}: field "path" is {_typed(path, "string")}',
                             hint='set "path" to FOLDER/NAME, e.g. "loras/style.safetensors"')
-    shown = json_text(path)
+    shown = json_text(path, limit=120)
+    if _CONTROL.search(path):
+        raise LockfileError(f'{where}: field "path" {shown} contains a control character',
+                            hint="use printable characters only")
+    if len(path.encode("utf-8")) > MAX_PATH_BYTES:
+        raise LockfileError(f'{where}: field "path" is {len(path.encode("utf-8"))} bytes '
+                            f"long, over the {MAX_PATH_BYTES}-byte limit",
+                            hint="use a shorter path")
     if "\\" in path:
         raise LockfileError(f'{where}: field "path" {shown} contains a backslash',
                             hint="use forward slashes")
@@ -229,6 +247,13 @@ def validate_model_path(path: object, *, where: str, folders: frozenset[str]) ->
             hint=f"use one of {', '.join(sorted(KNOWN_FOLDERS))}, or add "
             f'"{parts[0]}" to the lock\'s top-level "extra_folders" for a custom node\'s folder',
         )
+    long = next((p for p in parts if len(p.encode("utf-8")) > MAX_NAME_BYTES), None)
+    if long is not None:
+        raise LockfileError(
+            f'{where}: field "path" has a name of {len(long.encode("utf-8"))} bytes '
+            f"({json_text(long, limit=60)}), over the {MAX_NAME_BYTES}-byte limit",
+            hint=f"use names of at most {MAX_NAME_BYTES} bytes (the file system allows "
+            "255, and the worker's temp and record files add to the name)")
     if any(p.endswith((".incomplete", ".lock")) or p.startswith(".") for p in parts):
         raise LockfileError(f'{where}: field "path" {shown} uses a reserved name',
                             hint='names may not start with "." or end in .incomplete/.lock')
@@ -241,7 +266,19 @@ def _unknown(raw: dict[str, Any], allowed: Iterable[str]) -> str | None:
     return json_text(unknown, limit=200) if unknown else None
 
 
-def _parse_source(raw: object, *, where: str) -> Source:
+def _valid_url(url: object) -> bool:
+    if not isinstance(url, str) or len(url) > MAX_URL_CHARS or _CONTROL.search(url) \
+            or " " in url:
+        return False
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        return False
+    return parts.scheme in ("https", "http") and bool(parts.hostname)
+
+
+def _parse_source(raw: object, *, where: str, job: bool = False) -> Source:
     if not isinstance(raw, dict):
         raise LockfileError(f'{where}: field "source" is {_typed(raw, "object")}, '
                             "expected an object", hint='e.g. {"type": "url", "url": "https://..."}')
@@ -269,17 +306,32 @@ def _parse_source(raw: object, *, where: str) -> Source:
             raise LockfileError(f'{where}: field "source.repo_type" is '
                                 f'{_typed(repo_type, "string")}',
                                 hint=f"use one of {', '.join(_REPO_TYPES)}")
-        unknown = _unknown(raw, ("type", "repo", "revision", "file", "repo_type"))
+        token = raw.get("token")
+        if token is not None and (not job or not isinstance(token, str) or not token.strip()
+                                  or _CONTROL.search(token)):
+            if not job:
+                raise LockfileError(
+                    f'{where}: field "source.token" is not allowed in a lock',
+                    hint=f"remove it; the worker sends {env_name('hf_token')} for locked "
+                    "files")
+            raise LockfileError(f'{where}: field "source.token" is not a token',
+                                hint="give a Hugging Face read token as a string, or leave "
+                                "it out")
+        unknown = _unknown(raw, ("type", "repo", "revision", "file", "repo_type", "token"))
         if unknown:
             raise LockfileError(f'{where}: unknown field(s) in "source": {unknown}',
                                 hint="remove them")
-        return HfSource(repo=repo, revision=revision, file=file, repo_type=repo_type)
+        return HfSource(repo=repo, revision=revision, file=file, repo_type=repo_type,
+                        token=Secret(token.strip()) if token else None)
     if kind == "url":
         url = raw.get("url", _MISSING)
-        parts = urlsplit(url) if isinstance(url, str) else None
-        if parts is None or parts.scheme not in ("https", "http") or not parts.netloc:
-            raise LockfileError(f'{where}: field "source.url" is {_typed(url, "string")}',
-                                hint="use an https:// URL")
+        if not _valid_url(url):
+            shown = (f"{redact_url(url)!r} (query and credentials not shown)"
+                     if isinstance(url, str) else _typed(url, "string"))
+            raise LockfileError(f'{where}: field "source.url" is {shown}',
+                                hint="use an https:// (or http://) URL of at most "
+                                f"{MAX_URL_CHARS} characters, without spaces or control "
+                                "characters")
         unknown = _unknown(raw, ("type", "url"))
         if unknown:
             raise LockfileError(f'{where}: unknown field(s) in "source": {unknown}',
@@ -317,14 +369,14 @@ def parse_lock(data: object, *, origin: str = "models.lock.json") -> Lockfile:
                     extra_folders=tuple(extra))
 
 
-def parse_entries(raw_entries: list[Any], *, where: str, folders: frozenset[str]
-                  ) -> tuple[LockEntry, ...]:
+def parse_entries(raw_entries: list[Any], *, where: str, folders: frozenset[str],
+                  job: bool = False) -> tuple[LockEntry, ...]:
     """Validate a list of entries (a lock's ``models``, or a job's ``models``): each by
     :func:`parse_entry`, and no path twice (case-insensitively)."""
     entries: list[LockEntry] = []
     seen: dict[str, int] = {}
     for i, raw in enumerate(raw_entries):
-        entry = parse_entry(raw, where=f"{where}[{i}]", folders=folders)
+        entry = parse_entry(raw, where=f"{where}[{i}]", folders=folders, job=job)
         key = entry.path.casefold()
         if key in seen:
             raise LockfileError(
@@ -337,15 +389,18 @@ def parse_entries(raw_entries: list[Any], *, where: str, folders: frozenset[str]
     return tuple(entries)
 
 
-def parse_entry(raw: object, *, where: str, folders: frozenset[str]) -> LockEntry:
-    """One lock entry ``{"path", "source", "sha256", "size"}``, validated (pure)."""
+def parse_entry(raw: object, *, where: str, folders: frozenset[str], job: bool = False
+                ) -> LockEntry:
+    """One lock entry ``{"path", "source", "sha256", "size"}``, validated (pure).
+    ``job``: an entry of a job's ``models``, whose huggingface source may carry the job's
+    own ``token``."""
     if not isinstance(raw, dict):
         raise LockfileError(f"{where} is {_typed(raw, 'object')}, expected an object",
                             hint='each entry is {"path", "source", "sha256", "size"}')
     if isinstance(raw.get("path"), str):
-        where += f' ("{raw["path"]}")'
+        where += f" ({json_text(raw['path'], limit=120)})"
     path = validate_model_path(raw.get("path", _MISSING), where=where, folders=folders)
-    source = _parse_source(raw.get("source", _MISSING), where=where)
+    source = _parse_source(raw.get("source", _MISSING), where=where, job=job)
     sha = raw.get("sha256", _MISSING)
     if not isinstance(sha, str) or not _SHA256.match(sha):
         raise LockfileError(

@@ -248,6 +248,7 @@ def server(comfy_install: ComfyInstall, big_sources: list[Path],
         env = e2e_env(comfy_install, model_env(hub, lock, models))
         env["COMFY_WORKER_WORK_DIR"] = str(root / "work")
         env["COMFY_WORKER_MODEL_CACHE_BYTES"] = str(CACHE_BYTES)
+        env["COMFY_WORKER_URL_ALLOW"] = "127.0.0.1/32"  # the jobs' model URLs are local
         port = _free_port()
         log_path = root / "serve.log"
         with log_path.open("wb") as log_file:

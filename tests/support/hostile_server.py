@@ -54,6 +54,9 @@ class Route:
     stall_after: int | None = None
     """Go silent (connection open) after this many body bytes, for ``stall_seconds``."""
     stall_seconds: float = 60.0
+    silent: float | None = None
+    """Accept the request, then say nothing for this long before answering (a stalled
+    HEAD or GET)."""
     redirect: str | None = None
     """Answer 302 with this ``Location`` (absolute, or relative to the server)."""
     signature: str | None = None
@@ -187,6 +190,8 @@ class _Handler(BaseHTTPRequestHandler):
         if route is None:
             self._plain(404, b"not here\n", head)
             return
+        if route.silent is not None:
+            owner.stopping.wait(route.silent)
         if route.redirect is not None:
             self.send_response(302)
             self.send_header("Location", route.redirect)

@@ -16,6 +16,7 @@ from comfy_worker.errors import (
     ModelHashMismatch,
     ModelNotFound,
     ModelSizeMismatch,
+    ModelSourceInvalid,
     WorkerError,
 )
 from comfy_worker.lockfile import LockEntry, Lockfile
@@ -53,9 +54,10 @@ def needed_entries(workflow: Mapping[str, Any], entries: Sequence[LockEntry]
 def request_models(models: Sequence[LockEntry], lock: Lockfile) -> tuple[LockEntry, ...]:
     """The job's own models that are not simply locked ones.
 
-    An entry whose path the lock pins with the same sha256 is the locked file (fetched as
-    such); one that pins it with another sha256 is refused, naming both: a job must not
-    replace a locked file under its name.
+    An entry whose path the lock pins with the same sha256 and size is the locked file
+    (fetched as such, from the lock's source); one that pins it with another sha256 or
+    size is refused, naming both: a job must not replace a locked file under its name,
+    nor make the worker doubt (re-verify, re-download) one.
     """
     brought: list[LockEntry] = []
     for i, entry in enumerate(models):
@@ -68,19 +70,28 @@ def request_models(models: Sequence[LockEntry], lock: Lockfile) -> tuple[LockEnt
                 f"{locked.sha256} ({locked.source.describe()}), the job to {entry.sha256}",
                 hint="use another path for the job's own file (e.g. a sub-folder), or drop "
                 "the entry to use the locked file")
+        elif locked.size != entry.size:
+            raise JobInputInvalid(
+                f'models[{i}] ("{entry.path}"): field "size": the lock pins this path to '
+                f"{locked.size} bytes (sha256 {locked.sha256}), the job to {entry.size}",
+                hint="drop the entry to use the locked file, or give the locked file's "
+                "size")
     return tuple(brought)
 
 
 def brought_model_error(error: WorkerError) -> WorkerError:
     """The error a job gets when a model it brought cannot be had.
 
-    A source that has no such file, refuses access, or serves other bytes or another
-    size than the job's entry pins is the job's own mistake: a 422 that names the entry
-    (its first cause in ``details``), not the 502 of a failing locked source, which
-    tells a client to retry. Other errors (5xx, network, disk) stay as they are.
+    A source that has no such file, refuses access, serves other bytes or another size
+    than the job's entry pins, or cannot be followed (a redirect loop, a redirect to
+    another scheme) is the job's own mistake: a 422 that names the entry (its first cause
+    in ``details``, with its own hint) and says what to fix, not the 502 of a failing
+    locked source, which tells a client to retry. A URL the policy refuses is already the
+    caller's 422 (``url-not-allowed``). Other errors (5xx, network, disk) stay as they
+    are.
     """
     if not isinstance(error, ModelHashMismatch | ModelSizeMismatch | ModelNotFound
-                      | GatedModel):
+                      | GatedModel | ModelSourceInvalid):
         return error
     return JobInputInvalid(
         f'field "models": {error.message}',

@@ -9,6 +9,7 @@ line.
 
 from __future__ import annotations
 
+import logging
 import re
 from urllib.parse import urlsplit
 
@@ -16,8 +17,10 @@ UNPARSEABLE = "<unparseable URL>"
 
 _CONTROL = re.compile(r"[\x00-\x20\x7f]")
 _ABSOLUTE = re.compile(r"""[A-Za-z][A-Za-z0-9+.-]*://[^\s'"<>]+""")
-_RELATIVE = re.compile(r"""(\burl: )(/[^\s'"<>?#]*)[?#][^\s'"<>)]*""")
-"""urllib3's ``... with url: /path?query (Caused by ...)``."""
+_RELATIVE = re.compile(r"""(\burl: |\b(?:GET|HEAD|POST|PUT|PATCH|DELETE|OPTIONS) )"""
+                       r"""(/[^\s'"<>?#]*)[?#][^\s'"<>)]*""")
+"""urllib3's ``... with url: /path?query (Caused by ...)`` and request lines
+(``"GET /path?query HTTP/1.1"``)."""
 
 
 def _escape(text: str) -> str:
@@ -44,3 +47,18 @@ def redact_text(text: str) -> str:
     redacted, absolute (``https://h/p?sig=x``) or urllib3's relative ``url: /p?sig=x``."""
     text = _ABSOLUTE.sub(lambda m: redact_url(m.group()), text)
     return _RELATIVE.sub(lambda m: m.group(1) + m.group(2), text)
+
+
+class RedactingFilter(logging.Filter):
+    """A handler filter that redacts every URL in every record, whoever logs it (HTTP
+    libraries log request lines with their query strings at DEBUG)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:
+            return True
+        redacted = redact_text(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True

@@ -51,6 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from comfy_worker.net.policy import UrlPolicy
 from comfy_worker.sync.plan import backoff_seconds
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,15 @@ class Transient(Exception):
 
 class Cancelled(Exception):
     """The download was cancelled (another file failed, or an interrupt)."""
+
+
+class SizeExceeded(Exception):
+    """The server sent more than the download's size (a byte past it arrived, and was
+    not written)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"more than {size} bytes")
+        self.size = size
 
 
 def is_transient_network_error(exc: BaseException) -> bool:
@@ -282,19 +292,19 @@ class Tuning:
 class _Part:
     __slots__ = ("end", "held", "start", "written")
 
-    def __init__(self, start: int, end: int | None) -> None:
+    def __init__(self, start: int, end: int) -> None:
         self.start = start
-        self.end = end  # exclusive; None: until the server closes (size unknown)
+        self.end = end  # exclusive
         self.written = 0
         self.held = False
 
     @property
-    def length(self) -> int | None:
-        return None if self.end is None else self.end - self.start
+    def length(self) -> int:
+        return self.end - self.start
 
     @property
     def done(self) -> bool:
-        return self.end is not None and self.start + self.written >= self.end
+        return self.start + self.written >= self.end
 
 
 class _Yielded(Exception):
@@ -305,12 +315,16 @@ _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
 class Download:
-    """One file from one URL into ``dest`` (which exists), hashed on the way.
+    """One file of ``size`` bytes from one URL into ``dest`` (which exists), hashed on
+    the way. Never more than ``size`` bytes are written: a server that sends more (or
+    never ends) fails it with :class:`SizeExceeded` at ``size + 1`` bytes.
 
-    ``ranges`` with a known ``size``: parts of ``tuning.chunk_size`` over up to
-    ``tuning.connections`` connections, each part resumed where it stopped after a cut,
-    a stall, a 5xx or a pause. Otherwise one plain GET, which cannot resume: any failure
-    fails the download (:class:`Transient` when the caller may retry it from scratch).
+    ``ranges``: parts of ``tuning.chunk_size`` over up to ``tuning.connections``
+    connections, each part resumed where it stopped after a cut, a stall, a 5xx or a
+    pause. Otherwise one plain GET, which cannot resume: any failure fails the download
+    (:class:`Transient` when the caller may retry it from scratch). ``policy``: every
+    connection obeys that URL policy (a job's URL; :mod:`comfy_worker.net.http`), and
+    redirects are followed hop by hop.
 
     ``http_error(status)`` maps an HTTP error status to the exception to raise (a
     :class:`Transient` for 5xx/429 is retried). :meth:`run` blocks and returns the
@@ -319,9 +333,10 @@ class Download:
     """
 
     def __init__(self, url: str, headers: Mapping[str, str], dest: Path, *,
-                 size: int | None, ranges: bool, http_error: Callable[[int], Exception],
+                 size: int, ranges: bool, http_error: Callable[[int], Exception],
                  describe: str = "", tuning: Tuning | None = None, gate: Gate | None = None,
-                 priority: int = 0, on_bytes: Callable[[int], None] | None = None) -> None:
+                 priority: int = 0, on_bytes: Callable[[int], None] | None = None,
+                 policy: UrlPolicy | None = None) -> None:
         self.url = url
         self.headers = {**headers, "Accept-Encoding": "identity"}
         self.dest = Path(dest)
@@ -331,10 +346,10 @@ class Download:
         self.http_error = http_error
         self.describe = describe or url
         self.gate = gate or Gate(self.tuning.connections)
+        self.policy = policy
         self._priority = priority
         self.on_bytes = on_bytes
         if self.ranged:
-            assert size is not None
             step = max(1, self.tuning.chunk_size)
             self._parts = [_Part(a, min(a + step, size)) for a in range(0, size, step)]
         else:
@@ -347,7 +362,6 @@ class Download:
         self._received = 0
         self._hashed = 0
         self._hashed_at_last_byte: int | None = None
-        self._workers_done = False  # (a stream of unknown size)
         self._finished = False
         self._entered = False  # counted as running by the gate
         self.range_retries = 0
@@ -427,7 +441,7 @@ class Download:
                 for t in workers:
                     if t.ident is not None:
                         t.join()
-            if self.size is not None and self._received != self.size:
+            if self._received != self.size:
                 raise Transient(f"{self.describe}: got {self._received} of {self.size} bytes")
             return digest
         finally:
@@ -455,8 +469,7 @@ class Download:
             last = self._parts[-1]
             return last.start + last.written, True
         part = self._parts[self._first]
-        # A stream of unknown size ends when its one worker is done.
-        return part.start + part.written, part.end is None and self._workers_done
+        return part.start + part.written, False
 
     def _hash(self, fd: int, writeback: Writeback) -> str:
         h = hashlib.sha256()
@@ -484,14 +497,9 @@ class Download:
                 return h.hexdigest()
 
     def _work(self, fd: int) -> None:
-        import requests
-        from requests.adapters import HTTPAdapter
+        from comfy_worker.net.http import session as http_session
 
-        session = requests.Session()
-        session.mount("http://", HTTPAdapter(pool_connections=1, pool_maxsize=1,
-                                             max_retries=0))
-        session.mount("https://", HTTPAdapter(pool_connections=1, pool_maxsize=1,
-                                              max_retries=0))
+        session = http_session(self.policy)
         try:
             while not self._stop.is_set():
                 part = self._take()
@@ -514,12 +522,6 @@ class Download:
             self._fail(exc)
         finally:
             session.close()
-            if not self.ranged:
-                with self._cond:
-                    self._workers_done = True
-                    if self._hashed_at_last_byte is None:
-                        self._hashed_at_last_byte = self._hashed
-                    self._cond.notify_all()
 
     def _take(self) -> _Part | None:
         """The lowest part nobody holds, or None when all are done or held."""
@@ -536,8 +538,6 @@ class Download:
             before = part.written
             try:
                 self._get(session, fd, part)
-                if part.end is None:  # size unknown: the server closed the stream
-                    return
             except Transient as exc:
                 if not self.ranged:
                     raise  # a plain GET cannot resume: the caller restarts the file
@@ -557,15 +557,16 @@ class Download:
         """One request for the rest of ``part``: write what arrives, in order."""
         import requests
 
+        from comfy_worker.net.http import open_url
+
         offset = part.start + part.written
         headers = dict(self.headers)
         if self.ranged:
-            assert part.end is not None
             headers["Range"] = f"bytes={offset}-{part.end - 1}"
         t = self.tuning
         try:
-            r = session.get(self.url, headers=headers, stream=True,
-                            timeout=(t.connect_timeout, t.stall_timeout))
+            r = open_url(session, "GET", self.url, headers=headers, policy=self.policy,
+                         timeout=(t.connect_timeout, t.stall_timeout))
         except requests.RequestException as exc:
             raise self._network_error(exc) from None
         with self._cond:
@@ -576,7 +577,7 @@ class Download:
             if r.status_code >= 400:
                 raise self.http_error(r.status_code)
             self._check_status(r, offset, part)
-            self._read_into(r, fd, part)
+            self._read_into(r, fd, part, whole_file=r.status_code == 200)
             r.raw.release_conn()  # the body was read to its end: keep the connection
         finally:
             with self._cond:
@@ -588,7 +589,6 @@ class Download:
             if r.status_code != 200:
                 raise Transient(f"{self.describe}: answered {r.status_code} to a plain GET")
             return
-        assert part.end is not None
         if r.status_code == 200 and offset == 0 and part.end == self.size:
             return  # the whole file, which is what was asked for
         if r.status_code != 206:
@@ -601,9 +601,23 @@ class Download:
                             f"{self.size}, got Content-Range "
                             f"{r.headers.get('Content-Range')!r}")
 
-    def _read_into(self, r: Any, fd: int, part: _Part) -> None:
+    def _more(self, r: Any) -> bool:
+        """After the file's last byte: does the body go on? (One byte is read, never
+        written.)"""
+        try:
+            return bool(r.raw.read(1, decode_content=False))
+        except Exception as exc:
+            if is_transient_network_error(exc):
+                return False  # cut right after the last byte: nothing more came
+            raise
+
+    def _read_into(self, r: Any, fd: int, part: _Part, *, whole_file: bool = False) -> None:
+        """Read the rest of ``part`` from ``r`` and write it, in order. ``whole_file``: the
+        response is the whole file (200), which must end with its last byte: before that
+        byte is written (so the hash cannot finish first), one more byte is asked for,
+        and a body that goes on fails with :class:`SizeExceeded`."""
         while True:
-            left = part.length - part.written if part.length is not None else BLOCK
+            left = part.length - part.written
             if left <= 0:
                 return
             if self._stop.is_set():
@@ -619,12 +633,12 @@ class Download:
                     raise self._network_error(exc) from None
                 raise
             if not data:
-                if part.length is None:
-                    return  # the end of a stream of unknown size
                 if self._stop.is_set():
                     raise Cancelled()
                 raise Transient(f"{self.describe}: connection closed after "
                                 f"{part.start + part.written} bytes")
+            if whole_file and len(data) == left and self._more(r):
+                raise SizeExceeded(self.size)  # the file's last byte, and then some
             self._write(fd, part, data)
 
     def _write(self, fd: int, part: _Part, data: bytes) -> None:

@@ -110,6 +110,9 @@ class FileTask(FileWatcher):
     def before_download(self, entry: LockEntry, target: Path) -> None:
         self._before_download(self, target)
 
+    def job_source(self) -> bool:
+        return self.requested  # a job's own model: its source is the job's, untrusted
+
 
 class FileTasks:
     """The files in flight, one task per path. Every method but :meth:`run` is called

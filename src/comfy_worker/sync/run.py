@@ -102,6 +102,13 @@ class FileWatcher:
     def before_download(self, entry: LockEntry, target: Path) -> None:
         """Called holding the file's lock, just before ``target`` is downloaded."""
 
+    def job_source(self) -> bool:
+        """The entry came with a job: its source is a stranger's, fetched under the URL
+        policy and without the operator's ``HF_TOKEN``; its errors name no hash or size
+        the source serves, and a hash mismatch is not retried (see
+        :mod:`comfy_worker.sync.fetch`)."""
+        return False
+
 
 _NO_WATCHER = FileWatcher()
 
@@ -252,7 +259,9 @@ class FileSync:
 
     def download(self, entry: LockEntry, target: Path,
                  watcher: FileWatcher = _NO_WATCHER) -> None:
-        """Download, verify, publish; retry transient failures and hash mismatches."""
+        """Download, verify, publish; retry transient failures and (for a locked file)
+        hash mismatches."""
+        job = watcher.job_source()
         attempts = 1 + self.settings.retries
         last: Exception | None = None
         actual: str | None = None
@@ -275,35 +284,25 @@ class FileSync:
             published = False
             try:
                 # Located before taking a download slot, so a freed slot is used at once.
-                remote = fetch.locate(entry.source, self.settings, path=entry.path)
-                if remote.size is not None and remote.size != entry.size:
-                    raise ModelSizeMismatch(
-                        f'"{entry.path}": {entry.source.describe()} is {remote.size} '
-                        f"bytes, the lock says {entry.size}",
-                        hint="re-pin it with `comfy-worker lock add SOURCE --path "
-                        f"{entry.path} --replace` if the change is intended")
-                if remote.sha256 is not None and remote.sha256 != entry.sha256:
-                    # The Hub's LFS metadata names the file's sha256: no byte can match.
-                    raise ModelHashMismatch(
-                        f'"{entry.path}": {entry.source.describe()} has sha256 '
-                        f"{remote.sha256} (the Hub's LFS metadata), the entry expects "
-                        f"{entry.sha256}",
-                        hint="the entry pins other bytes than the source holds: correct its "
-                        "sha256 or source (a locked file: `comfy-worker lock add SOURCE "
-                        f"--path {entry.path} --replace`)")
+                remote = fetch.locate(entry.source, self.settings, path=entry.path, job=job)
+                check_source(entry, remote, job=job)
                 with self.slots.hold(watcher.priority, self.downloads.cancelled):
                     fetch.check_free_space(target.parent, entry.size,
                                            what=f'"{entry.path}"')
                     os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-                    # The sha256 is computed as the bytes land: no hashing after the last.
+                    # The sha256 is computed as the bytes land: no hashing after the last;
+                    # never more than the entry's size is written.
                     sha = fetch.transfer(remote, tmp, self.settings, path=entry.path,
                                          source=entry.source, on_bytes=on_bytes,
                                          downloads=self.downloads,
-                                         priority=watcher.priority(),
-                                         watch=watcher.download)
+                                         priority=watcher.priority(), size=entry.size,
+                                         job=job, watch=watcher.download)
                 if sha != entry.sha256:
                     actual = sha
                     last = ModelHashMismatch(f"sha256 {sha}, expected {entry.sha256}")
+                    if job:  # a job's pin is its own: no second download to prove it
+                        attempts = attempt + 1
+                        break
                     continue
                 t_pub = time.monotonic()
                 st = publish(tmp, target)
@@ -318,6 +317,11 @@ class FileSync:
                     tmp.unlink(missing_ok=True)
                     self.progress.add(-received)
                     watcher.received(-received)
+        if actual is not None and job:
+            raise ModelHashMismatch(
+                f'"{entry.path}": the bytes {entry.source.describe()} serves do not hash to '
+                f"the entry's sha256 {entry.sha256}",
+                hint="correct the entry's sha256, size or source")
         if actual is not None:
             raise ModelHashMismatch(
                 f'"{entry.path}": downloaded file has sha256 {actual}, the entry expects '
@@ -330,6 +334,36 @@ class FileSync:
             f"{attempts} attempts: {last}",
             hint="the source is unreachable or failing; retry later, or raise "
             f"{env_name('retries')}")
+
+
+def check_source(entry: LockEntry, remote: fetch.Remote, *, job: bool) -> None:
+    """Before any byte: the size and (the Hub's LFS) sha256 the source names must be the
+    entry's. A job's source is not told back what it holds (no content oracle)."""
+    if remote.size is not None and remote.size != entry.size:
+        if job:
+            raise ModelSizeMismatch(
+                f'"{entry.path}": {entry.source.describe()} does not serve the {entry.size} '
+                "bytes the entry pins", hint="correct the entry's size and sha256, or its "
+                "source")
+        raise ModelSizeMismatch(
+            f'"{entry.path}": {entry.source.describe()} is {remote.size} '
+            f"bytes, the lock says {entry.size}",
+            hint="re-pin it with `comfy-worker lock add SOURCE --path "
+            f"{entry.path} --replace` if the change is intended")
+    if remote.sha256 is not None and remote.sha256 != entry.sha256:
+        # The Hub's LFS metadata names the file's sha256: no byte can match.
+        if job:
+            raise ModelHashMismatch(
+                f'"{entry.path}": {entry.source.describe()} holds other bytes than the '
+                f"entry's sha256 {entry.sha256} (the Hub's LFS metadata)",
+                hint="correct the entry's sha256, size or source")
+        raise ModelHashMismatch(
+            f'"{entry.path}": {entry.source.describe()} has sha256 '
+            f"{remote.sha256} (the Hub's LFS metadata), the entry expects "
+            f"{entry.sha256}",
+            hint="the entry pins other bytes than the source holds: correct its "
+            "sha256 or source (a locked file: `comfy-worker lock add SOURCE "
+            f"--path {entry.path} --replace`)")
 
 
 def remove_stale_temps(target: Path) -> None:
