@@ -69,7 +69,8 @@ def test_images_plain_and_data_uri_base64_are_decoded() -> None:
 
 
 @pytest.mark.parametrize("name", ["../x.png", "sub/x.png", "sub\\x.png", ".hidden.png", "",
-                                  "..", None, 3])
+                                  "..", None, 3, "a\nb.png", "a\x00.png", "a\x1b[2J.png",
+                                  "x" * 201 + ".png"])
 def test_image_names_must_be_plain_file_names(name: object) -> None:
     with pytest.raises(JobInputInvalid, match=r'images\[0\]: field "name"'):
         parse({"workflow": WF, "images": [{"name": name, "image": "aGVsbG8="}]})
@@ -135,7 +136,7 @@ def test_bad_image_urls_name_the_image_and_field(item: dict, fragment: str) -> N
 
 
 def test_url_messages_never_show_the_query_or_credentials() -> None:
-    from comfy_worker.job.request import redact_url
+    from comfy_worker.net.redact import redact_url
 
     assert redact_url("https://u:pw@h.example:8443/p/a.png?sig=x#f") == \
         "https://h.example:8443/p/a.png"

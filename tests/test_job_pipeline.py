@@ -227,3 +227,95 @@ def test_a_bug_in_a_stage_is_an_internal_error_and_the_job_still_cleans_up() -> 
         p.run(p.parse({"workflow": API}))
     assert getattr(caught.value, "reference", None) == "internal-error"
     assert models.claims[0].released == 1 and after == [1]
+
+
+# --- a caller's job, bounded (issue 16) ---------------------------------------------------
+
+
+def test_fetching_the_images_counts_against_the_jobs_timeout_and_stops_on_cancel() -> None:
+    seen: dict[str, Any] = {}
+
+    def slow_fetch(images: Any, **kw: Any) -> Any:
+        seen.update(kw)
+        time.sleep(0.3)
+        return tuple(images)
+
+    runner = FakeRunner()
+    cancel = threading.Event()
+    p = pipeline(runner, fetch_images=slow_fetch)
+    job = {"workflow": NO_MODELS, "timeout": 5,
+           "images": [{"name": "a.png", "url": "https://img.example/a.png"}]}
+    t0 = time.monotonic()
+
+    p.run(p.parse(job), cancel=cancel)
+
+    assert seen["cancel"] is cancel and seen["job_timeout"] == 5
+    assert t0 < seen["deadline"] - 5 + 0.1 and seen["deadline"] <= time.monotonic() + 5
+    assert 4.5 < runner.ran[0].timeout <= 5 - 0.3  # what was left for running it
+    assert seen["policy"].check_url("http://127.0.0.1/a.png") is not None  # the default
+
+
+def test_the_default_settings_refuse_a_loopback_url_when_the_job_is_parsed() -> None:
+    from comfy_worker.errors import UrlNotAllowed
+
+    p = pipeline()
+    for job, field in (
+        ({"workflow": NO_MODELS, "images": [{"name": "a.png",
+                                             "url": "http://127.0.0.1:8188/view?x=1"}]},
+         'images[0] ("a.png"): field "url"'),
+        ({"workflow": NO_MODELS, "models": [{
+            "path": "loras/x.safetensors", "sha256": "b" * 64, "size": 3,
+            "source": {"type": "url", "url": "http://169.254.169.254/latest/x"}}]},
+         'models[0] ("loras/x.safetensors"): field "source.url"'),
+    ):
+        with pytest.raises(UrlNotAllowed) as err:
+            p.parse(job)
+        assert err.value.message.startswith(field) and err.value.status == 422
+
+
+@pytest.mark.parametrize(("field", "setting", "item"), [
+    ("images", "COMFY_WORKER_MAX_JOB_IMAGES", lambda i: {"name": f"{i}.png",
+                                                         "url": "https://img.example/a.png"}),
+    ("models", "COMFY_WORKER_MAX_JOB_MODELS", lambda i: {
+        "path": f"loras/{i}.safetensors", "sha256": "b" * 64, "size": 3,
+        "source": {"type": "url", "url": f"https://m.example/{i}"}}),
+])
+def test_a_job_with_too_many_images_or_models_is_refused_before_anything_is_fetched(
+        field: str, setting: str, item: Any) -> None:
+    p = pipeline()
+    limit = 64 if field == "images" else 32
+    p.parse({"workflow": NO_MODELS, field: [item(i) for i in range(limit)]})  # at the limit
+
+    with pytest.raises(JobInputInvalid) as err:
+        p.parse({"workflow": NO_MODELS, field: [item(i) for i in range(3000)]})
+    assert f'field "{field}" has 3000 entries' in err.value.message
+    assert setting in (err.value.hint or "")
+
+
+def test_a_job_entry_for_a_locked_path_is_the_locked_file_never_the_jobs_source() -> None:
+    models = FakeModels(lambda e: FakeClaim({"checkpoints/base.safetensors": Path("/m/b")}))
+    p = pipeline(models=models)
+    entry = {"path": "checkpoints/base.safetensors", "sha256": SHA, "size": 10,
+             "source": {"type": "url", "url": "https://elsewhere.example/base"}}
+
+    p.run(p.parse({"workflow": NO_MODELS, "models": [entry]}))
+
+    assert models.asked == [(("checkpoints/base.safetensors",), False)]
+    with pytest.raises(JobInputInvalid) as err:  # the lock's sha256, another size
+        p.run(p.parse({"workflow": NO_MODELS, "models": [{**entry, "size": 11}]}))
+    assert 'models[0] ("checkpoints/base.safetensors"): field "size"' in err.value.message
+    assert len(models.asked) == 1  # nothing claimed: the locked file is not doubted
+
+
+def test_the_locked_entry_not_the_jobs_is_what_the_store_is_asked_for() -> None:
+    asked: list[LockEntry] = []
+
+    def claim(entries: Sequence[LockEntry]) -> FakeClaim:
+        asked.extend(entries)
+        return FakeClaim({e.path: Path("/m") for e in entries})
+
+    p = pipeline(models=FakeModels(claim))
+    entry = {"path": "checkpoints/base.safetensors", "sha256": SHA, "size": 10,
+             "source": {"type": "url", "url": "https://elsewhere.example/base"}}
+    p.run(p.parse({"workflow": NO_MODELS, "models": [entry]}))
+    assert asked == list(LOCK.models)

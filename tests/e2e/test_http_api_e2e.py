@@ -56,6 +56,7 @@ def served(comfy_install: ComfyInstall, model_env: ModelEnv,
     port = _free_port()
     env = e2e_env(comfy_install, model_env)
     env["COMFY_WORKER_WORK_DIR"] = str(tmp_path_factory.mktemp("serve-work"))
+    env["COMFY_WORKER_URL_ALLOW"] = "127.0.0.1/32"  # the image server of a test is local
     log_path = tmp_path_factory.mktemp("serve-log") / "serve.log"
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(

@@ -29,8 +29,9 @@ from comfy_worker.job.events import ProgressFn, ReadaheadProgress
 from comfy_worker.job.inputs import fetch_url_images
 from comfy_worker.job.models import brought_model_error, needed_entries, request_models
 from comfy_worker.job.outputs import JobResult
-from comfy_worker.job.request import JobRequest, parse_job_input
+from comfy_worker.job.request import JobLimits, JobRequest, parse_job_input
 from comfy_worker.lockfile import LockEntry, Lockfile, allowed_folders
+from comfy_worker.net.policy import UrlPolicy
 from comfy_worker.readahead import ReadaheadReport, memory_budget_now, read_ahead
 from comfy_worker.workflow.convert import is_ui_workflow, ui_to_api
 
@@ -70,11 +71,12 @@ ReadAhead = Callable[..., ReadaheadReport]
 
 
 def parse_job(body: object, settings: Settings, lock: Lockfile) -> JobRequest:
-    """A job body (any wrapping) → a validated request (pure): the default timeout from
-    the settings, the model folders a job may use from the lock. Raises
-    ``JobInputInvalid``."""
+    """A job body (any wrapping) → a validated request (pure): the default timeout, the
+    limits and the URL policy from the settings, the model folders a job may use from the
+    lock. Raises ``JobInputInvalid`` (``UrlNotAllowed`` for a URL the policy refuses)."""
     return parse_job_input(body, default_timeout=settings.job_timeout,
-                           folders=allowed_folders(lock.extra_folders))
+                           folders=allowed_folders(lock.extra_folders),
+                           limits=JobLimits.of(settings))
 
 
 class JobPipeline:
@@ -109,7 +111,7 @@ class JobPipeline:
         claims: list[Claim] = []
         try:
             request = self.convert(request, steps)
-            request = self.fetch_inputs(request, steps)
+            request = self.fetch_inputs(request, steps, cancel)
             files = self.wait_for_models(request, claims, steps, progress, cancel)
             self.read_ahead(files, steps, progress, cancel)
             result = self.runner.run(request, job_id=job_id, progress=progress, cancel=cancel)
@@ -137,16 +139,24 @@ class JobPipeline:
         steps["convert_ms"] = _ms_since(t0)
         return request
 
-    def fetch_inputs(self, request: JobRequest, steps: dict[str, float]) -> JobRequest:
-        """The job's input images given by URL, fetched."""
+    def fetch_inputs(self, request: JobRequest, steps: dict[str, float],
+                     cancel: threading.Event | None = None) -> JobRequest:
+        """The job's input images given by URL, fetched under the URL policy. The time it
+        takes counts against the job's ``timeout`` (the rest is left for running it); a
+        cancel stops the fetches at once."""
         if not any(image.url is not None for image in request.images):
             return request
         t0 = time.perf_counter()
+        started = time.monotonic()
         images = self._fetch_images(request.images,
                                     max_bytes=self.settings.input_url_max_bytes,
-                                    timeout=self.settings.input_url_timeout)
+                                    timeout=self.settings.input_url_timeout,
+                                    policy=UrlPolicy.of(self.settings.url_allow),
+                                    deadline=started + request.timeout,
+                                    job_timeout=request.timeout, cancel=cancel)
         steps["inputs_ms"] = _ms_since(t0)
-        return replace(request, images=images)
+        left = max(0.001, request.timeout - (time.monotonic() - started))
+        return replace(request, images=images, timeout=left)
 
     def wait_for_models(self, request: JobRequest, claims: list[Claim],
                         steps: dict[str, float], progress: ProgressFn | None,
@@ -157,7 +167,10 @@ class JobPipeline:
         against the job's ``timeout``. Returns the files' locations."""
         brought = request_models(request.models, self.lock)
         locked = needed_entries(request.workflow, self.lock.models)
-        locked += tuple(e for e in request.models if e not in brought and e not in locked)
+        # A job's entry for a locked path is the locked file: the lock's entry (its
+        # source, its size) is fetched, never the job's.
+        pinned = (self.lock.entry(e.path) for e in request.models if e not in brought)
+        locked += tuple(e for e in pinned if e is not None and e not in locked)
         if not locked and not brought:
             return []
         t0 = time.perf_counter()

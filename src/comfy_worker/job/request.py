@@ -13,6 +13,12 @@ changes::
 
 The whole input may also be that object as a JSON string (worker-comfyui's clients send
 it so). Images given by URL are fetched later (:mod:`comfy_worker.job.inputs`).
+
+Everything in a job is a stranger's input, bounded here before anything acts on it
+(:class:`JobLimits`): at most ``COMFY_WORKER_MAX_JOB_IMAGES`` images and
+``COMFY_WORKER_MAX_JOB_MODELS`` models, and every URL passes the URL policy's early
+check (http(s), no literal address that is not public; :mod:`comfy_worker.net.policy`),
+naming the field of the first one that does not.
 """
 
 from __future__ import annotations
@@ -22,13 +28,16 @@ import binascii
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
+from comfy_worker.config import Settings, env_name
 from comfy_worker.errors import JobInputInvalid, LockfileError
-from comfy_worker.jsontypes import json_type_name
-from comfy_worker.lockfile import KNOWN_FOLDERS, LockEntry, parse_entries
+from comfy_worker.jsontypes import json_text, json_type_name
+from comfy_worker.lockfile import KNOWN_FOLDERS, LockEntry, UrlSource, parse_entries
+from comfy_worker.net.policy import UrlPolicy, url_not_allowed
+from comfy_worker.net.redact import redact_url
 from comfy_worker.workflow.convert import is_ui_workflow
 from comfy_worker.workflow.load import parse_workflow_json, validate_api_prompt
 
@@ -50,7 +59,25 @@ class JobRequest:
     """Models the job brings (lock entries, validated by the lock's rules)."""
 
 
+@dataclass(frozen=True)
+class JobLimits:
+    """What a job may ask for (from the settings)."""
+
+    max_images: int = 64
+    max_models: int = 32
+    policy: UrlPolicy = field(default_factory=UrlPolicy)
+    """The URL policy for the job's URLs (public addresses only, plus the operator's
+    exceptions)."""
+
+    @classmethod
+    def of(cls, settings: Settings) -> JobLimits:
+        return cls(max_images=settings.max_job_images, max_models=settings.max_job_models,
+                   policy=UrlPolicy.of(settings.url_allow))
+
+
 _DATA_URI = re.compile(r"^data:[\w.+/-]*(;[\w=.+-]+)*;base64,", re.I)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+MAX_IMAGE_NAME_BYTES = 200
 
 
 def validate_image_name(name: object, *, where: str) -> str:
@@ -60,12 +87,16 @@ def validate_image_name(name: object, *, where: str) -> str:
         raise JobInputInvalid(f'{where}: field "name" is {shown}',
                               hint='give each image a file name, e.g. "input.png"')
     if "/" in name or "\\" in name or name in (".", "..") or name.startswith(".") \
-            or "\x00" in name:
+            or _CONTROL.search(name):
         raise JobInputInvalid(
-            f'{where}: field "name" {name!r} is not a plain file name',
-            hint='use a name without "/", "\\" or a leading "." (e.g. "input.png") and '
-            "reference it by that name in the workflow's LoadImage node",
+            f'{where}: field "name" {json_text(name, limit=120)} is not a plain file name',
+            hint='use a name without "/", "\\", control characters or a leading "." (e.g. '
+            '"input.png") and reference it by that name in the workflow\'s LoadImage node',
         )
+    if len(name.encode("utf-8")) > MAX_IMAGE_NAME_BYTES:
+        raise JobInputInvalid(
+            f'{where}: field "name" is {len(name.encode("utf-8"))} bytes long, over the '
+            f"{MAX_IMAGE_NAME_BYTES}-byte limit", hint="use a shorter file name")
     return name
 
 
@@ -106,12 +137,23 @@ def parse_workflow(raw: object) -> dict[str, Any]:
     return validate_api_prompt(doc)
 
 
-def parse_images(raw: object) -> tuple[InputImage, ...]:
+def _too_many(field: str, count: int, limit: int, setting: str) -> JobInputInvalid:
+    return JobInputInvalid(
+        f'field "{field}" has {count} entries; a job may have at most {limit}',
+        hint=f"send fewer {field} per job (the worker's operator sets the limit with "
+        f"{setting})", details=[{"field": field, "count": count, "limit": limit,
+                                 "setting": setting}])
+
+
+def parse_images(raw: object, limits: JobLimits | None = None) -> tuple[InputImage, ...]:
+    limits = limits or JobLimits()
     if not raw:  # null, [], or left out
         return ()
     if not isinstance(raw, list):
         raise JobInputInvalid(f'field "images" is {json_type_name(raw)}, expected an array',
                               hint='send [{"name": "in.png", "image": "<base64>"}]')
+    if len(raw) > limits.max_images:
+        raise _too_many("images", len(raw), limits.max_images, env_name("max_job_images"))
     images: list[InputImage] = []
     seen: set[str] = set()
     for i, item in enumerate(raw):
@@ -124,7 +166,12 @@ def parse_images(raw: object) -> tuple[InputImage, ...]:
             raise JobInputInvalid(f'{where}: image name "{name}" is used twice',
                                   hint="give each image its own name")
         seen.add(name)
-        images.append(_image(item, name, where))
+        image = _image(item, name, where)
+        if image.url is not None:
+            refusal = limits.policy.check_url(image.url)
+            if refusal is not None:
+                raise url_not_allowed(f'{where} ("{name}"): field "url"', image.url, refusal)
+        images.append(image)
     return tuple(images)
 
 
@@ -144,26 +191,24 @@ def validate_image_url(url: object, *, where: str) -> str:
         shown = "an empty string" if isinstance(url, str) else json_type_name(url)
         raise JobInputInvalid(f'{where}: field "url" is {shown}',
                               hint="give an http:// or https:// URL of the image")
-    parts = urlsplit(url.strip())
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        raise JobInputInvalid(
-            f'{where}: field "url" {redact_url(url)!r} is not an http(s) URL',
-            hint="only http:// and https:// URLs are fetched; send other images as "
-            "base64 in \"image\"")
-    return url.strip()
-
-
-def redact_url(url: str) -> str:
-    """The URL without its query, fragment and credentials (signed URLs carry secrets
-    there), for messages and logs."""
+    text = url.strip()
     try:
-        parts = urlsplit(url)
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        valid = bool(parts.hostname)
     except ValueError:
-        return "<unparseable URL>"
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+        parts, valid = None, False
+    if (parts is None or not valid or parts.scheme.lower() not in ("http", "https")
+            or _CONTROL.search(text) or " " in text or len(text) > MAX_URL_CHARS):
+        raise JobInputInvalid(
+            f'{where}: field "url" {redact_url(text)!r} is not an http(s) URL',
+            hint="only http:// and https:// URLs (without spaces or control characters, "
+            f"at most {MAX_URL_CHARS} characters) are fetched; send other images as "
+            "base64 in \"image\"")
+    return text
+
+
+MAX_URL_CHARS = 8192
 
 
 def parse_timeout(raw: object, default: float) -> float:
@@ -176,19 +221,32 @@ def parse_timeout(raw: object, default: float) -> float:
     return float(raw)
 
 
-def parse_models(raw: object, *, folders: frozenset[str]) -> tuple[LockEntry, ...]:
+def parse_models(raw: object, *, folders: frozenset[str], limits: JobLimits | None = None
+                 ) -> tuple[LockEntry, ...]:
     """A job's ``models``: lock entries, checked by exactly the lock's rules (folder, no
-    absolute path, no ``..``, a 40-hex commit, 64-hex sha256, a size)."""
+    absolute path, no ``..``, a 40-hex commit, 64-hex sha256, a size); a huggingface
+    source may carry the job's own ``token``; a URL must pass the URL policy's early
+    check."""
+    limits = limits or JobLimits()
     if not raw:
         return ()
     if not isinstance(raw, list):
         raise JobInputInvalid(f'field "models" is {json_type_name(raw)}, expected an array',
                               hint='send [{"path": "loras/x.safetensors", "source": {...}, '
                               '"sha256": "...", "size": N}]')
+    if len(raw) > limits.max_models:
+        raise _too_many("models", len(raw), limits.max_models, env_name("max_job_models"))
     try:
-        return parse_entries(raw, where="models", folders=folders)
+        entries = parse_entries(raw, where="models", folders=folders, job=True)
     except LockfileError as exc:
         raise JobInputInvalid(exc.message, hint=exc.hint) from None
+    for i, entry in enumerate(entries):
+        if isinstance(entry.source, UrlSource):
+            refusal = limits.policy.check_url(entry.source.url)
+            if refusal is not None:
+                raise url_not_allowed(f'models[{i}] ("{entry.path}"): field "source.url"',
+                                      entry.source.url, refusal)
+    return entries
 
 
 def _json_object(raw: object, *, where: str) -> Mapping[str, Any]:
@@ -221,12 +279,14 @@ def job_input_of(body: object, *, where: str = 'job "input"') -> Mapping[str, An
 
 
 def parse_job_input(raw: object, *, default_timeout: float,
-                    folders: frozenset[str] = KNOWN_FOLDERS) -> JobRequest:
+                    folders: frozenset[str] = KNOWN_FOLDERS,
+                    limits: JobLimits | None = None) -> JobRequest:
     """Validate a job (its input, or a body around it: :func:`job_input_of`). Raises
-    :class:`JobInputInvalid`. ``folders``: the model folders a job's ``models`` may use
-    (ComfyUI's and the lock's ``extra_folders``)."""
+    :class:`JobInputInvalid` (or ``UrlNotAllowed`` for a URL the policy refuses).
+    ``folders``: the model folders a job's ``models`` may use (ComfyUI's and the lock's
+    ``extra_folders``); ``limits``: counts and the URL policy (default: the defaults)."""
     doc = job_input_of(raw)
     return JobRequest(workflow=parse_workflow(doc.get("workflow")),
-                      images=parse_images(doc.get("images")),
+                      images=parse_images(doc.get("images"), limits),
                       timeout=parse_timeout(doc.get("timeout"), default_timeout),
-                      models=parse_models(doc.get("models"), folders=folders))
+                      models=parse_models(doc.get("models"), folders=folders, limits=limits))
