@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import requests
@@ -558,3 +559,66 @@ def test_token_comparison_is_exact() -> None:
     assert token_matches(b"abc", b"abc")
     assert not token_matches(b"abcd", b"abc") and not token_matches(b"ab", b"abc")
     assert not token_matches(None, b"abc") and not token_matches(b"", b"")
+
+
+# --- listening where strangers can reach it (issue 16) ----------------------------------
+
+
+@pytest.mark.parametrize(("host", "token", "warns"), [
+    ("0.0.0.0", None, True), ("::", None, True), ("10.1.2.3", None, True),
+    ("worker.example", None, True), ("0.0.0.0", "t0ken", False),
+    ("127.0.0.1", None, False), ("127.0.0.53", None, False), ("::1", None, False),
+    ("[::1]", None, False), ("localhost", None, False),
+])
+def test_serve_warns_when_it_listens_beyond_loopback_without_a_token(
+        host: str, token: str | None, warns: bool) -> None:
+    from comfy_worker.config import Secret
+    from comfy_worker.entrypoints.http_api import open_api_warning
+
+    warning = open_api_warning(host, 8000, Secret(token) if token else None)
+    assert (warning is not None) is warns
+    if warning is not None:
+        assert "COMFY_WORKER_API_TOKEN is unset" in warning and f"{host}:8000" in warning
+
+
+@pytest.mark.parametrize(("host", "token", "warns"), [
+    ("0.0.0.0", None, True), ("0.0.0.0", "s3cret-token", False), ("127.0.0.1", None, False),
+])
+def test_the_serve_command_logs_the_warning_at_start(tmp_path: Path, host: str,
+                                                     token: str | None, warns: bool) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("COMFY_WORKER_API_TOKEN", "COMFYUI_DIR")}
+    env |= {"COMFY_WORKER_LOCK": str(tmp_path / "none.json"),
+            "COMFY_WORKER_MODELS_DIR": str(tmp_path / "models")}
+    if token:
+        env["COMFY_WORKER_API_TOKEN"] = token
+    proc = subprocess.Popen([sys.executable, "-m", "comfy_worker.cli", "serve", "--host", host,
+                             "--port", str(port)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    def failed_start() -> bool:  # no ComfyUI here: start-up fails, the server stays up
+        try:
+            return requests.get(f"http://127.0.0.1:{port}/health", timeout=2).json()[
+                "phase"] == "failed"
+        except requests.ConnectionError:
+            return False
+
+    try:
+        wait_for(failed_start)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert "HTTP API listening" in out, out
+    lines = [line for line in out.splitlines() if "not on loopback" in line]
+    assert bool(lines) is warns, out
+    if warns:
+        assert " WARNING " in lines[0] and "COMFY_WORKER_API_TOKEN" in lines[0]
+    if token:
+        assert token not in out

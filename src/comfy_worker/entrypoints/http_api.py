@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import ipaddress
 import json
 import logging
 import signal
@@ -82,6 +83,30 @@ def not_ready_error(state: Readiness) -> WorkerError:
     return WorkerStarting(f"not ready: {state.reason}", details=details,
                           hint=f"retry in {RETRY_AFTER_SECONDS} s, or wait until GET /health "
                           "answers 200")
+
+
+def is_loopback_host(host: str) -> bool:
+    """The bind address reaches only this machine (``127.0.0.0/8``, ``::1``,
+    ``localhost``); ``0.0.0.0``, ``::``, another address or a host name do not (pure)."""
+    text = host.strip().strip("[]").lower()
+    if text == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(text.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def open_api_warning(host: str, port: int, api_token: Secret | None) -> str | None:
+    """The warning ``serve`` logs when anyone who reaches ``host:port`` can run jobs: a
+    non-loopback address and no ``COMFY_WORKER_API_TOKEN`` (None otherwise; pure)."""
+    if api_token or is_loopback_host(host):
+        return None
+    return (f"the HTTP API listens on {host}:{port}, not on loopback, and "
+            f"{env_name('api_token')} is unset: anyone who can reach that port can run "
+            f"jobs (and make this worker fetch URLs and models). Set "
+            f"{env_name('api_token')}, or {env_name('host')}=127.0.0.1 behind your own "
+            "proxy")
 
 
 def content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
@@ -442,6 +467,9 @@ def run_server(service: ApiService, *, host: str, port: int, max_request_bytes: 
     bound = sock.getsockname()
     log.info("HTTP API listening on http://%s:%s (docs at /docs; %s)", bound[0], bound[1],
              "API token required" if api_token else "no API token")
+    warning = open_api_warning(str(bound[0]), int(bound[1]), api_token)
+    if warning is not None:
+        log.warning("%s", warning)
     service.start_background()
     if on_listening is not None:
         on_listening(server)
