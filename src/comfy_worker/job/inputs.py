@@ -64,6 +64,11 @@ class _Fetch:
         return (f'images[{self.index}] ("{self.image.name}") from '
                 f"{redact_url(self.image.url or '')}")
 
+    def mark(self, why: str) -> None:
+        with self.lock:
+            if self.cut is None:
+                self.cut = why
+
     def stop(self, why: str) -> None:
         with self.lock:
             if self.cut is None:
@@ -122,6 +127,8 @@ def fetch_url_images(images: Sequence[InputImage], *, max_bytes: int, timeout: f
     except BaseException as exc:
         why = ("cancelled" if isinstance(exc, JobCancelled) else
                "job-timeout" if isinstance(exc, JobTimeout) else "failed")
+        for f in fetches:  # every fetch marked first, so none still queued starts
+            f.mark(why)
         for f in fetches:
             f.stop(why)
         raise
