@@ -314,6 +314,110 @@ class _Yielded(Exception):
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
+class HashedFile:
+    """The file's parts, what of each is written, and the sha256 of the written prefix
+    as it grows. Every method runs under ``cond`` (the download's), but :meth:`hash`,
+    which takes it itself."""
+
+    def __init__(self, size: int, chunk: int | None, cond: threading.Condition) -> None:
+        self.size = size
+        if chunk:
+            self.parts = [_Part(a, min(a + chunk, size)) for a in range(0, size, chunk)]
+        else:
+            self.parts = [_Part(0, size)]
+        self._cond = cond
+        self._first = 0  # index of the first unfinished part
+        self.received = 0
+        self.hashed = 0
+        self.hashed_at_last_byte: int | None = None
+
+    def take(self) -> _Part | None:
+        """The lowest part nobody holds, or None when all are done or held."""
+        for part in self.parts[self._first:]:
+            if not part.held and not part.done:
+                part.held = True
+                return part
+        return None
+
+    def wrote(self, part: _Part, n: int) -> None:
+        part.written += n
+        self.received += n
+        if self.received == self.size:
+            self.hashed_at_last_byte = self.hashed
+        self._cond.notify_all()
+
+    def frontier(self) -> tuple[int, bool]:
+        """(end of the contiguous written prefix, every part finished)."""
+        while self._first < len(self.parts) and self.parts[self._first].done:
+            self._first += 1
+        if self._first == len(self.parts):
+            last = self.parts[-1]
+            return last.start + last.written, True
+        part = self.parts[self._first]
+        return part.start + part.written, False
+
+    def hash(self, fd: int, writeback: Writeback, check: Callable[[], None]) -> str:
+        """Hash the written prefix as it grows until the whole file is hashed;
+        ``check()`` (under the lock) raises when the download failed or stopped."""
+        h = hashlib.sha256()
+        buf = bytearray(_HASH_BUFFER)
+        view = memoryview(buf)
+        while True:
+            with self._cond:
+                while True:
+                    check()
+                    upto, finished = self.frontier()
+                    if upto > self.hashed or finished:
+                        break
+                    self._cond.wait(1.0)
+            while self.hashed < upto:
+                n = os.preadv(fd, [view[:min(len(buf), upto - self.hashed)]], self.hashed)
+                if n <= 0:
+                    raise OSError(f"shorter than the {upto} bytes written")
+                h.update(view[:n])
+                self.hashed += n
+            writeback.advance(self.hashed)
+            if finished and self.hashed >= upto:
+                return h.hexdigest()
+
+
+def check_range_answer(r: Any, *, ranged: bool, offset: int, part: _Part, size: int,
+                       describe: str) -> None:
+    """Raise :class:`Transient` unless ``r`` (not an error) answers the request for the
+    rest of ``part`` from ``offset``: a 200 for a plain GET or the whole file, else a 206
+    whose Content-Range is exactly the bytes asked for."""
+    if not ranged:
+        if r.status_code != 200:
+            raise Transient(f"{describe}: answered {r.status_code} to a plain GET")
+        return
+    if r.status_code == 200 and offset == 0 and part.end == size:
+        return  # the whole file, which is what was asked for
+    if r.status_code != 206:
+        raise Transient(f"{describe}: answered {r.status_code} to a range request "
+                        "(expected 206)")
+    m = _CONTENT_RANGE.fullmatch(r.headers.get("Content-Range", ""))
+    if (m is None or int(m.group(1)) != offset or int(m.group(2)) != part.end - 1
+            or (m.group(3) != "*" and int(m.group(3)) != size)):
+        raise Transient(f"{describe}: asked for bytes {offset}-{part.end - 1} of "
+                        f"{size}, got Content-Range {r.headers.get('Content-Range')!r}")
+
+
+def network_error(exc: BaseException, describe: str, tuning: Tuning) -> Exception:
+    """A network exception as :class:`Transient` (with what happened), or as it is."""
+    import requests
+    import urllib3
+
+    if isinstance(exc, requests.ConnectTimeout | urllib3.exceptions.ConnectTimeoutError):
+        return Transient(f"{describe}: no connection within {tuning.connect_timeout:g} s")
+    if isinstance(exc, requests.Timeout | urllib3.exceptions.ReadTimeoutError
+                  | socket.timeout):
+        return Transient(f"{describe}: no data for {tuning.stall_timeout:g} s "
+                         "(stalled connection)")
+    if is_transient_network_error(exc):
+        return Transient(f"{describe}: {type(exc).__name__}: {exc}")
+    return exc if isinstance(exc, Exception) else RuntimeError(str(exc))
+
+
 class Download:
     """One file of ``size`` bytes from one URL into ``dest`` (which exists), hashed on
     the way. Never more than ``size`` bytes are written: a server that sends more (or
@@ -349,19 +453,12 @@ class Download:
         self.policy = policy
         self._priority = priority
         self.on_bytes = on_bytes
-        if self.ranged:
-            step = max(1, self.tuning.chunk_size)
-            self._parts = [_Part(a, min(a + step, size)) for a in range(0, size, step)]
-        else:
-            self._parts = [_Part(0, size)]
-        self._first = 0  # index of the first unfinished part
         self._cond = threading.Condition()
+        self._file = HashedFile(size, max(1, self.tuning.chunk_size) if self.ranged else None,
+                                self._cond)
         self._stop = threading.Event()
         self._error: BaseException | None = None
         self._responses: set[Any] = set()
-        self._received = 0
-        self._hashed = 0
-        self._hashed_at_last_byte: int | None = None
         self._finished = False
         self._entered = False  # counted as running by the gate
         self.range_retries = 0
@@ -372,20 +469,19 @@ class Download:
     @property
     def received(self) -> int:
         """Bytes written to the file so far (each byte once)."""
-        return self._received
+        return self._file.received
 
     @property
     def hashed(self) -> int:
         """Bytes of the file's prefix hashed so far."""
-        return self._hashed
+        return self._file.hashed
 
     @property
     def tail_hashed(self) -> int | None:
         """Bytes hashed after the last byte was written (None until then): the wait
         the hash added to the download."""
-        if self._hashed_at_last_byte is None:
-            return None
-        return self._hashed - self._hashed_at_last_byte
+        last = self._file.hashed_at_last_byte
+        return None if last is None else self._file.hashed - last
 
     @property
     def priority(self) -> int:
@@ -424,11 +520,11 @@ class Download:
             writeback = Writeback(fd)
             workers = [threading.Thread(target=self._work, args=(fd,), daemon=True,
                                         name=f"download-{i}")
-                       for i in range(min(self.tuning.connections, len(self._parts)))]
+                       for i in range(min(self.tuning.connections, len(self._file.parts)))]
             try:
                 for t in workers:
                     t.start()
-                digest = self._hash(fd, writeback)
+                digest = self._file.hash(fd, writeback, self._check_running)
             except BaseException as exc:
                 self._fail(exc)
                 raise
@@ -441,8 +537,9 @@ class Download:
                 for t in workers:
                     if t.ident is not None:
                         t.join()
-            if self._received != self.size:
-                raise Transient(f"{self.describe}: got {self._received} of {self.size} bytes")
+            if self._file.received != self.size:
+                raise Transient(f"{self.describe}: got {self._file.received} of {self.size} "
+                                "bytes")
             return digest
         finally:
             with self._cond:
@@ -461,40 +558,12 @@ class Download:
         if not self._stop.is_set():
             self.cancel()
 
-    def _frontier(self) -> tuple[int, bool]:
-        """(end of the contiguous written prefix, every part finished); under _cond."""
-        while self._first < len(self._parts) and self._parts[self._first].done:
-            self._first += 1
-        if self._first == len(self._parts):
-            last = self._parts[-1]
-            return last.start + last.written, True
-        part = self._parts[self._first]
-        return part.start + part.written, False
-
-    def _hash(self, fd: int, writeback: Writeback) -> str:
-        h = hashlib.sha256()
-        buf = bytearray(_HASH_BUFFER)
-        view = memoryview(buf)
-        while True:
-            with self._cond:
-                while True:
-                    if self._error is not None:
-                        raise self._error
-                    if self._stop.is_set():
-                        raise Cancelled()
-                    upto, finished = self._frontier()
-                    if upto > self._hashed or finished:
-                        break
-                    self._cond.wait(1.0)
-            while self._hashed < upto:
-                n = os.preadv(fd, [view[:min(len(buf), upto - self._hashed)]], self._hashed)
-                if n <= 0:
-                    raise OSError(f"{self.dest}: shorter than the {upto} bytes written")
-                h.update(view[:n])
-                self._hashed += n
-            writeback.advance(self._hashed)
-            if finished and self._hashed >= upto:
-                return h.hexdigest()
+    def _check_running(self) -> None:
+        """Under the lock: raise the download's error, or Cancelled once stopped."""
+        if self._error is not None:
+            raise self._error
+        if self._stop.is_set():
+            raise Cancelled()
 
     def _work(self, fd: int) -> None:
         from comfy_worker.net.http import session as http_session
@@ -502,7 +571,8 @@ class Download:
         session = http_session(self.policy)
         try:
             while not self._stop.is_set():
-                part = self._take()
+                with self._cond:
+                    part = self._file.take()
                 if part is None:
                     break
                 try:
@@ -522,15 +592,6 @@ class Download:
             self._fail(exc)
         finally:
             session.close()
-
-    def _take(self) -> _Part | None:
-        """The lowest part nobody holds, or None when all are done or held."""
-        with self._cond:
-            for part in self._parts[self._first:]:
-                if not part.held and not part.done:
-                    part.held = True
-                    return part
-        return None
 
     def _fetch_part(self, session: Any, fd: int, part: _Part) -> None:
         failures = 0
@@ -568,7 +629,7 @@ class Download:
             r = open_url(session, "GET", self.url, headers=headers, policy=self.policy,
                          timeout=(t.connect_timeout, t.stall_timeout))
         except requests.RequestException as exc:
-            raise self._network_error(exc) from None
+            raise network_error(exc, self.describe, self.tuning) from None
         with self._cond:
             self._responses.add(r)
         try:
@@ -576,70 +637,17 @@ class Download:
                 raise Cancelled()
             if r.status_code >= 400:
                 raise self.http_error(r.status_code)
-            self._check_status(r, offset, part)
-            self._read_into(r, fd, part, whole_file=r.status_code == 200)
+            check_range_answer(r, ranged=self.ranged, offset=offset, part=part,
+                               size=self.size, describe=self.describe)
+            read_part(r, part, write=lambda data: self._write(fd, part, data),
+                      stop=self._stop, must_yield=lambda: self.gate.must_yield(self._priority),
+                      whole_file=r.status_code == 200, describe=self.describe,
+                      tuning=self.tuning, size=self.size)
             r.raw.release_conn()  # the body was read to its end: keep the connection
         finally:
             with self._cond:
                 self._responses.discard(r)
             r.close()
-
-    def _check_status(self, r: Any, offset: int, part: _Part) -> None:
-        if not self.ranged:
-            if r.status_code != 200:
-                raise Transient(f"{self.describe}: answered {r.status_code} to a plain GET")
-            return
-        if r.status_code == 200 and offset == 0 and part.end == self.size:
-            return  # the whole file, which is what was asked for
-        if r.status_code != 206:
-            raise Transient(f"{self.describe}: answered {r.status_code} to a range request "
-                            "(expected 206)")
-        m = _CONTENT_RANGE.fullmatch(r.headers.get("Content-Range", ""))
-        if (m is None or int(m.group(1)) != offset or int(m.group(2)) != part.end - 1
-                or (m.group(3) != "*" and int(m.group(3)) != self.size)):
-            raise Transient(f"{self.describe}: asked for bytes {offset}-{part.end - 1} of "
-                            f"{self.size}, got Content-Range "
-                            f"{r.headers.get('Content-Range')!r}")
-
-    def _more(self, r: Any) -> bool:
-        """After the file's last byte: does the body go on? (One byte is read, never
-        written.)"""
-        try:
-            return bool(r.raw.read(1, decode_content=False))
-        except Exception as exc:
-            if is_transient_network_error(exc):
-                return False  # cut right after the last byte: nothing more came
-            raise
-
-    def _read_into(self, r: Any, fd: int, part: _Part, *, whole_file: bool = False) -> None:
-        """Read the rest of ``part`` from ``r`` and write it, in order. ``whole_file``: the
-        response is the whole file (200), which must end with its last byte: before that
-        byte is written (so the hash cannot finish first), one more byte is asked for,
-        and a body that goes on fails with :class:`SizeExceeded`."""
-        while True:
-            left = part.length - part.written
-            if left <= 0:
-                return
-            if self._stop.is_set():
-                raise Cancelled()
-            if self.gate.must_yield(self._priority):
-                raise _Yielded()
-            try:
-                data = r.raw.read(min(BLOCK, left), decode_content=False)
-            except Exception as exc:
-                if self._stop.is_set():
-                    raise Cancelled() from None
-                if is_transient_network_error(exc):
-                    raise self._network_error(exc) from None
-                raise
-            if not data:
-                if self._stop.is_set():
-                    raise Cancelled()
-                raise Transient(f"{self.describe}: connection closed after "
-                                f"{part.start + part.written} bytes")
-            if whole_file and len(data) == left and self._more(r):
-                raise SizeExceeded(self.size)  # the file's last byte, and then some
-            self._write(fd, part, data)
 
     def _write(self, fd: int, part: _Part, data: bytes) -> None:
         view = memoryview(data)
@@ -651,28 +659,55 @@ class Download:
             view = view[n:]
             offset += n
         with self._cond:
-            part.written += len(data)
-            self._received += len(data)
-            if self._received == self.size:
-                self._hashed_at_last_byte = self._hashed
-            self._cond.notify_all()
+            self._file.wrote(part, len(data))
         if self.on_bytes is not None:
             self.on_bytes(len(data))
 
-    def _network_error(self, exc: BaseException) -> Exception:
-        import requests
-        import urllib3
 
-        if isinstance(exc, requests.ConnectTimeout | urllib3.exceptions.ConnectTimeoutError):
-            return Transient(f"{self.describe}: no connection within "
-                             f"{self.tuning.connect_timeout:g} s")
-        if isinstance(exc, requests.Timeout | urllib3.exceptions.ReadTimeoutError
-                      | socket.timeout):
-            return Transient(f"{self.describe}: no data for {self.tuning.stall_timeout:g} s "
-                             "(stalled connection)")
+def read_part(r: Any, part: _Part, *, write: Callable[[bytes], None],
+              stop: threading.Event, must_yield: Callable[[], bool], whole_file: bool,
+              describe: str, tuning: Tuning, size: int) -> None:
+    """Read the rest of ``part`` from the response ``r`` and ``write`` it, in order,
+    block by block; give the part back (:class:`_Yielded`) when ``must_yield()`` says a
+    higher priority waits. ``whole_file``: the response is the whole file (200), which
+    must end with its last byte: before that byte is written (so the hash cannot finish
+    first), one more byte is asked for, and a body that goes on fails with
+    :class:`SizeExceeded`."""
+    while True:
+        left = part.length - part.written
+        if left <= 0:
+            return
+        if stop.is_set():
+            raise Cancelled()
+        if must_yield():
+            raise _Yielded()
+        try:
+            data = r.raw.read(min(BLOCK, left), decode_content=False)
+        except Exception as exc:
+            if stop.is_set():
+                raise Cancelled() from None
+            if is_transient_network_error(exc):
+                raise network_error(exc, describe, tuning) from None
+            raise
+        if not data:
+            if stop.is_set():
+                raise Cancelled()
+            raise Transient(f"{describe}: connection closed after "
+                            f"{part.start + part.written} bytes")
+        if whole_file and len(data) == left and _body_goes_on(r):
+            raise SizeExceeded(size)  # the file's last byte, and then some
+        write(data)
+
+
+def _body_goes_on(r: Any) -> bool:
+    """After the file's last byte: does the body go on? (One byte is read, never
+    written.)"""
+    try:
+        return bool(r.raw.read(1, decode_content=False))
+    except Exception as exc:
         if is_transient_network_error(exc):
-            return Transient(f"{self.describe}: {type(exc).__name__}: {exc}")
-        return exc if isinstance(exc, Exception) else RuntimeError(str(exc))
+            return False  # cut right after the last byte: nothing more came
+        raise
 
 
 def _abort(response: Any) -> None:
