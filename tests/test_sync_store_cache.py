@@ -8,13 +8,14 @@ import hashlib
 import os
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from support import (
     HFServer,
     ServedFile,
+    Valve,
     hf_server_fixture,  # noqa: F401
     lock_entry,
     write_lock_file,
@@ -25,7 +26,9 @@ from comfy_worker.errors import (
     JobInputInvalid,
     ModelCacheFull,
     ModelHashMismatch,
+    ModelNotFound,
     ModelPathConflict,
+    SyncError,
 )
 from comfy_worker.lockfile import LockEntry, load_lock, parse_lock
 from comfy_worker.sync import ModelStore, prepare_model_paths
@@ -325,3 +328,94 @@ def test_plan_eviction_counts_a_full_disk() -> None:
     plan = plan_eviction([cached("a", 4, 1.0)], size=5, pending=0, cap=100, free_disk=2,
                          protected=lambda p: False)
     assert plan.fits and plan.need == 3
+
+
+# --- a job's model never harms what it does not own (issue 16) ------------------------
+
+
+def test_a_request_over_a_file_placed_by_hand_is_refused_and_the_file_kept(
+        hf_server: HFServer, tmp_path: Path, stores: list[ModelStore]) -> None:
+    served = hf_server.add_url("hand.safetensors", data(200_000, seed=21))
+    placed = tmp_path / "local" / "loras" / "hand.safetensors"
+    placed.parent.mkdir(parents=True)
+    placed.write_bytes(b"the operator's own bytes")
+    store = make_store(stores, hf_server, tmp_path)
+
+    with store.ensure([requested("loras/hand.safetensors", served)], requested=True) as claim, \
+            pytest.raises(ModelPathConflict) as err:
+        claim.wait(timeout=30)
+
+    assert err.value.status == 409 and "does not own" in err.value.message
+    assert placed.read_bytes() == b"the operator's own bytes"
+    assert hf_server.requests(served) == []  # nothing fetched
+    assert sorted(p.name for p in placed.parent.iterdir()) == ["hand.safetensors"]
+
+
+def test_a_request_over_an_older_request_file_at_its_path_replaces_it(
+        hf_server: HFServer, tmp_path: Path, stores: list[ModelStore]) -> None:
+    old = hf_server.add_url("v1.safetensors", data(100_000, seed=22))
+    new = hf_server.add_url("v2.safetensors", data(100_000, seed=23))
+    store = make_store(stores, hf_server, tmp_path)
+    use(store, requested("loras/user.safetensors", old))  # a request file: it has a sidecar
+
+    where = use(store, requested("loras/user.safetensors", new))
+
+    assert sha_of(where["loras/user.safetensors"]) == new.sha256
+
+
+def test_nothing_is_evicted_for_a_model_whose_source_does_not_answer(
+        hf_server: HFServer, tmp_path: Path, stores: list[ModelStore]) -> None:
+    kept = hf_server.add_url("kept.safetensors", data(MIB, seed=24))
+    store = make_store(stores, hf_server, tmp_path, cache_bytes=int(1.5 * MIB))
+    use(store, requested("loras/kept.safetensors", kept))
+    gone = hf_server.add_url("gone.safetensors", data(MIB, seed=25))
+    gone.faults.status_always = 404
+
+    with store.ensure([requested("loras/gone.safetensors", gone)], requested=True) as claim, \
+            pytest.raises(ModelNotFound):
+        claim.wait(timeout=30)
+
+    assert sha_of(tmp_path / "local" / "loras" / "kept.safetensors") == kept.sha256
+
+
+def test_a_failed_request_model_leaves_no_lock_file_and_no_sidecar(
+        hf_server: HFServer, tmp_path: Path, stores: list[ModelStore]) -> None:
+    store = make_store(stores, hf_server, tmp_path)
+    for i, status in enumerate((404, 500)):
+        served = hf_server.add_url(f"bad{i}.safetensors", data(50_000, seed=30 + i))
+        served.faults.status_always = status
+        with store.ensure([requested(f"loras/bad{i}.safetensors", served)],
+                          requested=True) as claim, pytest.raises(SyncError):
+            claim.wait(timeout=30)
+    corrupt = hf_server.add_url("corrupt.safetensors", data(50_000, seed=33))
+    with store.ensure([requested("loras/corrupt.safetensors", corrupt,
+                                 sha256="0" * 64)], requested=True) as claim, \
+            pytest.raises(ModelHashMismatch):
+        claim.wait(timeout=30)
+
+    loras = tmp_path / "local" / "loras"
+    assert not loras.exists() or sorted(p.name for p in loras.iterdir()) == []
+
+
+def test_a_request_model_nobody_waits_for_any_more_stops_downloading(
+        hf_server: HFServer, tmp_path: Path, stores: list[ModelStore]) -> None:
+    served = hf_server.add_url("slow.safetensors", data(4 * MIB, seed=34))
+    served.valve = Valve(MIB)  # 1 MiB, then the server holds the rest
+    store = make_store(stores, hf_server, tmp_path)
+    claim = store.ensure([requested("loras/slow.safetensors", served)], requested=True)
+    served.valve.wait_until(sent=MIB, waiting=1)
+
+    claim.release()  # the job was cancelled: its claim goes
+    wait_for(lambda: store.status().downloading == ())
+    served.valve.allow(None)
+
+    loras = tmp_path / "local" / "loras"
+    assert sorted(p.name for p in loras.iterdir()) == []  # no file, temp, lock or sidecar
+    assert hf_server.bytes_served(served) < served.size
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)

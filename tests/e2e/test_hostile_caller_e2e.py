@@ -8,11 +8,8 @@ address (a metadata service, a private network) that stays refused. The lock hol
 upscaler in a gated repo that only the operator's ``HF_TOKEN`` opens. After each hostile
 job the worker must still serve a normal one (:func:`normal_job`).
 
-One ``serve`` process for the module; its tests run in file order. The tests marked
-``xfail(strict=True, reason="issue 16 phase B")`` need the model store's changes of
-phase B (claims released on cancel, a job never replacing a file it does not own,
-eviction only once the source answered, no lock or sidecar left by a failed job model);
-they turn green, and then must lose the mark, when phase B lands.
+One ``serve`` process for the module; its tests run in file order (the last ones check
+that no earlier failed job model left a lock file or a sidecar).
 """
 
 from __future__ import annotations
@@ -346,10 +343,6 @@ def test_a_job_entry_contradicting_a_locked_file_is_a_422_and_the_lock_keeps_its
 
 # --- phase B: the model store's half (claims, ownership, eviction, sidecars) ----------------
 
-PHASE_B = pytest.mark.xfail(strict=True, reason="issue 16 phase B")
-
-
-@PHASE_B
 def test_a_job_never_replaces_a_file_the_operator_placed(worker: Worker) -> None:
     placed = worker.models / "upscale_models/hand_x2.safetensors"
     placed.parent.mkdir(parents=True, exist_ok=True)
@@ -386,7 +379,6 @@ def test_a_model_that_can_never_fit_the_cache_evicts_nothing(worker: Worker) -> 
     worker.normal_job()
 
 
-@PHASE_B
 def test_eviction_waits_until_the_new_models_source_answered(worker: Worker) -> None:
     small = compact_upscaler(seed=85)
     kept = worker.srv.add("held_x2.safetensors", Route(data=small))
@@ -407,7 +399,6 @@ def test_eviction_waits_until_the_new_models_source_answered(worker: Worker) -> 
     worker.normal_job()
 
 
-@PHASE_B
 def test_a_failed_job_model_leaves_no_lock_and_no_sidecar(worker: Worker) -> None:
     worker.srv.add("absent_x2.safetensors", Route(status=404))
     r = worker.job({"workflow": upscale_workflow("user/absent_x2.safetensors", 4, 4),
@@ -423,7 +414,6 @@ def test_a_failed_job_model_leaves_no_lock_and_no_sidecar(worker: Worker) -> Non
     worker.normal_job()
 
 
-@PHASE_B
 def test_a_cancelled_job_releases_its_claim_and_its_model_download_stops(
         worker: Worker) -> None:
     data = compact_upscaler(seed=88)

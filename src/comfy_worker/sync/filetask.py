@@ -22,8 +22,10 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from comfy_worker.errors import ModelPathConflict
 from comfy_worker.lockfile import LockEntry
 from comfy_worker.sync.download import Download
+from comfy_worker.sync.paths import used_path
 from comfy_worker.sync.progress import human_bytes
 from comfy_worker.sync.run import FileResult, FileSync, FileWatcher
 
@@ -55,6 +57,7 @@ class FileTask(FileWatcher):
         self._priority = BACKGROUND
         self._download: Download | None = None
         self._received = 0
+        self._stopped = False
         self._lock = threading.Lock()
         self.set_priority(priority)
 
@@ -81,6 +84,15 @@ class FileTask(FileWatcher):
         if download is not None:
             download.priority = value
         self._files.slots.wake()
+
+    def stop(self) -> None:
+        """Nobody needs the file any more (a job's own model whose last claim went): its
+        download stops at once, its temp file is removed."""
+        with self._lock:
+            self._stopped = True
+            download = self._download
+        if download is not None:
+            download.cancel()
 
     def finish(self, result: FileResult | None, error: BaseException | None) -> None:
         """The task ended (under the owner's lock): it no longer holds lower downloads
@@ -110,6 +122,19 @@ class FileTask(FileWatcher):
     def before_download(self, entry: LockEntry, target: Path) -> None:
         self._before_download(self, target)
 
+    def may_replace(self, target: Path) -> None:
+        """A job's own model replaces only a request-cache file (one with a sidecar): any
+        other file at its path is the operator's (placed by hand, or another lock's)."""
+        if self.requested and not used_path(target).is_file():
+            raise ModelPathConflict(
+                f'requested model "{self.path}": {target} holds another file, which the '
+                "job does not own (not a model a job brought); it is left as it is",
+                hint="give the job's model another path, or remove the file there if it "
+                "is not needed")
+
+    def stopped(self) -> bool:
+        return self._stopped
+
     def job_source(self) -> bool:
         return self.requested  # a job's own model: its source is the job's, untrusted
 
@@ -136,9 +161,10 @@ class FileTasks:
         return task
 
     def attach(self, path: str) -> FileTask | None:
-        """A claim joins the task running for ``path`` (raised to job priority), if any."""
+        """A claim joins the task running for ``path`` (raised to job priority), if any
+        (one being stopped does not count: a new task follows it)."""
         task = self._tasks.get(path)
-        if task is None:
+        if task is None or task.stopped():
             return None
         task.claims += 1
         if task.priority() < JOB:
@@ -148,14 +174,20 @@ class FileTasks:
         return task
 
     def detach(self, task: FileTask) -> None:
-        """A claim let go of ``task``; with none left it goes on in the background."""
+        """A claim let go of ``task``; with none left a locked file goes on in the
+        background, and a job's own model stops (nobody else wants it)."""
         task.claims -= 1
-        if task.claims <= 0 and not task.done and task.priority() > BACKGROUND:
+        if task.claims > 0 or task.done:
+            return
+        if task.requested:
+            task.stop()
+        elif task.priority() > BACKGROUND:
             task.set_priority(BACKGROUND)
 
     def end(self, task: FileTask, result: FileResult | None, error: BaseException | None
             ) -> None:
-        """``task`` finished: out of the table, its outcome set for its claims."""
+        """``task`` finished: out of the table (unless a newer task for its path took its
+        place), its outcome set for its claims."""
         if self._tasks.get(task.path) is task:
             del self._tasks[task.path]
         task.finish(result, error)

@@ -100,7 +100,16 @@ class FileWatcher:
         """The :class:`Download` now running for the file, or None once it ended."""
 
     def before_download(self, entry: LockEntry, target: Path) -> None:
-        """Called holding the file's lock, just before ``target`` is downloaded."""
+        """Called holding the file's lock, once the source answered (located, its size
+        and hash checked) and just before the bytes start (each attempt)."""
+
+    def may_replace(self, target: Path) -> None:
+        """``target`` holds other bytes than the entry's: raise when it must not be
+        replaced (a job's entry over a file the job does not own)."""
+
+    def stopped(self) -> bool:
+        """Nobody needs the file any more: its download stops (``Cancelled``)."""
+        return False
 
     def job_source(self) -> bool:
         """The entry came with a job: its source is a stranger's, fetched under the URL
@@ -227,12 +236,18 @@ class FileSync:
                 if not os.path.isfile(target):
                     continue
                 if can_write(target.parent):
-                    with file_lock(target, on_wait=f"waiting for another sync of {target}"):
+                    ours: list[bool] = []  # a job leaves no lock beside a file not its own
+                    with file_lock(target, on_wait=f"waiting for another sync of {target}",
+                                   keep=(lambda ours=ours: bool(ours)) if watcher.job_source()
+                                   else None):
                         if self.verify_existing(entry, target):
+                            ours.append(True)
                             return done(root)
+                        watcher.may_replace(target)
                 elif self.verify_existing(entry, target):
                     return done(root)
                 else:
+                    watcher.may_replace(target)
                     shadowing.append(target)
             for bad in shadowing:
                 log.warning("%s does not match the lock and cannot be replaced (read-only); "
@@ -240,12 +255,15 @@ class FileSync:
                             self.dest_root)
             target = self.dest_root / entry.path
             target.parent.mkdir(parents=True, exist_ok=True)
+            # A job's file that did not arrive leaves no lock file behind.
+            keep = None if not watcher.job_source() else target.exists
             with file_lock(target, on_wait=f"{target}: another sync is downloading it; "
-                           "waiting to reuse it"):
+                           "waiting to reuse it", keep=keep):
                 if self.verify_existing(entry, target):
                     return done(self.dest_root)  # another worker fetched it meanwhile
+                if os.path.isfile(target):
+                    watcher.may_replace(target)
                 remove_stale_temps(target)
-                watcher.before_download(entry, target)
                 self.download(entry, target, watcher)
             return done(self.dest_root, "downloaded")
         except OSError as exc:
@@ -283,9 +301,14 @@ class FileSync:
 
             published = False
             try:
+                if watcher.stopped():
+                    raise fetch.Cancelled()
                 # Located before taking a download slot, so a freed slot is used at once.
                 remote = fetch.locate(entry.source, self.settings, path=entry.path, job=job)
                 check_source(entry, remote, job=job)
+                watcher.before_download(entry, target)  # (after the source answered)
+                if watcher.stopped():
+                    raise fetch.Cancelled()
                 with self.slots.hold(watcher.priority, self.downloads.cancelled):
                     fetch.check_free_space(target.parent, entry.size,
                                            what=f'"{entry.path}"')
