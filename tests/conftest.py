@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from support.verify_reads import VerifyReads
 
 from comfy_worker.sync import verify as sync_verify
+from comfy_worker.sync.store import ModelStore
 
 REPO = Path(__file__).resolve().parents[1]
 VAST_VENV = REPO / ".vast-pyworker"
@@ -36,3 +38,12 @@ def verify_reads(monkeypatch: pytest.MonkeyPatch) -> VerifyReads:
     counter = VerifyReads()
     monkeypatch.setattr(sync_verify, "open", counter.open, raising=False)
     return counter
+
+
+@pytest.fixture
+def stores() -> Iterator[list[ModelStore]]:
+    """Stores a test made; closed after it (no thread outlives a test)."""
+    made: list[ModelStore] = []
+    yield made
+    for store in made:
+        store.close()

@@ -14,9 +14,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import requests
+from support.waiting import wait_for
 
 from comfy_worker import errors
 from comfy_worker.config import Secret
@@ -157,11 +159,7 @@ def running_api(worker: ScriptedWorker, *, max_request_bytes: int = 1 << 20,
         assert not thread.is_alive(), "server thread did not stop"
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
+wait_for = partial(wait_for, timeout=10.0)
 
 
 def wait_status(url: str, job_id: str, statuses: set[str], timeout: float = 10.0) -> dict:

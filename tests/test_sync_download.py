@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from support import (
     hf_server_fixture,  # noqa: F401
     write_lock_file,
 )
+from support.waiting import wait_for
 
 from comfy_worker.config import load_settings
 from comfy_worker.errors import ModelHashMismatch
@@ -56,11 +58,7 @@ def run_in_thread(download: Download) -> tuple[threading.Thread, dict[str, objec
     return t, out
 
 
-def wait_for(condition: object, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
+wait_for = partial(wait_for, timeout=20.0)
 
 
 # --- the hash -------------------------------------------------------------------------

@@ -51,14 +51,6 @@ def internal() -> Iterator[HostileServer]:
         yield server
 
 
-@pytest.fixture
-def stores() -> Iterator[list[ModelStore]]:
-    made: list[ModelStore] = []
-    yield made
-    for store in made:
-        store.close()
-
-
 def make_store(stores: list[ModelStore], tmp: Path, *, allow: str = "",
                hf: HFServer | None = None, hf_token: str | None = None) -> ModelStore:
     env = {"COMFY_WORKER_URL_ALLOW": allow}

@@ -9,7 +9,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -22,6 +22,7 @@ from support import (
     write_lock_file,
 )
 from support.verify_reads import VerifyReads
+from support.waiting import wait_for
 
 from comfy_worker.config import load_settings
 from comfy_worker.errors import (
@@ -42,20 +43,6 @@ def data(size: int, seed: int = 0) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
-def wait_for(condition: Callable[[], object], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
-@pytest.fixture
-def stores() -> Iterator[list[ModelStore]]:
-    """Stores a test made; closed after it (no thread outlives a test)."""
-    made: list[ModelStore] = []
-    yield made
-    for store in made:
-        store.close()
 
 
 def make_store(stores: list[ModelStore], hub: HFServer, tmp: Path,

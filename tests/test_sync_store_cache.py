@@ -8,7 +8,6 @@ import hashlib
 import os
 import random
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from support import (
     lock_entry,
     write_lock_file,
 )
+from support.waiting import wait_for
 
 from comfy_worker.config import load_settings
 from comfy_worker.errors import (
@@ -45,14 +45,6 @@ MIB = 1024 * 1024
 
 def data(size: int, seed: int = 0) -> bytes:
     return random.Random(seed).randbytes(size)
-
-
-@pytest.fixture
-def stores() -> Iterator[list[ModelStore]]:
-    made: list[ModelStore] = []
-    yield made
-    for store in made:
-        store.close()
 
 
 def make_store(stores: list[ModelStore], hub: HFServer, tmp: Path,
@@ -414,8 +406,3 @@ def test_a_request_model_nobody_waits_for_any_more_stops_downloading(
     assert hf_server.bytes_served(served) < served.size
 
 
-def wait_for(condition: Callable[[], object], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)

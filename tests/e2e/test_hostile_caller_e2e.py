@@ -21,7 +21,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ import pytest
 import requests
 from support import HFServer, ServedFile, lock_entry
 from support.hostile_server import HostileServer, Route
+from support.waiting import wait_for
 
 from e2e.conftest import ComfyInstall, ModelEnv, e2e_env
 from e2e.helpers import compact_upscaler, png_bytes, stop_process, upscale_workflow
@@ -46,12 +47,6 @@ CACHE_BYTES = SIZE + SIZE // 2
 SECRETS = ("hunter2", "TOPSECRET", "X-Amz-Signature", OPERATOR_TOKEN, JOB_TOKEN)
 
 
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-    return value
 
 
 @dataclass

@@ -31,6 +31,7 @@ from typing import Any
 import pytest
 import requests
 from support import HFServer, ServedFile, lock_entry
+from support.waiting import wait_for
 
 from comfy_worker.sync.cache import list_cache
 from e2e.conftest import ComfyInstall, ModelEnv, e2e_env
@@ -85,12 +86,6 @@ def png_of(item: dict[str, Any]) -> tuple[int, int]:
     return png_size(base64.b64decode(item["data"]))
 
 
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-    return value
 
 
 @pytest.fixture(scope="module")
