@@ -7,8 +7,10 @@ import json
 
 import pytest
 
+from comfy_worker.config import load_settings
 from comfy_worker.errors import JobInputInvalid
 from comfy_worker.job import parse_job_input
+from comfy_worker.job.request import JobLimits
 
 WF = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8}},
       "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}}}
@@ -98,10 +100,31 @@ def test_timeout_from_input_overrides_the_default() -> None:
     assert parse({"workflow": WF, "timeout": 2.5}, default_timeout=9).timeout == 2.5
 
 
-@pytest.mark.parametrize("timeout", [0, -1, "10", True])
+@pytest.mark.parametrize("timeout", [0, -1, "10", True, float("nan")])
 def test_bad_timeout_is_refused(timeout: object) -> None:
     with pytest.raises(JobInputInvalid, match='"timeout"'):
         parse({"workflow": WF, "timeout": timeout})
+
+
+@pytest.mark.parametrize("timeout", ["Infinity", "1e308", "3601"])
+def test_a_timeout_over_the_workers_cap_is_refused_naming_the_setting(timeout: str) -> None:
+    """A stranger's timeout would hold the one-job queue (and overflow every wait)."""
+    with pytest.raises(JobInputInvalid) as caught:
+        parse(f'{{"workflow": {json.dumps(WF)}, "timeout": {timeout}}}')
+    assert 'field "timeout"' in caught.value.message
+    assert "3600" in caught.value.message
+    assert "COMFY_WORKER_MAX_JOB_TIMEOUT" in (caught.value.hint or "")
+
+
+def test_the_operator_sets_the_timeout_cap_and_the_default_is_always_allowed() -> None:
+    settings = load_settings(env={"COMFY_WORKER_MAX_JOB_TIMEOUT": "30",
+                                  "COMFY_WORKER_JOB_TIMEOUT": "60"})
+    limits = JobLimits.of(settings)
+    assert limits.max_timeout == 60
+    req = parse_job_input({"workflow": WF, "timeout": 60}, default_timeout=60, limits=limits)
+    assert req.timeout == 60
+    with pytest.raises(JobInputInvalid, match="over the most this worker allows, 60 s"):
+        parse_job_input({"workflow": WF, "timeout": 61}, default_timeout=60, limits=limits)
 
 
 def test_the_whole_input_as_a_json_string_is_decoded() -> None:

@@ -282,6 +282,8 @@ class Settings:
     # --- jobs: job → validate → run → collect ---------------------------------------
     job_timeout: float = setting(P + "JOB_TIMEOUT", 600.0, number(0.1))
     """Default seconds per job (``input.timeout`` overrides)."""
+    max_job_timeout: float = setting(P + "MAX_JOB_TIMEOUT", 3600.0, number(1.0))
+    """Most seconds a job's ``input.timeout`` may ask for (at least ``job_timeout``)."""
     max_output_bytes: int = setting(P + "MAX_OUTPUT_BYTES", 20 * 1024 * 1024, integer(1))
     """Total base64 output allowed inline."""
     input_url_max_bytes: int = setting(P + "INPUT_URL_MAX_BYTES", 50 * 1024 * 1024, byte_size)

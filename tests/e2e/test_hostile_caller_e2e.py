@@ -215,6 +215,18 @@ def test_a_job_with_thousands_of_entries_is_refused_before_anything_is_fetched(
     worker.normal_job()
 
 
+def test_a_timeout_of_infinity_cannot_hold_the_queue(worker: Worker) -> None:
+    wf = json.dumps(load_image_workflow("x.png"))
+    for timeout in ("Infinity", "1e308", "86400"):
+        r = requests.post(f"{worker.url}/generate/sync", timeout=30,
+                          data=f'{{"input": {{"workflow": {wf}, "timeout": {timeout}}}}}',
+                          headers={"Content-Type": "application/json"})
+        assert r.status_code == 422 and r.json()["reference"] == "job-input-invalid", r.text
+        assert 'field "timeout"' in r.json()["error"]
+        assert "COMFY_WORKER_MAX_JOB_TIMEOUT" in r.json()["hint"]
+    worker.normal_job()
+
+
 # --- models a caller brings ---------------------------------------------------------------
 
 

@@ -65,6 +65,8 @@ class JobLimits:
 
     max_images: int = 64
     max_models: int = 32
+    max_timeout: float = 3600.0
+    """Most seconds a job may ask for (a caller's ``timeout`` holds the one-job queue)."""
     policy: UrlPolicy = field(default_factory=UrlPolicy)
     """The URL policy for the job's URLs (public addresses only, plus the operator's
     exceptions)."""
@@ -72,6 +74,7 @@ class JobLimits:
     @classmethod
     def of(cls, settings: Settings) -> JobLimits:
         return cls(max_images=settings.max_job_images, max_models=settings.max_job_models,
+                   max_timeout=max(settings.max_job_timeout, settings.job_timeout),
                    policy=UrlPolicy.of(settings.url_allow))
 
 
@@ -211,13 +214,21 @@ def validate_image_url(url: object, *, where: str) -> str:
 MAX_URL_CHARS = 8192
 
 
-def parse_timeout(raw: object, default: float) -> float:
+def parse_timeout(raw: object, default: float, limit: float = JobLimits.max_timeout
+                  ) -> float:
+    """A job's ``timeout``: positive seconds, at most ``limit`` (``Infinity`` and ``1e308``
+    are a stranger holding the queue, and overflow every wait)."""
     if raw is None:
         return default
     if isinstance(raw, bool) or not isinstance(raw, int | float) or not raw > 0:
         shown = json.dumps(raw, default=str)
         raise JobInputInvalid(f'field "timeout" is {shown}',
                               hint="a positive number of seconds, or leave it out")
+    if not raw <= limit:
+        raise JobInputInvalid(
+            f'field "timeout" is {raw:g} s, over the most this worker allows, {limit:g} s',
+            hint=f"ask for at most {limit:g} s, or leave it out (the operator may raise "
+            f"{env_name('max_job_timeout')})")
     return float(raw)
 
 
@@ -288,5 +299,6 @@ def parse_job_input(raw: object, *, default_timeout: float,
     doc = job_input_of(raw)
     return JobRequest(workflow=parse_workflow(doc.get("workflow")),
                       images=parse_images(doc.get("images"), limits),
-                      timeout=parse_timeout(doc.get("timeout"), default_timeout),
+                      timeout=parse_timeout(doc.get("timeout"), default_timeout,
+                                            (limits or JobLimits()).max_timeout),
                       models=parse_models(doc.get("models"), folders=folders, limits=limits))
