@@ -383,6 +383,7 @@ def test_a_model_that_can_never_fit_the_cache_evicts_nothing(worker: Worker) -> 
 
     assert (r.status_code, r.json()["reference"]) == (507, "model-cache-full"), r.text
     assert (worker.models / path).read_bytes() == small
+    assert worker.srv.requests("big_x2.safetensors") == []  # refused before asking it
     worker.normal_job()
 
 

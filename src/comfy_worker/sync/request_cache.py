@@ -90,6 +90,15 @@ class RequestCache:
         """Under the lock: ``path``'s download ended; its bytes are no longer pending."""
         self._pending.pop(path, None)
 
+    def check_fits(self, entry: LockEntry) -> None:
+        """Before ``entry``'s source is even asked: raise :class:`ModelCacheFull` when it
+        cannot fit under the cap now, even with every evictable file evicted (evicts
+        nothing)."""
+        files, pending, plan = self._plan(entry)
+        if not plan.fits:
+            held = sum(f.size for f in files) - sum(f.size for f in plan.candidates)
+            raise self._full(entry, held + pending)
+
     def make_room(self, entry: LockEntry) -> None:
         """Room for ``entry`` (about to be downloaded) under the cap and on the disk:
         least recently used request files out, none that is locked or in use. Raises
@@ -99,7 +108,7 @@ class RequestCache:
             with self._cond:
                 self._pending[entry.path] = entry.size
 
-    def _make_room(self, entry: LockEntry) -> None:
+    def _plan(self, entry: LockEntry) -> tuple[list[cache.CachedFile], int, cache.EvictionPlan]:
         # This lock's files are never evicted here, so they are no part of the cache.
         files = [f for f in cache.list_cache(self.root)
                  if f.path != entry.path and f.path not in self._locked]
@@ -109,8 +118,12 @@ class RequestCache:
             free = shutil.disk_usage(fetch.existing_ancestor(self.root)).free
         except OSError:
             free = entry.size
-        plan = cache.plan_eviction(files, size=entry.size, pending=pending, cap=self.cap,
-                                   free_disk=free, protected=self._protected)
+        return files, pending, cache.plan_eviction(
+            files, size=entry.size, pending=pending, cap=self.cap, free_disk=free,
+            protected=self._protected)
+
+    def _make_room(self, entry: LockEntry) -> None:
+        files, pending, plan = self._plan(entry)
         cached = sum(f.size for f in files)
         freed = 0
         if plan.fits:
@@ -123,10 +136,12 @@ class RequestCache:
                              'room for "%s"', victim.path, human_bytes(victim.size),
                              time.time() - victim.last_used, entry.path)
         if cached - freed + pending + entry.size > self.cap:
-            kept = cached - freed + pending
-            setting = env_name("model_cache_bytes")
-            raise ModelCacheFull(
-                f'requested model "{entry.path}" ({entry.size} bytes) does not fit in the '
-                f"model cache: its cap is {self.cap} bytes ({setting}) and {kept} "
-                "bytes are held by files in use or being downloaded",
-                hint=f"raise {setting}, or retry when other jobs are done")
+            raise self._full(entry, cached - freed + pending)
+
+    def _full(self, entry: LockEntry, kept: int) -> ModelCacheFull:
+        setting = env_name("model_cache_bytes")
+        return ModelCacheFull(
+            f'requested model "{entry.path}" ({entry.size} bytes) does not fit in the '
+            f"model cache: its cap is {self.cap} bytes ({setting}) and {kept} "
+            "bytes are held by files in use or being downloaded",
+            hint=f"raise {setting}, or retry when other jobs are done")

@@ -185,6 +185,8 @@ class ModelStore:
             f.result = self._files.result(entry, root)
             self._found(f.result, requested=f.requested)
             return
+        if f.requested:
+            self._cache.check_fits(entry)  # before its source is asked anything
         with self._cond:
             self._check_open(new_work=True)
             f.task = self._tasks.attach(entry.path)
