@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import requests
@@ -159,7 +158,6 @@ def running_api(worker: ScriptedWorker, *, max_request_bytes: int = 1 << 20,
         assert not thread.is_alive(), "server thread did not stop"
 
 
-wait_for = partial(wait_for, timeout=10.0)
 
 
 def wait_status(url: str, job_id: str, statuses: set[str], timeout: float = 10.0) -> dict:

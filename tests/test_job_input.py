@@ -11,6 +11,7 @@ from comfy_worker.config import load_settings
 from comfy_worker.errors import JobInputInvalid
 from comfy_worker.job import parse_job_input
 from comfy_worker.job.request import JobLimits
+from comfy_worker.jsontypes import loads
 
 WF = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8}},
       "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}}}
@@ -166,3 +167,26 @@ def test_url_messages_never_show_the_query_or_credentials() -> None:
     with pytest.raises(JobInputInvalid) as err:
         parse({"workflow": WF, "images": [{"name": "a", "url": "gopher://h/x?token=abc"}]})
     assert "token" not in str(err.value) and "abc" not in str(err.value)
+
+
+def test_a_body_nested_past_the_limit_is_refused_without_recursing() -> None:
+    """A stranger's [[[[...]]]] (decoded by RunPod's own JSON) never reaches a walk."""
+    deep: object = WF
+    for _ in range(5000):
+        deep = [deep]
+    with pytest.raises(JobInputInvalid, match="nested deeper than 128 levels"):
+        parse({"workflow": WF, "extra": deep})
+    with pytest.raises(JobInputInvalid, match="nested deeper than 128 levels"):
+        parse(json.dumps({"workflow": "[" * 200 + "]" * 200}))
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("[" * 100_000 + "]" * 100_000, "nested deeper than 128 levels"),
+    ('{"w": ' + "9" * 5000 + "}", "a number of thousands of digits"),
+    (b"\xff{}", "not UTF-8 text"),
+])
+def test_json_a_stranger_sends_fails_as_a_value_error_that_says_why(text: str | bytes,
+                                                                    says: str) -> None:
+    with pytest.raises(ValueError, match=says):
+        loads(text)
+    assert loads("[" * 128 + "]" * 128) is not None  # the limit itself is fine

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from functools import partial
 from pathlib import Path
 
 import pytest
@@ -58,7 +57,6 @@ def run_in_thread(download: Download) -> tuple[threading.Thread, dict[str, objec
     return t, out
 
 
-wait_for = partial(wait_for, timeout=20.0)
 
 
 # --- the hash -------------------------------------------------------------------------

@@ -227,6 +227,20 @@ def test_a_timeout_of_infinity_cannot_hold_the_queue(worker: Worker) -> None:
     worker.normal_job()
 
 
+def test_json_built_to_choke_a_parser_is_a_400_not_a_crash(worker: Worker) -> None:
+    wf = json.dumps(load_image_workflow("x.png"))
+    for body, says in ((f'{{"input": {{"workflow": {wf}, "x": {"[" * 200_000}{"]" * 200_000}}}}}',
+                        "nested deeper than 128 levels"),
+                       ('{"input": {"workflow": {"1": {"class_type": "EmptyImage", "inputs": '
+                        f'{{"width": {"9" * 5000}}}}}}}}}}}', "thousands of digits")):
+        r = requests.post(f"{worker.url}/generate/sync", data=body, timeout=30,
+                          headers={"Content-Type": "application/json"})
+        assert r.status_code == 400 and r.json()["reference"] == "request-invalid", r.text
+        assert "request body is JSON this worker refuses" in r.json()["error"]
+        assert says in r.json()["details"][0]
+    worker.normal_job()
+
+
 # --- models a caller brings ---------------------------------------------------------------
 
 

@@ -55,6 +55,7 @@ from comfy_worker.errors import (
     WorkerStarting,
 )
 from comfy_worker.job.request import job_input_of
+from comfy_worker.jsontypes import JsonRefused, loads
 from comfy_worker.readiness import Phase, Readiness
 
 log = logging.getLogger(__name__)
@@ -329,9 +330,11 @@ def create_app(service: ApiService, *, max_request_bytes: int,
     async def read_job_input(request: Request) -> Mapping[str, Any]:
         raw = await request.body()
         try:
-            body = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise RequestInvalid("request body is not valid JSON", details=[str(exc)],
+            body = loads(raw)
+        except ValueError as exc:
+            what = ("is JSON this worker refuses" if isinstance(exc, JsonRefused)
+                    else "is not valid JSON")
+            raise RequestInvalid(f"request body {what}", details=[str(exc)],
                                  hint="send a JSON object, e.g. {\"input\": {...}}") from None
         return job_input_of(body, where="request body")
 

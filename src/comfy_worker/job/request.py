@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 
 from comfy_worker.config import Settings, env_name
 from comfy_worker.errors import JobInputInvalid, LockfileError
-from comfy_worker.jsontypes import json_text, json_type_name
+from comfy_worker.jsontypes import MAX_DEPTH, json_text, json_type_name, loads, nested_deeper_than
 from comfy_worker.lockfile import KNOWN_FOLDERS, LockEntry, UrlSource, parse_entries
 from comfy_worker.net.policy import UrlPolicy, url_not_allowed
 from comfy_worker.net.redact import redact_url
@@ -264,7 +264,7 @@ def _json_object(raw: object, *, where: str) -> Mapping[str, Any]:
     """``raw`` as an object: itself, or decoded from a JSON string of one."""
     if isinstance(raw, str):
         try:
-            raw = json.loads(raw)
+            raw = loads(raw)
         except ValueError as exc:
             raise JobInputInvalid(f"{where} is a string but not valid JSON: {exc}",
                                   hint='send {"workflow": {...}} as an object, or as a JSON '
@@ -283,6 +283,9 @@ def job_input_of(body: object, *, where: str = 'job "input"') -> Mapping[str, An
     input itself; the body, and X, may each be a JSON string of the object (worker-comfyui's
     clients send the input so). A job input never has a field named ``input``, so a bare
     input passes through unchanged. Raises :class:`JobInputInvalid` naming ``where``."""
+    if nested_deeper_than(body, MAX_DEPTH):
+        raise JobInputInvalid(f"{where}: arrays or objects nested deeper than {MAX_DEPTH} "
+                              "levels", hint="send a ComfyUI workflow as it was saved")
     doc = _json_object(body, where=where)
     if "input" in doc:
         doc = _json_object(doc["input"], where="'input'")

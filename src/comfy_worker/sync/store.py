@@ -91,10 +91,9 @@ class ModelStore:
         self._cond = threading.Condition()
         self._tasks = FileTasks(self._files, before_download=self._before_download)
         self._uses = Uses()  # live claims + running request downloads: never evicted
-        self._cache = RequestCache(self._files.dest_root, cache_bytes,
+        self._cache = RequestCache(self._files.dest_root, cache_bytes, cond=self._cond,
                                    state_dir=self._files.state_dir,
-                                   locked=frozenset(self._locked), protected=self._protected,
-                                   cond=self._cond)
+                                   locked=frozenset(self._locked), protected=self._protected)
         self._threads = ThreadGroup()
         self._prefetch = Prefetcher(threads=max(1, settings.jobs) * 2, cond=self._cond,
                                     fetch=self._fetch_in_background, spawn=self._threads.spawn,
@@ -151,8 +150,8 @@ class ModelStore:
         ``requested``: the job brought them (not in the lock): fetched and verified the
         same way, kept in the request cache. Raises :class:`ShuttingDown` after
         :meth:`close`, :class:`ModelPathConflict` for a path that holds other bytes for
-        the lock or for a live claim, :class:`JobInputInvalid` for an unsafe path.
-        """
+        the lock or for a live claim, :class:`JobInputInvalid` for an unsafe path,
+        :class:`ModelCacheFull` for a requested file that cannot fit the cache now."""
         files = claim_files(entries, requested=requested, locked=self._locked,
                             folders=self._folders)
         with self._cond:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from comfy_worker.errors import JobInputInvalid, WorkflowConversionError
+from comfy_worker.jsontypes import loads
 from comfy_worker.workflow.convert import is_ui_workflow, ui_to_api
 from comfy_worker.workflow.jsvalue import json_type
 
@@ -25,7 +26,7 @@ def parse_workflow_json(raw: object, *, field: str = "workflow") -> object:
     if not isinstance(raw, str):
         return raw
     try:
-        return json.loads(raw)
+        return loads(raw)
     except ValueError as exc:
         raise JobInputInvalid(f'field "{field}" is a string but not valid JSON: {exc}',
                               hint="send the workflow as a JSON object, or a string "
