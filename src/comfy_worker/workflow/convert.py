@@ -26,7 +26,6 @@ from comfy_worker.workflow.graph import (
     Graph,
     Loader,
     Node,
-    _at,
     all_nodes,
     conversion_error,
     inner_targets,
@@ -35,6 +34,7 @@ from comfy_worker.workflow.graph import (
 )
 from comfy_worker.workflow.jsvalue import (
     UNDEFINED,
+    element_at,
     from_json,
     is_number,
     json_type,
@@ -146,7 +146,7 @@ class _Dto:
                               hint="remove the loop of links (reroutes or subgraph "
                               "connections that lead back to themselves)")
         visited.add(key)
-        entry = _at(self.inputs, slot, wrap=True)
+        entry = element_at(self.inputs, slot, wrap=True)
         if entry is None:
             raise self._error(f"has no input slot {slot}")
         link_id, name, typ = entry
@@ -160,7 +160,7 @@ class _Dto:
                 hint="reconnect that input in the editor and save again")
         outer = self.subgraph_node
         if outer is not None and link.origin_is_io:
-            outer_slot = _at(outer.inputs, link.origin_slot, wrap=True)
+            outer_slot = element_at(outer.inputs, link.origin_slot, wrap=True)
             if outer_slot is None:
                 raise self._error(f'input "{to_string(name)}" comes from subgraph input '
                                   f"{to_string(link.origin_slot)}, which the subgraph node "
@@ -223,13 +223,13 @@ class _Dto:
         """Which input a bypassed node passes through for output ``slot`` of type ``typ``."""
         inputs = self.inputs
         index = _slot_index(slot)
-        out = _at(self.node.outputs, slot, wrap=False)
+        out = element_at(self.node.outputs, slot, wrap=False)
         if out is None:
             raise self._error(f"is bypassed but has no output {to_string(slot)}")
         out_type = out.type
         if typ == "*" or typ == "":
             return index if isinstance(index, int) and len(inputs) > index else 0
-        own = _at(inputs, slot, wrap=False)
+        own = element_at(inputs, slot, wrap=False)
         if own is not None and is_valid_connection(own[2], out_type) \
                 and is_valid_connection(own[2], typ):
             return index
@@ -244,10 +244,10 @@ class _Dto:
     def _subgraph_output(self, slot: Any, typ: Any, visited: set[str]) -> _Resolved | None:
         node = self.node
         sub = node.subgraph
-        out = _at(node.outputs, slot, wrap=True)
+        out = element_at(node.outputs, slot, wrap=True)
         if out is None or sub is None:
             raise self._error(f"has no output {to_string(slot)}")
-        io = _at(sub.io_outputs, slot, wrap=False)
+        io = element_at(sub.io_outputs, slot, wrap=False)
         if io is None:
             raise self._error(f"its subgraph has no output {to_string(slot)}")
         links = [link for link in (sub.link(i) for i in io.link_ids) if link is not None]

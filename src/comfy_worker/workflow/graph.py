@@ -25,6 +25,7 @@ from typing import Any
 from comfy_worker.errors import WorkflowConversionError
 from comfy_worker.workflow.jsvalue import (
     UNDEFINED,
+    element_at,
     is_number,
     loose_equals,
     math_round,
@@ -34,6 +35,7 @@ from comfy_worker.workflow.jsvalue import (
     to_fixed,
     to_number,
     to_string,
+    truthy,
 )
 from comfy_worker.workflow.nodedefs import (
     TYPE_RENAMES,
@@ -188,24 +190,13 @@ def _annotated(value: Any, folder: str) -> Any:
 
 def _upload_transform(raw: Any, folder: str, allow_batch: bool, fallback: str) -> Any:
     """The upload widget's value transform on its file COMBO."""
-    if not _truthy(raw):
+    if not truthy(raw):
         return fallback
     if isinstance(raw, list):
         if allow_batch:
             return [_annotated(v, folder) for v in raw]
         return _annotated(raw[0] if raw else None, folder)
     return _annotated(raw, folder)
-
-
-def _truthy(value: Any) -> bool:
-    """JavaScript truthiness (objects and arrays are truthy even when empty)."""
-    if value is None or value is UNDEFINED or value is False:
-        return False
-    if is_number(value):
-        return not (value == 0 or (isinstance(value, float) and math.isnan(value)))
-    if isinstance(value, str):
-        return value != ""
-    return True
 
 
 # --- slots, links ---------------------------------------------------------------------
@@ -294,14 +285,14 @@ class ResolvedLink:
 def resolve_link(link: Link, graph: Graph) -> ResolvedLink:
     """``LLink.resolve``: the nodes and slots at both ends of ``link`` in ``graph``."""
     target = None if loose_equals(link.target_id, -1) else graph.node_by_id(link.target_id)
-    inp = _at(target.inputs, link.target_slot, wrap=False) if target is not None else None
-    sub_in = _at(graph.io_inputs, link.origin_slot, wrap=False) if (
+    inp = element_at(target.inputs, link.target_slot, wrap=False) if target is not None else None
+    sub_in = element_at(graph.io_inputs, link.origin_slot, wrap=False) if (
         link.origin_is_io and graph.is_subgraph) else None
     if sub_in is not None:
         return ResolvedLink(input_node=target, input=inp, subgraph_input=sub_in, link=link)
     origin = None if loose_equals(link.origin_id, -1) else graph.node_by_id(link.origin_id)
-    out = _at(origin.outputs, link.origin_slot, wrap=False) if origin is not None else None
-    sub_out = _at(graph.io_outputs, link.target_slot, wrap=False) if (
+    out = element_at(origin.outputs, link.origin_slot, wrap=False) if origin is not None else None
+    sub_out = element_at(graph.io_outputs, link.target_slot, wrap=False) if (
         link.target_is_io and graph.is_subgraph) else None
     if sub_out is not None:
         return ResolvedLink(output_node=origin, output=out, subgraph_output=sub_out, link=link)
@@ -321,33 +312,13 @@ def inner_targets(sub: Graph, input_name: str) -> Iterator[ResolvedLink]:
             yield resolved
 
 
-def _at(items: list[Any], index: Any, *, wrap: bool) -> Any:
-    """``items[index]`` (``wrap``: ``items.at(index)``) for a JSON index value."""
-    if isinstance(index, str):
-        if not re.fullmatch(r"\d+", index):
-            return None
-        index = int(index)
-        wrap = False
-    if not is_number(index):
-        return None
-    x = float(index)
-    if not math.isfinite(x) or (not wrap and not x.is_integer()):
-        return None
-    i = math.trunc(x)
-    if i < 0:
-        if not wrap:
-            return None
-        i += len(items)
-    return items[i] if 0 <= i < len(items) else None
-
-
 def is_valid_connection(a: Any, b: Any) -> bool:
     """``LiteGraph.isValidConnection`` for two slot types."""
     if a == "" or a == "*":
         a = 0
     if b == "" or b == "*":
         b = 0
-    if not _truthy(a) or not _truthy(b) or loose_equals(a, b):
+    if not truthy(a) or not truthy(b) or loose_equals(a, b):
         return True
     sa, sb = to_string(a).lower(), to_string(b).lower()
     if "," not in sa and "," not in sb:
@@ -484,7 +455,7 @@ class Graph:
 
     def disconnect_input(self, node: Node, index: Any) -> None:
         """``disconnectInput``: the input's link leaves the graph and its origin."""
-        slot = _at(node.inputs, index, wrap=False)
+        slot = element_at(node.inputs, index, wrap=False)
         if slot is None or slot.link is None or slot.link is UNDEFINED:
             return
         link = self.link(slot.link)
@@ -492,7 +463,7 @@ class Graph:
         if link is None:
             return
         origin = self.node_by_id(link.origin_id)
-        out = _at(origin.outputs, link.origin_slot, wrap=False) if origin else None
+        out = element_at(origin.outputs, link.origin_slot, wrap=False) if origin else None
         if out is not None and out.links:
             out.links = [x for x in out.links if not loose_equals(x, link.id)]
         self.remove_link(link.id)
@@ -685,7 +656,7 @@ class Loader:
             node.inputs = _copy_over(node.inputs, data["inputs"], _input_from)
         if isinstance(data.get("outputs"), list | dict):
             node.outputs = _copy_over(node.outputs, data["outputs"], _output_from)
-        if not _truthy(data.get("title")):
+        if not truthy(data.get("title")):
             node.title = self._class_title(node)
         if node.kind == "subgraph":
             self._promote_widgets(node)
@@ -918,7 +889,7 @@ def _fix_link_input_slots(graph: Graph, depth: int) -> None:
     """``fixLinkInputSlots``: a link's target_slot is the index its input now has."""
     for node in graph.nodes:
         for i, slot in enumerate(node.inputs):
-            if not _truthy(slot.link):
+            if not truthy(slot.link):
                 continue
             link = graph.link(slot.link)
             if link is not None:
@@ -933,7 +904,7 @@ def _remove_input(node: Node, index: int) -> None:
     graph.disconnect_input(node, index)
     del node.inputs[index]
     for later in node.inputs[index:]:
-        if _truthy(later.link):
+        if truthy(later.link):
             link = graph.link(later.link)
             if link is not None and is_number(link.target_slot):
                 link.target_slot -= 1

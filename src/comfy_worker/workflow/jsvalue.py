@@ -199,6 +199,38 @@ def textarea_value(value: Any) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
+def truthy(value: Any) -> bool:
+    """JavaScript truthiness (objects and arrays are truthy even when empty)."""
+    if value is None or value is UNDEFINED or value is False:
+        return False
+    if is_number(value):
+        return not (value == 0 or (isinstance(value, float) and math.isnan(value)))
+    if isinstance(value, str):
+        return value != ""
+    return True
+
+
+def element_at(items: list[Any], index: Any, *, wrap: bool) -> Any:
+    """``items[index]`` (``wrap``: ``items.at(index)``) for a JSON index value, None where
+    JavaScript gives undefined."""
+    if isinstance(index, str):
+        if not re.fullmatch(r"\d+", index):
+            return None
+        index = int(index)
+        wrap = False
+    if not is_number(index):
+        return None
+    x = float(index)
+    if not math.isfinite(x) or (not wrap and not x.is_integer()):
+        return None
+    i = math.trunc(x)
+    if i < 0:
+        if not wrap:
+            return None
+        i += len(items)
+    return items[i] if 0 <= i < len(items) else None
+
+
 def loose_equals(a: Any, b: Any) -> bool:
     """``a == b`` for the primitive values slot types are made of."""
     if a is b:

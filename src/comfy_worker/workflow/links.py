@@ -14,8 +14,14 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from comfy_worker.workflow.graph import _at, link_from
-from comfy_worker.workflow.jsvalue import UNDEFINED, is_number, loose_equals, property_key
+from comfy_worker.workflow.graph import link_from
+from comfy_worker.workflow.jsvalue import (
+    UNDEFINED,
+    element_at,
+    is_number,
+    loose_equals,
+    property_key,
+)
 
 
 def _js_type(value: Any) -> str:
@@ -159,7 +165,7 @@ def _fix_bad_links(doc: dict[str, Any]) -> None:
         items = node.get(key)
         if not isinstance(items, list):
             return None
-        return _at(items, index, wrap=False)
+        return element_at(items, index, wrap=False)
 
     def patch(node: dict[str, Any], is_output: bool, index: Any, link_id: Any,
               op: str) -> bool:

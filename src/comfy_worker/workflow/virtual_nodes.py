@@ -26,13 +26,11 @@ from comfy_worker.workflow.graph import (
     OutputSlot,
     Widget,
     WidgetMarker,
-    _at,
-    _truthy,
     all_nodes,
     conversion_error,
     is_valid_connection,
 )
-from comfy_worker.workflow.jsvalue import UNDEFINED, is_number, to_number
+from comfy_worker.workflow.jsvalue import UNDEFINED, element_at, is_number, to_number, truthy
 from comfy_worker.workflow.nodedefs import (
     CORE_WIDGET_TYPES,
     WidgetSpec,
@@ -220,7 +218,7 @@ def primitive_after_configure(node: Node, loader: Loader) -> None:
         return
     _create(node, loader, recreating=False)
     values = node.widgets_values
-    if node.has_widgets and _truthy(values) and isinstance(values, list):
+    if node.has_widgets and truthy(values) and isinstance(values, list):
         for widget, value in zip(node.widgets, values, strict=False):
             widget.value = value
     _merge_widget_config(node, loader)
@@ -239,7 +237,7 @@ def _create(node: Node, loader: Loader, *, recreating: bool) -> None:
     target = graph.node_by_id(link.target_id)
     if target is None:
         return
-    slot = _at(target.inputs, link.target_slot, wrap=False)
+    slot = element_at(target.inputs, link.target_slot, wrap=False)
     if slot is None:
         return
     if slot.widget is not None:
@@ -273,13 +271,13 @@ def _make_widget(node: Node, config: Config, target: Node, name: Any, loader: Lo
         if source is not None:
             main.value = source.value
     opts = config[1] or {}
-    if not _truthy(opts.get("control_after_generate")) and main.kind in ("number", "combo"):
+    if not truthy(opts.get("control_after_generate")) and main.kind in ("number", "combo"):
         values = node.widgets_values if isinstance(node.widgets_values, list) else []
-        control = values[1] if len(values) > 1 and _truthy(values[1]) else "fixed"
+        control = values[1] if len(values) > 1 and truthy(values[1]) else "fixed"
         node.widgets.extend(Widget(s) for s in control_widgets(
             opts, combo=main.kind == "combo", filter_list=True, default=control))
         extra = values[2] if len(values) > 2 else None
-        if _truthy(extra) and len(node.widgets) == 3:
+        if truthy(extra) and len(node.widgets) == 3:
             node.widgets[2].value = extra
     saved = node.control_values
     if node.widgets and node.last_type == node.widgets[0].kind and saved is not None \
@@ -334,7 +332,7 @@ def _merge_widget_config(node: Node, loader: Loader) -> None:
         return
     root = node.graph.root
     for link, target in _linked_targets(root, links):
-        slot = _at(target.inputs, link.target_slot, wrap=False)
+        slot = element_at(target.inputs, link.target_slot, wrap=False)
         if slot is None or slot.widget is None:
             continue
         other = slot.widget.get_config()
@@ -355,7 +353,7 @@ def apply_primitive(node: Node) -> None:
         raise conversion_error(node, "has lost its widget (it feeds nothing it can drive)",
                                hint="reconnect or remove the primitive in the editor")
     value = node.widgets[0].value if node.widgets else UNDEFINED
-    if _truthy(value) and node.properties.get(REPLACE_PROPERTY):
+    if truthy(value) and node.properties.get(REPLACE_PROPERTY):
         if not isinstance(value, str):
             raise conversion_error(node, "text replacement is on but its value is not text")
         value = apply_text_replacements(value, all_nodes(root), root.now)
@@ -367,11 +365,11 @@ def apply_primitive(node: Node) -> None:
                 hint="inside a subgraph use a subgraph input or a Primitive* node "
                 "(PrimitiveInt, PrimitiveString, ...) instead of a PrimitiveNode")
         target = node.graph.node_by_id(link.target_id)
-        slot = _at(target.inputs, link.target_slot, wrap=False) if target else None
+        slot = element_at(target.inputs, link.target_slot, wrap=False) if target else None
         if target is None or slot is None:
             continue
         name = slot.widget.name if slot.widget is not None else None
-        if not _truthy(name):
+        if not truthy(name):
             continue
         widget = target.widget_named(name)
         if widget is None:
@@ -410,7 +408,7 @@ def reroute_connections_changed(node: Node, loader: Loader) -> None:
             else:
                 current = origin
         else:
-            out = _at(origin.outputs, link.origin_slot, wrap=False)
+            out = element_at(origin.outputs, link.origin_slot, wrap=False)
             origin_type = out.type if out is not None and not _nil(out.type) else None
             break
     stack = [node]
@@ -423,10 +421,10 @@ def reroute_connections_changed(node: Node, loader: Loader) -> None:
                 stack.append(target)
                 chain.append(target)
                 continue
-            slot = _at(target.inputs, link.target_slot, wrap=False)
+            slot = element_at(target.inputs, link.target_slot, wrap=False)
             if slot is None:
                 return
-            ok = not _truthy(origin_type) or not _truthy(slot.type) \
+            ok = not truthy(origin_type) or not truthy(slot.type) \
                 or is_valid_connection(origin_type, slot.type)
             if not ok:
                 graph.disconnect_input(target, link.target_slot)
@@ -440,7 +438,7 @@ def reroute_connections_changed(node: Node, loader: Loader) -> None:
             reroute.outputs[0].type = origin_type or "*"
         for link, target in _linked_targets(
                 graph, reroute.outputs[0].links or [] if reroute.outputs else []):
-            slot = _at(target.inputs, link.target_slot, wrap=False)
+            slot = element_at(target.inputs, link.target_slot, wrap=False)
             if slot is not None and slot.widget is not None:
                 config = widget_config(slot)
                 if merged is None:
@@ -450,7 +448,7 @@ def reroute_connections_changed(node: Node, loader: Loader) -> None:
     for reroute in chain:
         if not reroute.inputs:
             continue
-        if merged is not None and _truthy(target_type):
+        if merged is not None and truthy(target_type):
             reroute.inputs[0].widget = WidgetMarker("value")
             _set_widget_config(reroute.inputs[0], (shown if head is None else head, merged),
                                loader)
