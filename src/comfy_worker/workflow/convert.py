@@ -24,7 +24,6 @@ from comfy_worker.workflow.graph import (
     MODE_BYPASS,
     MODE_NEVER,
     Graph,
-    Loader,
     Node,
     all_nodes,
     conversion_error,
@@ -43,6 +42,7 @@ from comfy_worker.workflow.jsvalue import (
     to_json,
     to_string,
 )
+from comfy_worker.workflow.loader import Loader
 from comfy_worker.workflow.prompt_text import apply_text_replacements, process_dynamic_prompt
 from comfy_worker.workflow.virtual_nodes import apply_primitive
 

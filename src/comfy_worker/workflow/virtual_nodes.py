@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from comfy_worker.workflow.graph import (
     Config,
@@ -38,9 +38,6 @@ from comfy_worker.workflow.nodedefs import (
     widgets_for,
 )
 from comfy_worker.workflow.prompt_text import apply_text_replacements
-
-if TYPE_CHECKING:
-    from comfy_worker.workflow.graph import Loader
 
 REPLACE_PROPERTY = "Run widget replace on values"
 _MERGE_IGNORED = frozenset({"default", "forceInput", "defaultInput", "control_after_generate",
@@ -211,20 +208,20 @@ def has_widgets(node: Node) -> bool:
     return node.kind in ("comfy", "subgraph", "note") or node.has_widgets
 
 
-def primitive_after_configure(node: Node, loader: Loader) -> None:
+def primitive_after_configure(node: Node) -> None:
     """``onAfterGraphConfigured``: make the widget, take the saved values, merge ranges."""
     out = node.outputs[0] if node.outputs else None
     if out is None or not out.links or node.widgets:
         return
-    _create(node, loader, recreating=False)
+    _create(node)
     values = node.widgets_values
     if node.has_widgets and truthy(values) and isinstance(values, list):
         for widget, value in zip(node.widgets, values, strict=False):
             widget.value = value
-    _merge_widget_config(node, loader)
+    _merge_widget_config(node)
 
 
-def _create(node: Node, loader: Loader, *, recreating: bool) -> None:
+def _create(node: Node) -> None:
     """``#onFirstConnection``: the widget its first target input has."""
     out = node.outputs[0]
     if out.links is None:
@@ -252,10 +249,10 @@ def _create(node: Node, loader: Loader, *, recreating: bool) -> None:
     out.type = spec_type(config)
     out.name = out.type
     out.widget = marker
-    _make_widget(node, marker.get_custom() or config, target, marker.name, loader)
+    _make_widget(node, marker.get_custom() or config, target, marker.name)
 
 
-def _make_widget(node: Node, config: Config, target: Node, name: Any, loader: Loader) -> None:
+def _make_widget(node: Node, config: Config, target: Node, name: Any) -> None:
     """``#createWidget``."""
     head = "COMBO" if isinstance(config[0], list) else config[0]
     specs = widgets_for(_v1_to_v2(config, "value"), node.type, []) \
@@ -302,11 +299,11 @@ def on_last_disconnect(node: Node) -> None:
     _clear_widgets(node)
 
 
-def recreate_widget(node: Node, loader: Loader) -> Widget | None:
+def recreate_widget(node: Node) -> Widget | None:
     """``recreateWidget``: re-make the widget (new config), keep the values."""
     values = [w.value for w in node.widgets] if node.has_widgets else None
     _clear_widgets(node)
-    _create(node, loader, recreating=True)
+    _create(node)
     if values and node.has_widgets:
         for i, widget in enumerate(node.widgets):
             widget.value = values[i] if i < len(values) else UNDEFINED
@@ -315,7 +312,7 @@ def recreate_widget(node: Node, loader: Loader) -> Widget | None:
     return node.widgets[0] if node.has_widgets and node.widgets else None
 
 
-def _merge_widget_config(node: Node, loader: Loader) -> None:
+def _merge_widget_config(node: Node) -> None:
     """``#mergeWidgetConfig``: an INT/FLOAT primitive takes the range all its targets
     accept (the links are looked up in the top-level graph, as the editor does)."""
     out = node.outputs[0]
@@ -325,7 +322,7 @@ def _merge_widget_config(node: Node, loader: Loader) -> None:
         out.widget.custom = None
     if len(links) < 2 and had_custom:
         if links:
-            recreate_widget(node, loader)
+            recreate_widget(node)
         return
     config = out.widget.get_config() if out.widget is not None else None
     if config is None or config[0] not in ("INT", "FLOAT"):
@@ -338,7 +335,7 @@ def _merge_widget_config(node: Node, loader: Loader) -> None:
         other = slot.widget.get_config()
         if other is not None:
             merge_if_valid(out, other, force=had_custom,
-                           recreate=lambda: recreate_widget(node, loader), owner=node)
+                           recreate=lambda: recreate_widget(node), owner=node)
 
 
 def apply_primitive(node: Node) -> None:
@@ -381,7 +378,7 @@ def apply_primitive(node: Node) -> None:
 # --- Reroute -----------------------------------------------------------------------------------
 
 
-def reroute_connections_changed(node: Node, loader: Loader) -> None:
+def reroute_connections_changed(node: Node) -> None:
     """The reroute's ``onConnectionsChange`` the editor runs on the frame after loading:
     type the chain and, if it ends in widget inputs, pass their spec up to a primitive."""
     graph = node.graph
@@ -451,16 +448,12 @@ def reroute_connections_changed(node: Node, loader: Loader) -> None:
         if merged is not None and truthy(target_type):
             reroute.inputs[0].widget = WidgetMarker("value")
             _set_widget_config(reroute.inputs[0], (shown if head is None else head, merged),
-                               loader)
+                               graph.root)
         else:
-            _set_widget_config(reroute.inputs[0], None, loader)
+            _set_widget_config(reroute.inputs[0], None, graph.root)
 
 
-def slot_root(loader: Loader) -> Any:
-    return loader.root
-
-
-def _set_widget_config(slot: InputSlot, config: Config | None, loader: Loader) -> None:
+def _set_widget_config(slot: InputSlot, config: Config | None, root: Graph) -> None:
     """``setWidgetConfig`` on a reroute's input: a primitive feeding it is re-made (or,
     when the chain no longer ends in a widget, disconnected)."""
     if slot.widget is None:
@@ -469,15 +462,14 @@ def _set_widget_config(slot: InputSlot, config: Config | None, loader: Loader) -
         slot.widget.config = config
     else:
         slot.widget = None
-    root = origin_root = slot_root(loader)
     link = root.link_by_property(slot.link if slot.link is not None else -1)
     if link is None:
         return
-    origin = origin_root.node_by_id(link.origin_id)
+    origin = root.node_by_id(link.origin_id)
     if origin is None or origin.type != "PrimitiveNode":
         return
     if config is not None:
-        recreate_widget(origin, loader)
+        recreate_widget(origin)
     else:
         for out_link, target in _linked_targets(origin.graph, origin.outputs[0].links or []):
             origin.graph.disconnect_input(target, out_link.target_slot)
