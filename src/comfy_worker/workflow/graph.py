@@ -250,7 +250,7 @@ class Link:
         return is_number(self.target_id) and self.target_id == SUBGRAPH_OUTPUT_ID
 
 
-def link_from(item: Any, *, as_array: bool = True) -> Link | None:
+def link_from(item: Any) -> Link | None:
     """A saved link: ``[id, origin, origin_slot, target, target_slot, type]`` or object."""
     if isinstance(item, list):
         if len(item) < 5:

@@ -251,7 +251,7 @@ def _fix_bad_links(doc: dict[str, Any]) -> None:
         return actual
 
     raw_links = doc.get("links") or []
-    links = [link_from(x, as_array=True) for x in raw_links]
+    links = [link_from(x) for x in raw_links]
     for link in reversed(links):
         if link is None:
             continue

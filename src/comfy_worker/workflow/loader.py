@@ -133,7 +133,7 @@ class Loader:
                 node_doc["type"] = renamed
         doc = fix_bad_links(doc)
         root = self.root
-        self._configure_links(root, doc, root_level=True)
+        self._configure_links(root, doc)
         root.last_node_id = _last_node_id(doc)
         for sub_doc in sub_docs:     # all subgraphs exist before any is configured
             sub = Graph(root, sub_doc.get("id"))
@@ -147,7 +147,7 @@ class Loader:
             sub = root.subgraphs.get(sub_doc.get("id"))
             if sub is None or sub.nodes:
                 continue
-            self._configure_links(sub, sub_doc, root_level=False)
+            self._configure_links(sub, sub_doc)
             sub.last_node_id = _last_node_id(sub_doc)
             self._configure_nodes(sub, sub_doc.get("nodes"))
             _set_io(sub, sub_doc)
@@ -169,8 +169,7 @@ class Loader:
                 _remote_first_load(node)
         return root
 
-    def _configure_links(self, graph: Graph, doc: Mapping[str, Any], *, root_level: bool
-                         ) -> None:
+    def _configure_links(self, graph: Graph, doc: Mapping[str, Any]) -> None:
         raw = doc.get("links")
         if isinstance(raw, dict):
             raw = list(raw.values())

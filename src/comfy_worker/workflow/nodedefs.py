@@ -237,8 +237,7 @@ def _number_kind(spec: Mapping[str, Any]) -> str:
     return "slider" if display == "slider" else "knob" if display == "knob" else "number"
 
 
-def widgets_for(spec: Mapping[str, Any], node_name: str, existing: list[WidgetSpec]
-                ) -> list[WidgetSpec] | None:
+def widgets_for(spec: Mapping[str, Any]) -> list[WidgetSpec] | None:
     """The widget(s) an input spec (V2, ``type`` possibly ``widgetType``) creates."""
     wtype = spec["type"]
     name = spec["name"]
@@ -368,7 +367,7 @@ def build_node_def(type_name: str, info: Mapping[str, Any]) -> NodeDef:
         wspec = dict(spec)
         if spec.get("widgetType"):
             wspec["type"] = spec["widgetType"]
-        made = widgets_for(wspec, type_name, widgets)
+        made = widgets_for(wspec)
         if not made:
             continue
         if wspec["type"] == "IMAGEUPLOAD":

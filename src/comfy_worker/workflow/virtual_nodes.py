@@ -255,7 +255,7 @@ def _create(node: Node) -> None:
 def _make_widget(node: Node, config: Config, target: Node, name: Any) -> None:
     """``#createWidget``."""
     head = "COMBO" if isinstance(config[0], list) else config[0]
-    specs = widgets_for(_v1_to_v2(config, "value"), node.type, []) \
+    specs = widgets_for(_v1_to_v2(config, "value")) \
         if isinstance(head, str) and head in CORE_WIDGET_TYPES else None
     if not specs:
         specs = [WidgetSpec("value", str(head).lower(), None)]
