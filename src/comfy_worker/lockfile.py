@@ -53,6 +53,10 @@ KNOWN_FOLDERS: frozenset[str] = frozenset(
     }
 )
 
+# File name endings of model files (what a loader's value that names a model ends in).
+MODEL_EXTENSIONS = (".safetensors", ".sft", ".ckpt", ".pt", ".pt2", ".pth", ".bin", ".gguf",
+                    ".onnx", ".pkl")
+
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _REPO = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")

@@ -11,10 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from comfy_worker.errors import WorkflowInvalid
+from comfy_worker.lockfile import MODEL_EXTENSIONS
 from comfy_worker.sync.folder_markers import loader_folders, without_markers
 
-MODEL_EXTENSIONS = (".safetensors", ".sft", ".ckpt", ".pt", ".pt2", ".pth", ".bin", ".gguf",
-                    ".onnx", ".pkl")
 JOB_MARKER_INPUT = "comfy_worker_job"
 
 

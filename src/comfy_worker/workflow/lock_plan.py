@@ -17,8 +17,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from comfy_worker.errors import LockfileError
-from comfy_worker.job.preflight import MODEL_EXTENSIONS
-from comfy_worker.lockfile import KNOWN_FOLDERS, Lockfile, validate_model_path
+from comfy_worker.lockfile import (
+    KNOWN_FOLDERS,
+    MODEL_EXTENSIONS,
+    Lockfile,
+    validate_model_path,
+)
 from comfy_worker.workflow.declared import DeclaredModel, declared_models, hf_resolve_parts
 
 
