@@ -1,10 +1,12 @@
 """UI-format workflow → API prompt, checked against what ComfyUI's editor produced.
 
-``tests/fixtures/workflows`` holds the editor's own answers (frontend 1.32.9 on ComfyUI
-0.3.75, recorded by ``scripts/frontend_oracle.py``): one per template the test ComfyUI can
-run and one per case of ``tests/support/workflow_cases.py``. Every answer must be matched
-exactly, key order included; where the editor failed, the converter must refuse too.
-The targeted tests below spell out each rule on small workflows.
+``tests/fixtures/workflows`` holds the editor's own answers (frontend 1.48.7 on ComfyUI
+v0.33.0, recorded by ``scripts/frontend_oracle.py``): one per template of
+``comfyui-workflow-templates`` 0.11.41 the test ComfyUI can run, one per legacy template
+(those ComfyUI 0.3.75 shipped, saved by older editors) and one per case of
+``tests/support/workflow_cases.py``. Every answer must be matched exactly, key order
+included; where the editor failed, the converter must refuse too. The targeted tests
+below spell out each rule on small workflows.
 """
 
 from __future__ import annotations
@@ -16,15 +18,29 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.workflow_cases import FIXTURES, damage, load_gz, object_info, template
+from support.workflow_cases import (
+    FIXTURES,
+    damage,
+    expected,
+    index,
+    legacy_names,
+    legacy_template,
+    load_gz,
+    object_info,
+    template,
+    template_names,
+)
 
 from comfy_worker.errors import WorkerError, WorkflowConversionError, WorkflowInvalid
 from comfy_worker.workflow.convert import is_ui_workflow, ui_to_api
 
-INDEX = json.loads((FIXTURES / "index.json").read_text(encoding="utf-8"))
-TEMPLATES = sorted(INDEX["templates"])
 CASE_FILES = sorted((FIXTURES / "cases").glob("*.json.gz"))
 OBJECT_INFO = object_info()
+# Node types whose value the editor renders in the browser (its 3D viewer): a template
+# using one cannot be converted here, and the converter says so.
+BROWSER_ONLY_TYPES = {"Load3D", "Load3DAdvanced", "Preview3DAdvanced", "Save3DAdvanced",
+                      "PreviewGaussianSplat", "PreviewPointCloud", "SaveGaussianSplat",
+                      "SavePointCloud", "WebcamCapture"}
 
 
 class FixedRandom(random.Random):
@@ -42,24 +58,54 @@ def convert(wf: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
     return ui_to_api(wf, OBJECT_INFO, **kwargs)
 
 
+def _active_types(wf: dict[str, Any]) -> set[str]:
+    subs = (wf.get("definitions") or {}).get("subgraphs") or []
+    return {n.get("type") for nodes in [wf.get("nodes") or []] + [s.get("nodes") or []
+                                                                 for s in subs]
+            for n in nodes if n.get("mode") not in (2, 4)}
+
+
+def _assert_as_the_editor(wf: dict[str, Any], prompt: dict[str, Any], now: datetime) -> None:
+    if _active_types(wf) & BROWSER_ONLY_TYPES:
+        with pytest.raises(WorkflowConversionError, match="cannot be converted outside the "
+                           "editor"):
+            convert(wf, now=now, rng=FixedRandom(index()["template_random"]))
+        return
+    got = convert(wf, now=now, rng=FixedRandom(index()["template_random"]))
+    assert got == prompt
+    assert list(got) == list(prompt)            # the editor's key order too
+    for node_id, entry in got.items():
+        assert list(entry["inputs"]) == list(prompt[node_id]["inputs"]), node_id
+
+
 # --- the editor's own answers -----------------------------------------------------------------
 
 
 def test_fixtures_cover_the_templates_and_record_why_others_are_skipped() -> None:
-    assert INDEX["frontend_version"] == "1.32.9"
-    assert len(TEMPLATES) >= 100
-    for name, why in INDEX["skipped"].items():
+    info = index()
+    assert info["frontend_version"] == "1.48.7"
+    assert info["templates_version"] == "0.11.41"
+    assert len(template_names()) >= 490 and len(legacy_names()) >= 170
+    for name, why in {**info["skipped"], **info["legacy_skipped"]}.items():
         assert why.get("unknown_node_types") or why.get("frontend_error"), name
 
 
-@pytest.mark.parametrize("name", TEMPLATES)
+@pytest.mark.parametrize("name", template_names())
 def test_template_converts_exactly_as_the_editor(name: str) -> None:
-    expected = load_gz(FIXTURES / "expected" / f"{name}.json.gz")
-    got = convert(template(name))
-    assert got == expected
-    assert list(got) == list(expected)          # the editor's key order too
-    for node_id, entry in got.items():
-        assert list(entry["inputs"]) == list(expected[node_id]["inputs"]), node_id
+    prompt, now = expected(name)
+    _assert_as_the_editor(template(name), prompt, now)
+
+
+@pytest.mark.parametrize("name", legacy_names())
+def test_template_saved_by_an_older_editor_converts_as_the_new_editor_loads_it(
+        name: str) -> None:
+    prompt, now = expected(name, legacy=True)
+    _assert_as_the_editor(legacy_template(name), prompt, now)
+
+
+def _undefined_types(record: dict[str, Any]) -> list[str]:
+    return [e for e in record.get("expected", {}).values()
+            if e.get("class_type") == "__undefined__"]
 
 
 @pytest.mark.parametrize("path", CASE_FILES, ids=[p.name[:-8] for p in CASE_FILES])
@@ -68,11 +114,13 @@ def test_case_converts_exactly_as_the_editor(path: Path) -> None:
     fixed = record["fixed_random"]
     rng = FixedRandom(fixed) if fixed is not None else random.Random(0)
     now = datetime.fromisoformat(record["now"]) if "now" in record else None
-    if "error" in record:       # the editor could not queue it: neither can we
+    info = {**OBJECT_INFO, **(record.get("object_info") or {})}
+    if "error" in record or _undefined_types(record):
+        # the editor could not queue it (or would queue nodes without a type): neither can we
         with pytest.raises(WorkflowConversionError):
-            convert(record["workflow"], rng=rng, now=now)
+            ui_to_api(record["workflow"], info, rng=rng, now=now)
         return
-    got = convert(record["workflow"], rng=rng, now=now)
+    got = ui_to_api(record["workflow"], info, rng=rng, now=now)
     assert got == record["expected"]
     assert list(got) == list(record["expected"])
 
@@ -141,12 +189,15 @@ def test_bypassed_unknown_node_still_passes_through() -> None:
     assert prompt["8"]["inputs"]["samples"] == ["3", 0]
 
 
-def test_reroute_chains_are_followed_even_when_muted_or_bypassed() -> None:
-    for name in ("reroute_single", "reroute_chain_of_three", "reroute_muted_still_passes",
-                 "reroute_bypassed"):
+def test_reroute_chains_are_followed_and_a_muted_reroute_cuts_the_link() -> None:
+    for name in ("reroute_single", "reroute_chain_of_three", "reroute_bypassed"):
         prompt = convert(case(name)["workflow"])
         assert prompt["8"]["inputs"]["samples"] == ["3", 0], name
         assert all(e["class_type"] != "Reroute" for e in prompt.values())
+    # a muted node gives nothing, a muted reroute too (frontend 1.4x)
+    muted = convert(case("reroute_muted_cuts_the_link")["workflow"])
+    assert "samples" not in muted["8"]["inputs"]
+    assert muted == answer("reroute_muted_cuts_the_link")
 
 
 def test_primitive_value_is_folded_into_its_target_and_the_primitive_left_out() -> None:
@@ -189,9 +240,10 @@ def test_converted_widget_input_that_is_linked_overrides_the_widget_value() -> N
     assert prompt["80"]["class_type"] == "PrimitiveInt"
 
 
-def test_linked_widget_whose_source_is_muted_loses_the_input_entirely() -> None:
-    prompt = convert(case("converted_widget_linked_from_muted_node")["workflow"])
-    assert "steps" not in prompt["3"]["inputs"]
+def test_linked_widget_whose_source_is_muted_keeps_the_widget_value() -> None:
+    prompt = convert(case("converted_widget_linked_from_muted_node_keeps_value")["workflow"])
+    assert prompt["3"]["inputs"]["steps"] == 20         # the link gives nothing
+    assert "80" not in prompt
 
 
 def test_control_after_generate_slot_is_skipped_and_the_seed_kept_as_saved() -> None:
@@ -212,9 +264,12 @@ def test_upload_widget_takes_a_slot_but_is_no_input() -> None:
     assert inputs == {"image": loader["widgets_values"][0]}
 
 
-def test_load_image_without_a_file_gets_the_editors_fallback() -> None:
-    assert answer("load_image_empty_value_falls_back") == convert(
-        case("load_image_empty_value_falls_back")["workflow"])
+def test_load_image_sends_its_value_as_saved() -> None:
+    # frontend 1.4x: the upload button no longer rewrites the file COMBO's value
+    prompt = convert(case("load_image_empty_value")["workflow"])
+    assert prompt == answer("load_image_empty_value")
+    loader = next(e for e in prompt.values() if e["class_type"] == "LoadImage")
+    assert loader["inputs"]["image"] == ""
 
 
 def test_subgraph_nodes_are_flattened_with_outer_colon_inner_ids() -> None:
@@ -257,13 +312,16 @@ def test_muted_or_bypassed_nodes_inside_a_subgraph() -> None:
     assert bypassed["8"]["inputs"]["samples"] == ["5", 0]
 
 
-def test_subgraph_node_mode_is_not_inherited_by_its_inner_nodes() -> None:
-    # the editor skips only the (virtual) subgraph node: its inner nodes still run,
-    # unless the node is bypassed, where outputs map to inputs of the same type
-    assert convert(case("subgraph_instance_muted")["workflow"]) \
-        == answer("subgraph_instance_muted")
-    assert convert(case("subgraph_instance_bypassed")["workflow"]) \
-        == answer("subgraph_instance_bypassed")
+def test_a_muted_or_bypassed_subgraph_is_dropped_whole() -> None:
+    # frontend 1.4x: a muted or bypassed subgraph node contributes no inner node; a
+    # bypassed one hands its consumers the input of the same type
+    muted = convert(case("subgraph_instance_muted")["workflow"])
+    assert muted == answer("subgraph_instance_muted")
+    assert not any(":" in k for k in muted) and "samples" not in muted["8"]["inputs"]
+    bypassed = convert(case("subgraph_bypassed_with_passthrough")["workflow"])
+    assert bypassed == answer("subgraph_bypassed_with_passthrough")
+    assert not any(":" in k for k in bypassed)
+    assert bypassed["8"]["inputs"]["samples"] == ["5", 0]   # the LATENT the subgraph took
 
 
 def test_titles_default_to_the_editors_labels() -> None:
@@ -272,9 +330,10 @@ def test_titles_default_to_the_editors_labels() -> None:
     assert prompt["4"]["_meta"]["title"] == "Load Checkpoint"
 
 
-def test_widget_values_given_as_an_object_are_ignored_like_the_editor_does() -> None:
+def test_widget_values_given_as_an_object_leave_the_widgets_undefined() -> None:
+    # widgets_values {..}: each widget takes widgets_values[i], which is undefined
     inputs = convert(case("widgets_values_as_dict")["workflow"])["5"]["inputs"]
-    assert inputs == {"width": 512, "height": 512, "batch_size": 1}       # defaults
+    assert inputs == {}
 
 
 def test_legacy_sampler_names_and_boolean_control_values_are_migrated() -> None:
@@ -314,6 +373,157 @@ def test_string_node_ids_and_schema_version_1_documents_convert() -> None:
     assert convert(case("schema_version_1")["workflow"]) == reference
 
 
+# --- frontend 1.48.7: V3 inputs, new widgets, subgraph loading --------------------------------
+
+
+def test_dynamic_combo_sends_the_choice_and_its_own_inputs() -> None:
+    prompt = convert(case("dynamic_combo_saved_choice")["workflow"])
+    assert prompt == answer("dynamic_combo_saved_choice")
+    assert list(prompt["17"]["inputs"].items())[:3] == [
+        ("resize_type", "scale by multiplier"), ("resize_type.multiplier", 1.5),
+        ("scale_method", "area")]
+    default = convert(case("dynamic_combo_default_choice")["workflow"])["17"]["inputs"]
+    assert default["resize_type"] == "scale dimensions"
+    assert (default["resize_type.width"], default["resize_type.crop"]) == (512, "center")
+
+
+def test_dynamic_combo_inside_a_dynamic_combo() -> None:
+    inputs = convert(case("dynamic_combo_nested")["workflow"])["17"]["inputs"]
+    assert (inputs["codec"], inputs["codec.encoding"], inputs["codec.encoding.crf"]) == (
+        "h264", "re-encode", 18)
+
+
+def test_dynamic_combo_choice_the_server_lacks_shifts_the_saved_values() -> None:
+    # saved by a newer ComfyUI: the editor assigns the values by position
+    inputs = convert(case("dynamic_combo_unknown_choice")["workflow"])["17"]["inputs"]
+    assert inputs["resize_type"] == "scale to megapixels v2"
+    assert inputs["scale_method"] == 2
+    assert not any(k.startswith("resize_type.") for k in inputs)
+
+
+def test_dynamic_combo_option_input_keeps_its_link() -> None:
+    inputs = convert(case("dynamic_combo_option_input_linked")["workflow"])["17"]["inputs"]
+    assert inputs["resize_type.width"] == ["18", 0]
+    assert inputs["resize_type.height"] == 480
+
+
+def test_autogrow_inputs_follow_their_connections() -> None:
+    prompt = convert(case("autogrow_connected_inputs")["workflow"])
+    assert prompt == answer("autogrow_connected_inputs")
+    assert list(prompt["16"]["inputs"]) == ["images.image0", "images.image1", "images.image2"]
+    gap = convert(case("autogrow_gap_in_connections")["workflow"])
+    assert gap == answer("autogrow_gap_in_connections")
+
+
+def test_match_type_inputs_and_a_bypassed_switch() -> None:
+    assert convert(case("matchtype_switch")["workflow"]) == answer("matchtype_switch")
+    bypassed = convert(case("matchtype_switch_bypassed")["workflow"])
+    assert bypassed == answer("matchtype_switch_bypassed")
+    assert "16" not in bypassed
+
+
+def test_widgets_the_editor_no_longer_sends_and_new_widget_types() -> None:
+    preview = convert(case("preview_any_saved_preview_text")["workflow"])["16"]
+    assert preview["inputs"] == {"source": ["4", 2]}          # no "preview"
+    assert preview["_meta"]["title"] == "Preview as Text"
+    painter = convert(case("painter_mask_widget")["workflow"])["16"]["inputs"]
+    assert painter["mask"] == "painter-1-2.png [input]"
+    curve = convert(case("curve_widget_array_value")["workflow"])["16"]["inputs"]["curve"]
+    assert curve == {"__type__": "CURVE", "__value__": [[0, 0], [0.5, 0.7], [1, 1]]}
+
+
+def test_custom_combo_option_widgets_and_computed_index() -> None:
+    inputs = convert(case("custom_combo_options")["workflow"])["16"]["inputs"]
+    assert inputs == {"choice": "beta", "index": 1, "option1": "alpha", "option2": "beta",
+                      "option3": "gamma", "option4": ""}
+
+
+def test_remote_combo_takes_its_default_once_the_empty_list_arrives() -> None:
+    inputs = convert(case("remote_combo_load_image_output")["workflow"])["16"]["inputs"]
+    assert inputs == {"image": "Loading...", "refresh": "refresh"}
+
+
+def test_combo_holding_null_takes_its_first_option() -> None:
+    inputs = convert(case("combo_null_takes_first_option")["workflow"])["3"]["inputs"]
+    assert inputs["sampler_name"] == OBJECT_INFO["KSampler"]["input"]["required"][
+        "sampler_name"][0][0]
+
+
+def test_unknown_type_is_sanitized_before_it_is_looked_up() -> None:
+    prompt = convert(case("unknown_type_sanitized_to_known_type")["workflow"])
+    assert prompt["5"]["class_type"] == "EmptyLatentImage"
+
+
+def test_node_definitions_other_than_the_workflows_assign_values_by_position() -> None:
+    for name in ("older_server_lacks_a_widget", "older_server_widget_in_another_place"):
+        record = case(name)
+        info = {**OBJECT_INFO, **record["object_info"]}
+        assert ui_to_api(record["workflow"], info) == record["expected"], name
+    lacking = case("older_server_lacks_a_widget")["expected"]["5"]["inputs"]
+    assert lacking == {"width": 640, "height": 448}
+    moved = case("older_server_widget_in_another_place")["expected"]["3"]["inputs"]
+    assert (moved["steps"], moved["seed"]) == (685468484323813, "randomize")
+
+
+def test_subgraph_input_nothing_feeds_leaves_the_inner_widget_value() -> None:
+    # the known defect: steps took the scheduler's "simple"; the editor sends 20
+    prompt = convert(case("subgraph_unfed_input_keeps_inner_widget_value")["workflow"])
+    scheduler = next(e for e in prompt.values() if e["class_type"] == "BasicScheduler")
+    assert scheduler["inputs"] == {"scheduler": "simple", "steps": 20, "denoise": 1,
+                                   "model": ["4", 0]}
+
+
+def test_inner_node_ids_that_clash_are_renumbered() -> None:
+    prompt = convert(case("subgraph_inner_id_clashes_with_top_level")["workflow"])
+    assert prompt == answer("subgraph_inner_id_clashes_with_top_level")
+    assert prompt["3"]["class_type"] == "PreviewImage"
+    assert prompt["16:17"]["class_type"] == "KSampler"        # inner 3 renumbered
+    assert prompt["16:17"]["inputs"]["positive"] == ["16:18", 0]     # inner 6 too
+    between = convert(case("subgraph_ids_clash_between_definitions")["workflow"])
+    assert between == answer("subgraph_ids_clash_between_definitions")
+    assert between["19:17"]["class_type"] == "SaveImage"
+
+
+def test_load_time_fixes_reach_nodes_inside_subgraphs() -> None:
+    inputs = convert(case("legacy_fixes_inside_subgraphs")["workflow"])["16:3"]["inputs"]
+    assert inputs["sampler_name"] == "dpmpp_2m"
+
+
+def test_legacy_proxy_widgets_are_migrated() -> None:
+    linked = convert(case("proxy_widgets_already_promoted")["workflow"])
+    assert linked == answer("proxy_widgets_already_promoted")
+    created = convert(case("proxy_widgets_new_subgraph_input")["workflow"])
+    assert (created["16:3"]["inputs"]["cfg"], created["16:7"]["inputs"]["text"]) == (
+        5.5, "proxy negative")
+    quarantined = convert(case("proxy_widgets_quarantined_host_value")["workflow"])
+    assert quarantined["16:3"]["inputs"]["seed"] == 2222
+    primitive = convert(case("proxy_widgets_primitive_inside")["workflow"])
+    assert primitive["20:3"]["inputs"]["seed"] == 777
+
+
+def test_links_are_used_as_saved_without_repair() -> None:
+    # workflow validation (and its link repair) is off by default in frontend 1.4x
+    prompt = convert(case("links_that_disagree_are_kept")["workflow"])
+    assert prompt["3"]["inputs"]["model"] == ["4", 0]
+    merged = convert(case("saved_inputs_out_of_order_are_merged_by_name")["workflow"])
+    assert merged["3"]["inputs"]["model"] == ["4", 0]
+
+
+def test_multiline_text_keeps_the_value_it_was_given() -> None:
+    # the value lives in the widget store as saved, not as a <textarea> holds it
+    assert convert(case("multiline_text_given_a_number_and_null")["workflow"]) \
+        == answer("multiline_text_given_a_number_and_null")
+    assert convert(case("multiline_text_given_a_number_and_null")["workflow"])["6"][
+        "inputs"]["text"] == 12.5
+    assert convert(case("multiline_text_with_crlf")["workflow"])["6"]["inputs"]["text"] \
+        == "line1\r\nline2\rline3"
+
+
+def test_duplicate_ids_inside_a_subgraph() -> None:
+    assert convert(case("duplicate_ids_in_a_subgraph_share_widget_values")["workflow"]) \
+        == answer("duplicate_ids_in_a_subgraph_share_widget_values")
+
+
 # --- refusals -------------------------------------------------------------------------------------
 
 
@@ -323,11 +533,33 @@ def test_unknown_node_type_names_node_id_type_and_fix() -> None:
     with pytest.raises(WorkflowConversionError) as err:
         convert(wf)
     assert isinstance(err.value, WorkflowInvalid)
-    assert 'node 8 ("FancyDecode")' in err.value.message
-    assert "not in this ComfyUI's /object_info" in err.value.message
+    assert '"FancyDecode" (node 8)' in err.value.message
+    assert "/object_info" in err.value.message
     assert err.value.hint
     assert err.value.details == [{"node_id": "8", "class_type": "FancyDecode",
                                   "message": err.value.details[0]["message"]}]
+
+
+def test_every_unknown_node_type_is_named_at_once() -> None:
+    with pytest.raises(WorkflowConversionError) as err:
+        convert(case("unknown_node_types_all_named")["workflow"])
+    message = err.value.message
+    assert '"FancySampler" (node 16, 18)' in message and '"FancyUpscale" (node 17)' in message
+    assert [d["class_type"] for d in err.value.details] == ["FancySampler", "FancyUpscale",
+                                                           "FancySampler"]
+    assert [d["node_id"] for d in err.value.details] == ["16", "17", "18"]
+
+
+def test_unknown_types_inside_subgraphs_are_named_with_their_flattened_ids() -> None:
+    wf = case("subgraph_flattened_ids")["workflow"]
+    definition = wf["definitions"]["subgraphs"][0]
+    next(n for n in definition["nodes"] if n["id"] == 7)["type"] = "FancyEncode"
+    wf["nodes"].append({"id": 60, "type": "FancyTop", "mode": 0, "inputs": [],
+                        "outputs": [], "properties": {}})
+    with pytest.raises(WorkflowConversionError) as err:
+        convert(wf)
+    assert {(d["node_id"], d["class_type"]) for d in err.value.details} == {
+        ("16:7", "FancyEncode"), ("60", "FancyTop")}
 
 
 def test_unknown_node_that_is_muted_does_not_stop_the_conversion() -> None:
@@ -342,12 +574,12 @@ def test_link_to_a_missing_node_is_refused_naming_the_input() -> None:
         convert(case("input_refers_to_missing_link")["workflow"])
 
 
-def test_primitive_inside_a_subgraph_is_refused_with_a_hint() -> None:
-    with pytest.raises(WorkflowConversionError) as err:
-        convert(case("subgraph_primitive_inside_fails")["workflow"])
-    assert "PrimitiveNode" in err.value.message and 'subgraph "primitive inside"' \
-        in err.value.message
-    assert "PrimitiveInt" in (err.value.hint or "")
+def test_primitive_inside_a_subgraph_applies_its_value() -> None:
+    # frontend 1.4x looks a primitive's links up in its own graph
+    prompt = convert(case("subgraph_primitive_inside")["workflow"])
+    assert prompt == answer("subgraph_primitive_inside")
+    ksampler = next(e for e in prompt.values() if e["class_type"] == "KSampler")
+    assert ksampler["inputs"]["seed"] == 12345
 
 
 def test_circular_links_are_refused() -> None:

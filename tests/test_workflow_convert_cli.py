@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from support.workflow_cases import FIXTURES, load_gz, template
+from support.workflow_cases import FIXTURES, expected, template
 
 from comfy_worker.workflow.embedded import embedded_texts
 
@@ -37,10 +37,10 @@ def test_convert_with_a_saved_object_info_prints_the_editors_prompt(name: str,
     proc = _convert(["wf.json", "--object-info", str(SNAPSHOT)], tmp_path)
 
     assert proc.returncode == 0, proc.stderr[-3000:]
-    expected = load_gz(FIXTURES / "expected" / f"{name}.json.gz")
+    prompt = expected(name)[0]
     got = json.loads(proc.stdout)
-    assert got == expected
-    assert list(got) == list(expected)
+    assert got == prompt
+    assert list(got) == list(prompt)
 
 
 def _without_png_text(data: bytes, key: bytes) -> bytes:
@@ -70,7 +70,7 @@ def test_convert_reads_the_prompt_or_else_the_workflow_a_png_embeds(tmp_path: Pa
 
     from_workflow = _convert(["workflow-only.png", "--object-info", str(SNAPSHOT)], tmp_path)
     assert from_workflow.returncode == 0, from_workflow.stderr[-3000:]
-    assert json.loads(from_workflow.stdout) == load_gz(FIXTURES / "expected" / "default.json.gz")
+    assert json.loads(from_workflow.stdout) == expected("default")[0]
 
 
 def test_convert_of_a_ui_workflow_with_an_unknown_node_exits_1_naming_it(
@@ -82,5 +82,5 @@ def test_convert_of_a_ui_workflow_with_an_unknown_node_exits_1_naming_it(
     proc = _convert(["wf.json", "--object-info", str(SNAPSHOT)], tmp_path)
 
     assert proc.returncode == 1, proc.stdout[-2000:]
-    assert 'node 3 ("KSamplerFromACustomNode")' in proc.stderr
+    assert '"KSamplerFromACustomNode" (node 3)' in proc.stderr
     assert proc.stdout == ""

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
-from support.workflow_cases import FIXTURES, template
+from support.workflow_cases import legacy_names, legacy_template, template, template_names
 
 from comfy_worker.workflow.declared import DeclaredModel, HfUrl, declared_models, hf_resolve_parts
-
-TEMPLATES = sorted(json.loads((FIXTURES / "index.json").read_text())["templates"])
 
 
 def test_default_template_declares_its_checkpoint() -> None:
@@ -29,19 +25,21 @@ def test_models_declared_inside_subgraph_definitions_are_found() -> None:
     assert {m.directory for m in found} == {"diffusion_models", "text_encoders", "vae", "loras"}
 
 
-def test_every_template_declaration_is_well_formed_and_most_are_hugging_face() -> None:
+def test_every_template_declaration_is_well_formed_and_nearly_all_are_hugging_face() -> None:
     total = hf = 0
-    for name in TEMPLATES:
-        for model in declared_models(template(name)):
+    docs = [template(n) for n in template_names()] + [legacy_template(n)
+                                                     for n in legacy_names()]
+    for doc in docs:
+        for model in declared_models(doc):
             total += 1
             assert model.name and model.directory and model.url.startswith("https://")
             parts = hf_resolve_parts(model.url)
             if parts is not None:
                 hf += 1
-                assert parts.path.split("/")[-1] == model.name or model.name in parts.path
+                assert parts.path and parts.repo
             else:
                 assert "civitai.com" in model.url, model.url
-    assert total > 300 and hf > 0.95 * total
+    assert total > 1000 and hf > 0.95 * total
 
 
 def test_same_model_on_two_nodes_is_listed_twice_and_bad_entries_skipped() -> None:

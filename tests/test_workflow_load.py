@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.workflow_cases import FIXTURES, load_gz, object_info, template
+from support.workflow_cases import expected, object_info, template
 
 from comfy_worker.commands.workflow import convert, object_info_from, read_workflow_file
 from comfy_worker.config import load_settings
@@ -20,7 +20,7 @@ from comfy_worker.errors import ComfyStartError, JobInputInvalid, WorkflowConver
 from comfy_worker.workflow.load import api_prompt_from, validate_api_prompt
 
 INFO = object_info()
-EXPECTED = load_gz(FIXTURES / "expected" / "default.json.gz")
+EXPECTED = expected("default")[0]
 API = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8}},
        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}}}
 

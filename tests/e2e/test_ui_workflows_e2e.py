@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import requests
-from support.workflow_cases import FIXTURES, load_gz, template
+from support.workflow_cases import expected, template
 
 from comfy_worker.comfy.process import free_port
 from comfy_worker.errors import WorkerError
@@ -172,6 +172,6 @@ def test_workflow_convert_reads_node_definitions_from_a_running_comfyui(
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "/object_info" in proc.stderr  # logged where the definitions came from
     got = json.loads((tmp_path / "prompt.json").read_text())
-    expected = load_gz(FIXTURES / "expected" / f"{name}.json.gz")
-    assert got == expected
-    assert list(got) == list(expected)
+    prompt = expected(name)[0]
+    assert got == prompt
+    assert list(got) == list(prompt)

@@ -1,43 +1,114 @@
 """UI-format workflows that exercise one rule each, and seeded random variants.
 
-Built from the committed templates in ``tests/fixtures/workflows/templates``. The
-frontend's answer for every case is recorded by ``scripts/frontend_oracle.py cases``
-into ``tests/fixtures/workflows/cases/`` (the workflow is stored beside its answer, so
-the tests never rebuild them); ``tests/test_workflow_convert.py`` compares the converter
-with those answers and ``tests/test_workflow_oracle.py`` with the live frontend.
+Built from the committed templates in ``tests/fixtures/workflows`` (``templates.tar.xz``:
+the templates ComfyUI v0.33.0 pins; ``legacy.tar.xz``: the ones ComfyUI 0.3.75 shipped,
+saved by older editors). The editor's answer for every case is recorded by
+``scripts/frontend_oracle.py cases`` into ``tests/fixtures/workflows/cases/`` (the workflow
+is stored beside its answer, so the tests never rebuild them);
+``tests/test_workflow_convert.py`` compares the converter with those answers and
+``tests/test_workflow_oracle.py`` with the live editor.
 
-A case is ``(workflow, fixed_random)``: ``fixed_random`` is what ``Math.random()`` returns
-while the frontend converts it (dynamic prompts), None when it does not matter.
+A case is a :class:`Case`: the workflow, what ``Math.random()`` returns while the editor
+converts it (dynamic prompts; None when it does not matter) and, for a case about node
+definitions the server does not have, the ``/object_info`` entries served to the editor
+instead of the test ComfyUI's (None removes a node type).
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import gzip
+import io
 import json
+import lzma
 import random
+import tarfile
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "workflows"
 Workflow = dict[str, Any]
-Case = tuple[Workflow, float | None]
 
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+
+
+@dataclass
+class Case:
+    workflow: Workflow
+    fixed_random: float | None = None
+    object_info: dict[str, Any] | None = field(default=None)
 
 
 def load_gz(path: Path) -> Any:
     return json.loads(gzip.decompress(path.read_bytes()).decode("utf-8"))
 
 
+@functools.cache
+def index() -> dict[str, Any]:
+    return json.loads((FIXTURES / "index.json").read_text(encoding="utf-8"))
+
+
+@functools.cache
+def _archive(name: str) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    with tarfile.open(fileobj=io.BytesIO(lzma.decompress((FIXTURES / name).read_bytes()))
+                      ) as tar:
+        for member in tar.getmembers():
+            handle = tar.extractfile(member)
+            if handle is not None:
+                out[member.name[:-len(".json")]] = handle.read()
+    return out
+
+
+@functools.cache
+def _expected() -> dict[str, Any]:
+    return json.loads(lzma.decompress((FIXTURES / "expected.json.xz").read_bytes()))
+
+
+def template_names() -> list[str]:
+    """The templates of ``comfyui-workflow-templates`` 0.11.41 the fixtures hold."""
+    return sorted(_archive("templates.tar.xz"))
+
+
+def legacy_names() -> list[str]:
+    """The templates ComfyUI 0.3.75 shipped (saved by editors up to 1.32)."""
+    return sorted(_archive("legacy.tar.xz"))
+
+
 def template(name: str) -> Workflow:
-    return load_gz(FIXTURES / "templates" / f"{name}.json.gz")
+    """A template as the package ships it: the 0.11.41 one, else the legacy one of that
+    name (``default``, ``image2image`` ... exist only there)."""
+    data = _archive("templates.tar.xz").get(name)
+    if data is None:
+        return legacy_template(name)
+    return json.loads(data)
+
+
+def legacy_template(name: str) -> Workflow:
+    return json.loads(_archive("legacy.tar.xz")[name])
+
+
+def expected(name: str, *, legacy: bool = False) -> tuple[dict[str, Any], datetime]:
+    """The editor's prompt for a template (the one :func:`template` returns unless
+    ``legacy``) and the local time it converted it at."""
+    table = _expected()["legacy" if legacy or name not in _expected()["templates"]
+                        else "templates"]
+    entry = table[name]
+    return entry["prompt"], datetime.fromisoformat(entry["now"])
+
+
+@functools.cache
+def _object_info() -> dict[str, Any]:
+    return load_gz(FIXTURES / "object_info.json.gz")
 
 
 def object_info() -> dict[str, Any]:
-    return load_gz(FIXTURES / "object_info.json.gz")
+    return copy.deepcopy(_object_info())
 
 
 # --- small editing helpers ------------------------------------------------------------------
@@ -253,28 +324,29 @@ def case(fn: Callable[[], Case]) -> Callable[[], Case]:
 
 
 def default() -> Workflow:
-    return template("default")
+    """The SD 1.5 ``default`` template ComfyUI 0.3.75 shipped (saved by an older editor)."""
+    return legacy_template("default")
 
 
 @case
 def mute_ksampler() -> Case:
     wf = default()
     node(wf, 3)["mode"] = 2
-    return wf, None
+    return Case(wf, None)
 
 
 @case
 def bypass_ksampler() -> Case:
     wf = default()
     node(wf, 3)["mode"] = 4
-    return wf, None
+    return Case(wf, None)
 
 
 @case
 def bypass_vae_decode_no_matching_type() -> Case:
     wf = default()
     node(wf, 8)["mode"] = 4
-    return wf, None
+    return Case(wf, None)
 
 
 @case
@@ -282,7 +354,7 @@ def modes_on_event_and_trigger() -> Case:
     wf = default()
     node(wf, 3)["mode"] = 1
     node(wf, 8)["mode"] = 3
-    return wf, None
+    return Case(wf, None)
 
 
 @case
@@ -290,7 +362,7 @@ def titles_missing() -> Case:
     wf = default()
     for n in wf["nodes"]:
         n.pop("title", None)
-    return wf, None
+    return Case(wf, None)
 
 
 @case
@@ -299,14 +371,14 @@ def duplicate_node_id() -> Case:
     twin = copy.deepcopy(node(wf, 5))
     twin["widgets_values"] = [256, 256, 2]
     wf["nodes"].append(twin)
-    return wf, None
+    return Case(wf, None)
 
 
 @case
 def widgets_values_as_dict() -> Case:
     wf = default()
     node(wf, 5)["widgets_values"] = {"width": 100, "height": 200, "batch_size": 3}
-    return wf, None
+    return Case(wf, None)
 
 
 @case
@@ -315,21 +387,21 @@ def legacy_sampler_name_and_control() -> Case:
     values = node(wf, 3)["widgets_values"]
     values[4] = "sample_euler_ancestral"
     values[1] = True
-    return wf, None
+    return Case(wf, None)
 
 
 @case
 def widgets_values_short() -> Case:
     wf = default()
     node(wf, 3)["widgets_values"] = [5]
-    return wf, None
+    return Case(wf, None)
 
 
 @case
 def widgets_values_long() -> Case:
     wf = default()
     node(wf, 3)["widgets_values"] += ["x", 1, 2]
-    return wf, None
+    return Case(wf, None)
 
 
 @case
@@ -338,7 +410,7 @@ def filename_prefix_replacements() -> Case:
     node(wf, 9)["widgets_values"] = [
         "%date:yyyy-MM-dd%/x_%KSampler.seed%_%Empty Latent Image.width%_%date:hh.mm%"
         "_%date:yy%_%nope.x%_%width%_%CLIPTextEncode.text%"]
-    return wf, None
+    return Case(wf, None)
 
 
 @case
@@ -347,43 +419,43 @@ def dynamic_prompt_middle_choice() -> Case:
     node(wf, 6)["widgets_values"] = [
         "a {red|green|blue {x|y}} cat // comment\n/* block */ b \\{lit\\} {single} "
         "http://x.y {|empty}"]
-    return wf, 0.5
+    return Case(wf, 0.5)
 
 
 @case
 def dynamic_prompt_first_choice() -> Case:
     wf = default()
     node(wf, 6)["widgets_values"] = ["{a|b|c} {{nested|n2}|z}"]
-    return wf, 0.0
+    return Case(wf, 0.0)
 
 
 @case
 def dynamic_prompt_last_choice() -> Case:
     wf = default()
     node(wf, 6)["widgets_values"] = ["{a|b|c} {{nested|n2}|z} \\"]
-    return wf, 0.999
+    return Case(wf, 0.999)
 
 
 @case
-def multiline_text_from_number_and_null() -> Case:
+def multiline_text_given_a_number_and_null() -> Case:
     wf = default()
     node(wf, 6)["widgets_values"] = [12.5]
     node(wf, 7)["widgets_values"] = [None]
-    return wf, None
+    return Case(wf, None)
 
 
 @case
 def seed_beyond_double_precision() -> Case:
     wf = default()
     node(wf, 3)["widgets_values"][0] = 18446744073709551615
-    return wf, None
+    return Case(wf, None)
 
 
 @case
-def text_with_crlf() -> Case:
+def multiline_text_with_crlf() -> Case:
     wf = default()
     node(wf, 6)["widgets_values"] = ["line1\r\nline2\rline3"]
-    return wf, None
+    return Case(wf, None)
 
 
 @case
@@ -391,14 +463,14 @@ def link_from_missing_node() -> Case:
     wf = default()
     wf["links"].append([99, 77, 0, 8, 0, "LATENT"])
     node(wf, 8)["inputs"][0]["link"] = 99
-    return wf, None
+    return Case(wf, None)
 
 
 @case
 def input_refers_to_missing_link() -> Case:
     wf = default()
     node(wf, 8)["inputs"][0]["link"] = 555
-    return wf, None
+    return Case(wf, None)
 
 
 @case
@@ -406,7 +478,7 @@ def unknown_type_muted() -> Case:
     wf = default()
     wf["nodes"].append(base_node(50, "NoSuchNode", mode=2, inputs=[], outputs=[],
                                  widgets_values=[1]))
-    return wf, None
+    return Case(wf, None)
 
 
 @case
@@ -420,7 +492,7 @@ def unknown_type_bypassed_passes_through() -> Case:
     link[3], link[4] = 50, 0
     node(wf, 50)["inputs"][0]["link"] = old
     connect(wf, 50, 0, 8, "samples", "LATENT", widget=False)
-    return wf, None
+    return Case(wf, None)
 
 
 @case
@@ -433,35 +505,35 @@ def bypassed_node_fed_by_itself_is_circular() -> Case:
     wf["links"].append([150, 3, 0, 3, 3, "LATENT"])
     latent["link"] = 150
     ks["outputs"][0]["links"].append(150)
-    return wf, None
+    return Case(wf, None)
 
 
 @case
 def reroute_single() -> Case:
     wf = default()
     reroute_link(wf, link_into(wf, 8, "samples"), [0])
-    return wf, None
+    return Case(wf, None)
 
 
 @case
 def reroute_chain_of_three() -> Case:
     wf = default()
     reroute_link(wf, link_into(wf, 8, "samples"), [0, 0, 0])
-    return wf, None
+    return Case(wf, None)
 
 
 @case
-def reroute_muted_still_passes() -> Case:
+def reroute_muted_cuts_the_link() -> Case:
     wf = default()
     reroute_link(wf, link_into(wf, 8, "samples"), [0, 2, 0])
-    return wf, None
+    return Case(wf, None)
 
 
 @case
 def reroute_bypassed() -> Case:
     wf = default()
     reroute_link(wf, link_into(wf, 8, "samples"), [4, 0])
-    return wf, None
+    return Case(wf, None)
 
 
 @case
@@ -469,7 +541,7 @@ def bypass_behind_reroute_uses_wildcard() -> Case:
     wf = default()
     reroute_link(wf, link_into(wf, 8, "samples"), [0])
     node(wf, 3)["mode"] = 4
-    return wf, None
+    return Case(wf, None)
 
 
 def _primitive_case(target: int, widget: str, typ: str, value: Any, control: str | None,
@@ -483,59 +555,59 @@ def _primitive_case(target: int, widget: str, typ: str, value: Any, control: str
 
 @case
 def primitive_seed_fixed() -> Case:
-    return _primitive_case(3, "seed", "INT", 12345, "fixed"), None
+    return Case(_primitive_case(3, "seed", "INT", 12345, "fixed"), None)
 
 
 @case
 def primitive_seed_randomize() -> Case:
-    return _primitive_case(3, "seed", "INT", 12345, "randomize"), None
+    return Case(_primitive_case(3, "seed", "INT", 12345, "randomize"), None)
 
 
 @case
 def primitive_steps_rounded() -> Case:
-    return _primitive_case(3, "steps", "INT", 7.6, "fixed"), None
+    return Case(_primitive_case(3, "steps", "INT", 7.6, "fixed"), None)
 
 
 @case
 def primitive_steps_clamped() -> Case:
-    return _primitive_case(3, "steps", "INT", 50000, "fixed"), None
+    return Case(_primitive_case(3, "steps", "INT", 50000, "fixed"), None)
 
 
 @case
 def primitive_cfg_rounded() -> Case:
-    return _primitive_case(3, "cfg", "FLOAT", 7.123456, "fixed"), None
+    return Case(_primitive_case(3, "cfg", "FLOAT", 7.123456, "fixed"), None)
 
 
 @case
 def primitive_denoise_rounded() -> Case:
-    return _primitive_case(3, "denoise", "FLOAT", 0.3333333, "fixed"), None
+    return Case(_primitive_case(3, "denoise", "FLOAT", 0.3333333, "fixed"), None)
 
 
 @case
 def primitive_combo() -> Case:
-    return _primitive_case(3, "sampler_name", "COMBO", "dpmpp_2m", "fixed"), None
+    return Case(_primitive_case(3, "sampler_name", "COMBO", "dpmpp_2m", "fixed"), None)
 
 
 @case
 def primitive_text_with_dynamic_prompt() -> Case:
-    return _primitive_case(6, "text", "STRING", "hello {a|b}", None), 0.0
+    return Case(_primitive_case(6, "text", "STRING", "hello {a|b}", None), 0.0)
 
 
 @case
 def primitive_two_targets() -> Case:
-    return _primitive_case(5, "width", "INT", 700, "fixed", ((5, "height"),)), None
+    return Case(_primitive_case(5, "width", "INT", 700, "fixed", ((5, "height"),)), None)
 
 
 @case
 def primitive_two_targets_ranges_disagree() -> Case:
-    return _primitive_case(5, "width", "INT", 4097, "fixed", ((5, "batch_size"),)), None
+    return Case(_primitive_case(5, "width", "INT", 4097, "fixed", ((5, "batch_size"),)), None)
 
 
 @case
 def primitive_muted_still_applies() -> Case:
     wf = _primitive_case(3, "seed", "INT", 99, "fixed")
     next(n for n in wf["nodes"] if n["type"] == "PrimitiveNode")["mode"] = 2
-    return wf, None
+    return Case(wf, None)
 
 
 @case
@@ -543,14 +615,14 @@ def primitive_text_replacement() -> Case:
     wf = _primitive_case(9, "filename_prefix", "STRING", "%KSampler.steps%-p", None)
     prim = next(n for n in wf["nodes"] if n["type"] == "PrimitiveNode")
     prim["properties"]["Run widget replace on values"] = True
-    return wf, None
+    return Case(wf, None)
 
 
 @case
 def primitive_through_reroute_takes_target_default() -> Case:
     wf = _primitive_case(3, "steps", "INT", 33, "fixed")
     reroute_link(wf, link_into(wf, 3, "steps"), [0])
-    return wf, None
+    return Case(wf, None)
 
 
 @case
@@ -560,21 +632,21 @@ def converted_widget_linked_from_node() -> Case:
                                  outputs=[{"name": "INT", "type": "INT", "links": []}],
                                  widgets_values=[33, "fixed"]))
     connect(wf, 80, 0, 3, "steps", "INT")
-    return wf, None
+    return Case(wf, None)
 
 
 @case
-def converted_widget_linked_from_muted_node() -> Case:
-    wf, _ = converted_widget_linked_from_node()
+def converted_widget_linked_from_muted_node_keeps_value() -> Case:
+    wf = converted_widget_linked_from_node().workflow
     node(wf, 80)["mode"] = 2
-    return wf, None
+    return Case(wf, None)
 
 
 @case
 def converted_widget_linked_from_bypassed_node() -> Case:
-    wf, _ = converted_widget_linked_from_node()
+    wf = converted_widget_linked_from_node().workflow
     node(wf, 80)["mode"] = 4
-    return wf, None
+    return Case(wf, None)
 
 
 @case
@@ -582,14 +654,14 @@ def saved_input_for_unknown_widget_removed() -> Case:
     wf = default()
     node(wf, 3)["inputs"].append({"name": "bogus", "type": "INT", "widget": {"name": "bogus"},
                                   "link": None})
-    return wf, None
+    return Case(wf, None)
 
 
 @case
-def saved_inputs_out_of_order_breaks_links() -> Case:
+def saved_inputs_out_of_order_are_merged_by_name() -> Case:
     wf = default()
     node(wf, 3)["inputs"].reverse()
-    return wf, None
+    return Case(wf, None)
 
 
 @case
@@ -600,7 +672,7 @@ def schema_version_1() -> Case:
                    "lastGroupId": 0, "lastRerouteId": 0}
     wf["links"] = [{"id": x[0], "origin_id": x[1], "origin_slot": x[2], "target_id": x[3],
                     "target_slot": x[4], "type": x[5]} for x in wf["links"]]
-    return wf, None
+    return Case(wf, None)
 
 
 @case
@@ -610,7 +682,7 @@ def string_node_ids() -> Case:
         n["id"] = str(n["id"])
     for link in wf["links"]:
         link[1], link[3] = str(link[1]), str(link[3])
-    return wf, None
+    return Case(wf, None)
 
 
 @case
@@ -618,21 +690,21 @@ def notes_left_out() -> Case:
     wf = default()
     wf["nodes"].append(base_node(90, "Note", properties={"text": ""}, widgets_values=["hi"]))
     wf["nodes"].append(base_node(91, "MarkdownNote", widgets_values=["# hi"]))
-    return wf, None
+    return Case(wf, None)
 
 
 @case
 def load_image_upload_widget() -> Case:
     wf = template("image2image")
-    return wf, None
+    return Case(wf, None)
 
 
 @case
-def load_image_empty_value_falls_back() -> Case:
+def load_image_empty_value() -> Case:
     wf = template("image2image")
     loader = next(n for n in wf["nodes"] if n["type"] == "LoadImage")
     loader["widgets_values"] = ["", "image"]
-    return wf, None
+    return Case(wf, None)
 
 
 # --- subgraph cases -------------------------------------------------------------------------------
@@ -650,19 +722,19 @@ def _sd_subgraph(rng_seed: int = 1, promote: bool = True) -> tuple[Workflow, int
 
 @case
 def subgraph_flattened_ids() -> Case:
-    return _sd_subgraph(promote=False)[0], None
+    return Case(_sd_subgraph(promote=False)[0], None)
 
 
 @case
 def subgraph_promoted_widgets() -> Case:
-    return _sd_subgraph()[0], None
+    return Case(_sd_subgraph()[0], None)
 
 
 @case
 def subgraph_instance_without_values() -> Case:
     wf, inst = _sd_subgraph()
     node(wf, inst).pop("widgets_values")
-    return wf, None
+    return Case(wf, None)
 
 
 @case
@@ -682,35 +754,35 @@ def subgraph_two_instances() -> Case:
         slot["link"] = lid
         node(wf, old[1])["outputs"][old[2]]["links"].append(lid)
     wf["nodes"].append(twin)
-    return wf, None
+    return Case(wf, None)
 
 
 @case
 def subgraph_instance_muted() -> Case:
     wf, inst = _sd_subgraph()
     node(wf, inst)["mode"] = 2
-    return wf, None
+    return Case(wf, None)
 
 
 @case
 def subgraph_instance_bypassed() -> Case:
     wf, inst = _sd_subgraph()
     node(wf, inst)["mode"] = 4
-    return wf, None
+    return Case(wf, None)
 
 
 @case
 def subgraph_inner_node_muted() -> Case:
     wf, inst = _sd_subgraph()
     node(definition_of(wf, inst), 7)["mode"] = 2
-    return wf, None
+    return Case(wf, None)
 
 
 @case
 def subgraph_inner_node_bypassed() -> Case:
     wf, inst = _sd_subgraph()
     node(definition_of(wf, inst), 3)["mode"] = 4
-    return wf, None
+    return Case(wf, None)
 
 
 @case
@@ -718,23 +790,23 @@ def subgraph_nested() -> Case:
     wf, inst = _sd_subgraph()
     rng = random.Random(7)
     wrap_subgraph(wf, [inst, 5], rng, promote=[(5, "width", "INT", 640)], name="outer")
-    return wf, None
+    return Case(wf, None)
 
 
 @case
 def subgraph_nested_outer_defined_first() -> Case:
-    wf, _ = subgraph_nested()
+    wf = subgraph_nested().workflow
     wf["definitions"]["subgraphs"].reverse()
-    return wf, None
+    return Case(wf, None)
 
 
 @case
 def subgraph_nested_three_levels() -> Case:
-    wf, _ = subgraph_nested()
+    wf = subgraph_nested().workflow
     outer = next(n["id"] for n in wf["nodes"]
                  if n["type"] == wf["definitions"]["subgraphs"][-1]["id"])
     wrap_subgraph(wf, [outer, 4], random.Random(9), name="outermost")
-    return wf, None
+    return Case(wf, None)
 
 
 @case
@@ -746,7 +818,7 @@ def subgraph_promoted_input_fed_by_primitive() -> Case:
     wf["links"].append([lid, pid, 0, inst, index, "INT"])
     node(wf, inst)["inputs"][index]["link"] = lid
     node(wf, pid)["outputs"][0]["links"] = [lid]
-    return wf, None
+    return Case(wf, None)
 
 
 @case
@@ -755,15 +827,15 @@ def subgraph_with_reroute_inside() -> Case:
     reroute_link(wf, link_into(wf, 8, "samples"), [0])
     rid = next(n["id"] for n in wf["nodes"] if n["type"] == "Reroute")
     wrap_subgraph(wf, [3, rid, 8], random.Random(3), name="with reroute")
-    return wf, None
+    return Case(wf, None)
 
 
 @case
-def subgraph_primitive_inside_fails() -> Case:
-    wf, _ = primitive_seed_fixed()
+def subgraph_primitive_inside() -> Case:
+    wf = primitive_seed_fixed().workflow
     pid = next(n["id"] for n in wf["nodes"] if n["type"] == "PrimitiveNode")
     wrap_subgraph(wf, [3, pid], random.Random(4), name="primitive inside")
-    return wf, None
+    return Case(wf, None)
 
 
 @case
@@ -773,7 +845,7 @@ def subgraph_output_straight_from_input_fails() -> Case:
     # out0 (the KSampler LATENT) now comes straight from subgraph input 0
     link = next(x for x in definition["links"] if x["target_id"] == -20)
     link["origin_id"], link["origin_slot"] = -10, 0
-    return wf, None
+    return Case(wf, None)
 
 
 @case
@@ -783,7 +855,375 @@ def subgraph_proxy_widgets_order() -> Case:
     names = [s["name"] for s in n["inputs"] if s.get("widget")]
     n["properties"]["proxyWidgets"] = [["-1", names[2]], ["-1", names[0]], ["-1", names[1]]]
     n["widgets_values"] = ["proxy order text", 999, 7]
-    return wf, None
+    return Case(wf, None)
+
+
+# --- frontend 1.48.7: V3 inputs, new widgets, subgraph loading ------------------------------------
+
+
+def add_node(wf: Workflow, type_name: str, widgets_values: Any = None, *,
+             outputs: list[tuple[str, str]] = (), node_id: int | None = None,
+             **extra: Any) -> int:
+    """A node as a workflow saves it (no inputs listed: the editor builds them)."""
+    nid = new_node_id(wf) if node_id is None else node_id
+    doc = base_node(nid, type_name, inputs=[],
+                    outputs=[{"name": n, "type": t, "links": []} for n, t in outputs], **extra)
+    if widgets_values is not None:
+        doc["widgets_values"] = widgets_values
+    wf["nodes"].append(doc)
+    return nid
+
+
+def _image_source(wf: Workflow) -> int:
+    """A LoadImage feeding nothing yet (output 0: IMAGE)."""
+    return add_node(wf, "LoadImage", ["example.png", "image"],
+                    outputs=[("IMAGE", "IMAGE"), ("MASK", "MASK")])
+
+
+@case
+def dynamic_combo_saved_choice() -> Case:
+    """ResizeImageMaskNode.resize_type (COMFY_DYNAMICCOMBO_V3): the chosen option brings
+    its own inputs (``resize_type.multiplier``), filled from the next saved values."""
+    wf = default()
+    src = _image_source(wf)
+    nid = add_node(wf, "ResizeImageMaskNode", ["scale by multiplier", 1.5, "area"],
+                   outputs=[("resized", "IMAGE")])
+    connect(wf, src, 0, nid, "input", "IMAGE", widget=False)
+    out = add_node(wf, "PreviewImage", [])
+    connect(wf, nid, 0, out, "images", "IMAGE", widget=False)
+    return Case(wf)
+
+
+@case
+def dynamic_combo_default_choice() -> Case:
+    """No saved values: the combo keeps its first option and that option's defaults."""
+    wf = default()
+    src = _image_source(wf)
+    nid = add_node(wf, "ResizeImageMaskNode", outputs=[("resized", "IMAGE")])
+    connect(wf, src, 0, nid, "input", "IMAGE", widget=False)
+    return Case(wf)
+
+
+@case
+def dynamic_combo_nested() -> Case:
+    """SaveVideo.codec → codec.encoding → codec.encoding.crf: a dynamic combo inside the
+    option of another, each level filled from the saved values in turn."""
+    wf = default()
+    video = add_node(wf, "CreateVideo", [24], outputs=[("VIDEO", "VIDEO")])
+    connect(wf, 8, 0, video, "images", "IMAGE", widget=False)
+    save = add_node(wf, "SaveVideo", ["video/x", "mp4", "h264", "re-encode", 18])
+    connect(wf, video, 0, save, "video", "VIDEO", widget=False)
+    return Case(wf)
+
+
+@case
+def dynamic_combo_unknown_choice() -> Case:
+    """A choice this server does not offer (saved by a newer one): no option inputs, and
+    the values meant for them go to the widgets that follow."""
+    wf = default()
+    src = _image_source(wf)
+    nid = add_node(wf, "ResizeImageMaskNode", ["scale to megapixels v2", 2.0, "lanczos"],
+                   outputs=[("resized", "IMAGE")])
+    connect(wf, src, 0, nid, "input", "IMAGE", widget=False)
+    return Case(wf)
+
+
+@case
+def dynamic_combo_option_input_linked() -> Case:
+    """An option input fed by a link keeps its link through the rebuild."""
+    wf = default()
+    src = _image_source(wf)
+    nid = add_node(wf, "ResizeImageMaskNode", ["scale dimensions", 640, 480, "center",
+                                               "area"],
+                   outputs=[("resized", "IMAGE")])
+    connect(wf, src, 0, nid, "input", "IMAGE", widget=False)
+    prim = add_node(wf, "PrimitiveInt", [768, "fixed"], outputs=[("INT", "INT")])
+    connect(wf, prim, 0, nid, "resize_type.width", "INT")
+    return Case(wf)
+
+
+@case
+def autogrow_connected_inputs() -> Case:
+    """BatchImagesNode.images (COMFY_AUTOGROW_V3): sockets images.image0, image1, ... one
+    more group appears past every connected one while loading."""
+    wf = default()
+    batch = add_node(wf, "BatchImagesNode", [], outputs=[("IMAGE", "IMAGE")])
+    for _ in range(3):
+        src = _image_source(wf)
+        k = len(node(wf, batch)["inputs"])
+        connect(wf, src, 0, batch, f"images.image{k}", "IMAGE", widget=False)
+    out = add_node(wf, "PreviewImage", [])
+    connect(wf, batch, 0, out, "images", "IMAGE", widget=False)
+    return Case(wf)
+
+
+@case
+def autogrow_gap_in_connections() -> Case:
+    """Connected image0 and image2 with image1 empty."""
+    wf = default()
+    batch = add_node(wf, "BatchImagesNode", [], outputs=[("IMAGE", "IMAGE")])
+    node(wf, batch)["inputs"] = [{"name": n, "type": "IMAGE", "link": None}
+                                 for n in ("images.image0", "images.image1", "images.image2")]
+    for name in ("images.image0", "images.image2"):
+        connect(wf, _image_source(wf), 0, batch, name, "IMAGE", widget=False)
+    return Case(wf)
+
+
+@case
+def matchtype_switch() -> Case:
+    """ComfySwitchNode (COMFY_MATCHTYPE_V3 inputs, output of the matched type)."""
+    wf = default()
+    switch = add_node(wf, "ComfySwitchNode", [True], outputs=[("output", "*")])
+    connect(wf, _image_source(wf), 0, switch, "on_false", "IMAGE", widget=False)
+    connect(wf, 8, 0, switch, "on_true", "IMAGE", widget=False)
+    out = add_node(wf, "PreviewImage", [])
+    connect(wf, switch, 0, out, "images", "IMAGE", widget=False)
+    return Case(wf)
+
+
+@case
+def matchtype_switch_bypassed() -> Case:
+    """A bypassed switch hands its consumer the input of the matching type."""
+    wf = matchtype_switch().workflow
+    next(n for n in wf["nodes"] if n["type"] == "ComfySwitchNode")["mode"] = 4
+    return Case(wf)
+
+
+@case
+def preview_any_saved_preview_text() -> Case:
+    """PreviewAny saved by an older editor with its ``preview`` value: the editor no
+    longer sends it."""
+    wf = default()
+    prev = add_node(wf, "PreviewAny", ["some earlier preview text"])
+    connect(wf, 4, 2, prev, "source", "*", widget=False)
+    return Case(wf)
+
+
+@case
+def painter_mask_widget() -> Case:
+    """Painter.mask (a STRING drawn by the PAINTER widget) is a widget with a value."""
+    wf = default()
+    painter = add_node(wf, "Painter", ["painter-1-2.png [input]", 768, 512, "#202020"],
+                       outputs=[("IMAGE", "IMAGE"), ("MASK", "MASK")])
+    connect(wf, _image_source(wf), 0, painter, "image", "IMAGE", widget=False)
+    return Case(wf)
+
+
+@case
+def curve_widget_array_value() -> Case:
+    """A CURVE widget holding an array is sent as {"__type__": "CURVE", "__value__": ...}."""
+    wf = default()
+    add_node(wf, "CurveEditor", [[[0, 0], [0.5, 0.7], [1, 1]]], outputs=[("curve", "CURVE")])
+    return Case(wf)
+
+
+@case
+def custom_combo_options() -> Case:
+    """CustomCombo grows an option widget per saved option; ``index`` is computed."""
+    wf = default()
+    add_node(wf, "CustomCombo", ["beta", 0, "alpha", "beta", "gamma", ""],
+             outputs=[("STRING", "STRING"), ("INDEX", "INT")])
+    return Case(wf)
+
+
+@case
+def remote_combo_load_image_output() -> Case:
+    """LoadImageOutput: a COMBO whose options the editor fetches from the server."""
+    wf = default()
+    add_node(wf, "LoadImageOutput", ["ComfyUI_00001_.png [output]", False, "refresh",
+                                     "image"], outputs=[("IMAGE", "IMAGE"), ("MASK", "MASK")])
+    return Case(wf)
+
+
+@case
+def combo_null_takes_first_option() -> Case:
+    wf = default()
+    node(wf, 3)["widgets_values"][4] = None
+    return Case(wf)
+
+
+@case
+def unknown_node_types_all_named() -> Case:
+    """Two node types this ComfyUI lacks, one used twice: the error names them all."""
+    wf = default()
+    for type_name in ("FancySampler", "FancyUpscale", "FancySampler"):
+        add_node(wf, type_name, [1, 2])
+    return Case(wf)
+
+
+@case
+def unknown_type_sanitized_to_known_type() -> Case:
+    """A type nobody registered loses ``&<>"'`=``: "EmptyLatentImage=" becomes a real
+    EmptyLatentImage."""
+    wf = default()
+    node(wf, 5)["type"] = "EmptyLatentImage="
+    return Case(wf)
+
+
+@case
+def older_server_lacks_a_widget() -> Case:
+    """A workflow saved with newer node definitions than the server's: the server's
+    EmptyLatentImage has no ``batch_size``; the saved values are assigned by position."""
+    wf = default()
+    node(wf, 5)["widgets_values"] = [640, 448, 3]
+    info = object_info()["EmptyLatentImage"]
+    del info["input"]["required"]["batch_size"]
+    info["input_order"]["required"].remove("batch_size")
+    return Case(wf, object_info={"EmptyLatentImage": info})
+
+
+@case
+def older_server_widget_in_another_place() -> Case:
+    """The server's KSampler lists ``steps`` before ``seed`` (an older definition): the
+    saved values still go to the widgets by position."""
+    wf = default()
+    info = object_info()["KSampler"]
+    order = info["input_order"]["required"]
+    order.remove("steps")
+    order.insert(order.index("seed"), "steps")
+    return Case(wf, object_info={"KSampler": info})
+
+
+@case
+def subgraph_unfed_input_keeps_inner_widget_value() -> Case:
+    """A BasicScheduler inside a subgraph whose ``steps`` is linked to a subgraph input
+    that nothing feeds: ``steps`` is the inner widget's 20, not another saved value."""
+    wf = default()
+    sched = add_node(wf, "BasicScheduler", ["simple", 20, 1], outputs=[("SIGMAS", "SIGMAS")])
+    connect(wf, 4, 0, sched, "model", "MODEL", widget=False)
+    inst = wrap_subgraph(wf, [sched], random.Random(11), name="scheduler")
+    definition = definition_of(wf, inst)
+    inner = node(definition, sched)
+    index, slot = input_slot(inner, "steps", "INT")
+    link_id = 1000 + len(definition["links"]) + 50
+    definition["links"].append({"id": link_id, "origin_id": -10, "origin_slot":
+                                len(definition["inputs"]), "target_id": sched,
+                                "target_slot": index, "type": "INT"})
+    slot["link"] = link_id
+    definition["inputs"].append({"id": str(uuid.UUID(int=5)), "name": "steps", "type": "INT",
+                                 "linkIds": [link_id]})
+    node(wf, inst)["inputs"].append({"name": "steps", "type": "INT", "link": None})
+    return Case(wf)
+
+
+@case
+def subgraph_inner_id_clashes_with_top_level() -> Case:
+    """Inner node ids that a top-level node also has are renumbered before loading, so
+    the flattened ids follow the new numbers."""
+    wf, _ = _sd_subgraph()
+    save = add_node(wf, "PreviewImage", [], node_id=3)
+    connect(wf, 8, 0, save, "images", "IMAGE", widget=False)
+    add_node(wf, "EmptyLatentImage", [320, 320, 1], node_id=6,
+             outputs=[("LATENT", "LATENT")])
+    return Case(wf)
+
+
+@case
+def subgraph_ids_clash_between_definitions() -> Case:
+    """Two subgraph definitions with the same inner node id: the later one's node is
+    renumbered."""
+    wf, _ = _sd_subgraph()
+    wrap_subgraph(wf, [9], random.Random(21), name="save")
+    definition = wf["definitions"]["subgraphs"][-1]
+    definition["nodes"][0]["id"] = 3
+    for link in definition["links"]:
+        for end in ("origin_id", "target_id"):
+            if link[end] == 9:
+                link[end] = 3
+    return Case(wf)
+
+
+@case
+def subgraph_bypassed_with_passthrough() -> Case:
+    """A bypassed subgraph is dropped whole; its consumer gets the input of the same
+    type."""
+    wf, inst = _sd_subgraph()
+    node(wf, inst)["mode"] = 4
+    return Case(wf)
+
+
+@case
+def legacy_fixes_inside_subgraphs() -> Case:
+    """The editor's load-time fixes (old sampler names, boolean controls) now reach the
+    nodes inside subgraphs too."""
+    wf, inst = _sd_subgraph(promote=False)
+    values = node(definition_of(wf, inst), 3)["widgets_values"]
+    values[4] = "sample_dpmpp_2m"
+    values[1] = False
+    return Case(wf)
+
+
+def _proxy_case(entries: list[list[str]], values: list[Any],
+                promote: bool = True) -> Workflow:
+    wf, inst = _sd_subgraph(promote=promote)
+    host = node(wf, inst)
+    host["properties"]["proxyWidgets"] = entries
+    host["widgets_values"] = values
+    return wf
+
+
+@case
+def proxy_widgets_already_promoted() -> Case:
+    """Legacy ``proxyWidgets`` naming widgets already promoted through a subgraph input:
+    the saved values go to those inputs."""
+    wf = _proxy_case([["3", "seed"], ["3", "steps"], ["6", "text"]],
+                     [1111, 9, "proxy text"])
+    return Case(wf)
+
+
+@case
+def proxy_widgets_new_subgraph_input() -> Case:
+    """``proxyWidgets`` naming inner widgets no subgraph input feeds: the editor adds a
+    subgraph input linked to each, holding the saved value."""
+    wf = _proxy_case([["3", "cfg"], ["7", "text"]], [5.5, "proxy negative"], promote=False)
+    return Case(wf)
+
+
+@case
+def proxy_widgets_quarantined_host_value() -> Case:
+    """A ``-1`` entry (a widget the host itself owns) cannot be migrated: its saved value
+    still lands on the host input of that name."""
+    wf = _proxy_case([["-1", "p0_seed"], ["99", "nothing"]], [2222, 0])
+    return Case(wf)
+
+
+@case
+def proxy_widgets_primitive_inside() -> Case:
+    """A PrimitiveNode inside the subgraph named by ``proxyWidgets`` is replaced by a
+    subgraph input that feeds its targets."""
+    wf = primitive_seed_fixed().workflow
+    pid = next(n["id"] for n in wf["nodes"] if n["type"] == "PrimitiveNode")
+    inst = wrap_subgraph(wf, [3, pid], random.Random(4), name="primitive inside")
+    host = node(wf, inst)
+    host["properties"]["proxyWidgets"] = [[str(pid), "value"]]
+    host["widgets_values"] = [777]
+    return Case(wf)
+
+
+@case
+def links_that_disagree_are_kept() -> Case:
+    """The editor no longer repairs links on load (workflow validation is off by
+    default): an output that does not list its link still feeds the input."""
+    wf = default()
+    for out in node(wf, 4)["outputs"]:
+        out["links"] = []
+    return Case(wf)
+
+
+@case
+def duplicate_ids_in_a_subgraph_share_widget_values() -> Case:
+    """Two nodes with one id inside a subgraph: the second is renumbered when added, then
+    takes its saved id back, and the prompt keeps one entry for that id."""
+    wf, inst = _sd_subgraph(promote=False)
+    definition = definition_of(wf, inst)
+    twin = copy.deepcopy(node(definition, 6))
+    twin["widgets_values"] = ["twin prompt"]
+    for slot in twin.get("inputs", []):
+        slot["link"] = None
+    for out in twin.get("outputs", []):
+        out["links"] = []
+    definition["nodes"].append(twin)
+    return Case(wf)
 
 
 # --- seeded random variants of the templates ------------------------------------------------------
@@ -824,11 +1264,12 @@ def _mutate(value: Any, rng: random.Random) -> Any:
     return value
 
 
-def random_variant(name: str, seed: int, info: dict[str, Any]) -> Workflow:
+def random_variant(name: str, seed: int, info: dict[str, Any], *, legacy: bool = False
+                   ) -> Workflow:
     """A template with random primitives, reroutes, subgraphs (nested, promoted widgets,
     copied instances) and muted/bypassed nodes."""
     rng = random.Random(seed)
-    wf = template(name)
+    wf = legacy_template(name) if legacy else template(name)
     for _ in range(rng.randint(0, 2)):
         cands = [(n, w) for n in wf["nodes"] for w in widget_slots(n, info)]
         if not cands:
@@ -866,12 +1307,18 @@ def random_variant(name: str, seed: int, info: dict[str, Any]) -> Workflow:
     return wf
 
 
-def random_cases(names: list[str], count: int, info: dict[str, Any], seed: int = 0
-                 ) -> Iterator[tuple[str, Case]]:
+def random_cases(count: int, info: dict[str, Any], seed: int = 0) -> Iterator[tuple[str, Case]]:
+    """``count`` variants: two thirds of today's templates, one third of the legacy ones."""
     rng = random.Random(seed)
+    names, legacy = template_names(), legacy_names()
     for i in range(count):
-        name = rng.choice(names)
-        yield f"random_{name}_{i}", (random_variant(name, 1000 + i, info), None)
+        if i % 3 == 2:
+            name = rng.choice(legacy)
+            yield f"random_legacy_{name}_{i}", Case(random_variant(name, 1000 + i, info,
+                                                                   legacy=True))
+        else:
+            name = rng.choice(names)
+            yield f"random_{name}_{i}", Case(random_variant(name, 1000 + i, info))
 
 
 # --- damaged documents --------------------------------------------------------------------------

@@ -1,14 +1,15 @@
 """UI-format workflow → API prompt, exactly as ComfyUI's editor builds it (pure).
 
-The editor (``comfyui_frontend_package`` 1.32.9) turns its graph into the prompt it queues in
-``app.graphToPrompt()``: virtual nodes (PrimitiveNode, Reroute, Note, MarkdownNote, subgraph
-nodes) are applied or followed and left out, muted nodes (``mode`` 2) are left out, a
-bypassed node (``mode`` 4) hands each consumer the input of the same type, subgraphs are
-flattened with ``"outer:inner"`` ids, and every remaining node becomes
-``{"inputs": {...}, "class_type": ..., "_meta": {"title": ...}}`` with widget values by
-name and links as ``[source_id, slot]``. :func:`ui_to_api` reproduces that on a UI-format
-document and the backend's ``/object_info``; the loading half lives in
-:mod:`comfy_worker.workflow.graph`.
+The editor (``comfyui_frontend_package`` 1.48.7, the one ComfyUI v0.33.0 serves) turns its
+graph into the prompt it queues in ``app.graphToPrompt()``: virtual nodes (PrimitiveNode,
+Reroute, Note, MarkdownNote, subgraph nodes) are applied or followed and left out, muted
+nodes (``mode`` 2) are left out and give nothing, a bypassed node (``mode`` 4) hands each
+consumer the input of the same type, a muted or bypassed subgraph node drops its whole
+subgraph, subgraphs are flattened with ``"outer:inner"`` ids, and every remaining node
+becomes ``{"inputs": {...}, "class_type": ..., "_meta": {"title": ...}}`` with widget
+values by name and links as ``[source_id, slot]``. :func:`ui_to_api` reproduces that on
+a UI-format document and the backend's ``/object_info``; the loading half lives in
+:mod:`comfy_worker.workflow.loader`.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ from comfy_worker.workflow.graph import (
     MODE_NEVER,
     Graph,
     Node,
+    SubgraphNode,
+    Widget,
     all_nodes,
     conversion_error,
-    inner_targets,
     is_valid_connection,
     resolve_link,
 )
@@ -36,6 +38,7 @@ from comfy_worker.workflow.jsvalue import (
     element_at,
     from_json,
     is_number,
+    js_key_order,
     json_type,
     loose_equals,
     parse_int,
@@ -68,14 +71,14 @@ def ui_to_api(ui: Mapping[str, Any], object_info: Mapping[str, Any], *,
               ) -> dict[str, dict[str, Any]]:
     """The API prompt ComfyUI's editor would queue for the UI-format workflow ``ui``.
 
-    ``object_info`` is the backend's ``/object_info`` (the node definitions decide widget
-    order, the hidden ``control_after_generate``/``upload`` widget slots and input order).
-    ``rng`` drives dynamic-prompt choices (``{a|b}`` in a prompt), ``now`` the
-    ``%date:...%`` replacements in ``filename_prefix`` (default: local time).
+    ``object_info`` is the backend's ``/object_info`` (the node definitions decide the
+    widgets, their order and the sockets). ``rng`` drives dynamic-prompt choices (``{a|b}``
+    in a prompt), ``now`` the ``%date:...%`` replacements in ``filename_prefix`` (default:
+    local time).
 
     Raises :class:`~comfy_worker.errors.WorkflowConversionError` naming the node id, its
-    type and why when the editor could not build a prompt either (an unknown node type
-    that would run, a link to a node that does not exist, a circular link, ...).
+    type and why when the editor could not build a prompt either (unknown node types, all
+    of them at once; a link to a node that does not exist; a circular link ...).
     """
     if not isinstance(ui, Mapping):
         raise WorkflowConversionError(
@@ -92,8 +95,9 @@ def ui_to_api(ui: Mapping[str, Any], object_info: Mapping[str, Any], *,
     when = now or datetime.now()
     try:
         doc = from_json(dict(ui))
-        root = Loader(object_info, when).load(doc)
-        return _PromptBuilder(root, rng or random.Random(), when).build()
+        loader = Loader(object_info, when)
+        root = loader.load(doc)
+        return _PromptBuilder(root, rng or random.Random(), when, loader).build()
     except RecursionError:
         raise WorkflowConversionError(
             "the workflow nests subgraphs or links too deeply to follow",
@@ -115,14 +119,14 @@ class _Dto:
     """One node as the prompt sees it: a flattened id and link resolution across
     reroutes, bypassed nodes and subgraph boundaries (the editor's ExecutableNodeDTO)."""
 
-    def __init__(self, node: Node, path: list[Any], by_id: dict[str, _Dto],
-                 subgraph_node: Node | None) -> None:
+    def __init__(self, node: Node, path: list[str], by_id: dict[str, _Dto],
+                 subgraph_node: SubgraphNode | None) -> None:
         self.node = node
         self.path = list(path)
         self.by_id = by_id
         self.subgraph_node = subgraph_node
         self.graph = node.graph
-        self.id = _join([*path, node.id])
+        self.id = ":".join([*path, node.id])
         self.inputs = [(slot.link, slot.name, slot.type) for slot in node.inputs]
 
     # errors
@@ -133,7 +137,7 @@ class _Dto:
     def _key(self, kind: str, slot: Any) -> str:
         sub = self.subgraph_node.subgraph.id if self.subgraph_node and \
             self.subgraph_node.subgraph else UNDEFINED
-        return f"{to_string(sub)}:{to_string(self.node.id)}[{kind}]{to_string(slot)}"
+        return f"{to_string(sub)}:{self.node.id}[{kind}]{to_string(slot)}"
 
     # resolution
 
@@ -166,25 +170,27 @@ class _Dto:
                                   f"{to_string(link.origin_slot)}, which the subgraph node "
                                   "does not have")
             if outer_slot.link is None or outer_slot.link is UNDEFINED:
-                widget = outer.widget_from_slot(outer_slot)
-                if widget is None:
+                key_id = outer_slot.widget_id
+                if key_id is None:
                     return None
-                return _Resolved(is_widget=True, widget_value=widget.value)
+                state = outer.graph.root.widget_store.get(*key_id)
+                return _Resolved(is_widget=True,
+                                 widget_value=state.value if state is not None else UNDEFINED)
             outer_link = outer.graph.link(outer_slot.link)
             if outer_link is None:
                 raise self._error(f"the subgraph node's input {to_string(outer_slot.name)} "
                                   f"refers to link {to_string(outer_slot.link)}, which the "
                                   "workflow does not have")
-            parent = self.by_id.get(_join(self.path))
+            parent = self.by_id.get(":".join(self.path))
             if parent is None:
                 raise self._error("its subgraph node is missing")
             return parent.resolve_input(_slot_index(outer_link.target_slot), visited)
         origin = self.graph.node_by_id(link.origin_id)
         if origin is None:
             raise self._error(
-                f'input "{to_string(name)}" is linked to node {to_string(link.origin_id)}, '
-                "which does not exist", hint="reconnect that input in the editor")
-        origin_dto = self.by_id.get(_join([*self.path, origin.id]))
+                f'input "{to_string(name)}" is linked to node {link.origin_id}, which does '
+                "not exist", hint="reconnect that input in the editor")
+        origin_dto = self.by_id.get(":".join([*self.path, origin.id]))
         if origin_dto is None:
             raise self._error(f"the node feeding input \"{to_string(name)}\" is missing")
         wanted = typ if type_override is None or type_override is UNDEFINED else type_override
@@ -197,12 +203,14 @@ class _Dto:
                               hint="remove the loop of links")
         visited.add(key)
         node = self.node
-        if loose_equals(node.mode, MODE_BYPASS) and is_number(node.mode):
+        if _mode_is(node.mode, MODE_NEVER):
+            return None
+        if _mode_is(node.mode, MODE_BYPASS):
             index = self._bypass_input(slot, typ)
             if index == -1:
                 return None
             return self.resolve_input(index, visited)
-        if node.is_subgraph_node:
+        if isinstance(node, SubgraphNode):
             return self._subgraph_output(slot, typ, visited)
         if node.virtual:
             index = _slot_index(slot)
@@ -212,9 +220,9 @@ class _Dto:
                 target = resolved.input_node
                 if target is None:
                     raise self._error(f"cannot follow the link into output {to_string(slot)}")
-                dto = self.by_id.get(_join([*self.path, target.id]))
+                dto = self.by_id.get(":".join([*self.path, target.id]))
                 if dto is None:
-                    raise self._error(f"node {to_string(target.id)} is missing")
+                    raise self._error(f"node {target.id} is missing")
                 return dto.resolve_input(_slot_index(link.target_slot), visited, typ)
             return None
         return _Resolved(origin_id=self.id, origin_slot=slot)
@@ -260,14 +268,10 @@ class _Dto:
                 f"subgraph output {to_string(io.name)} is not produced by a node inside the "
                 "subgraph (it is wired straight from a subgraph input)",
                 hint="the editor cannot queue that either; connect the output to a node")
-        dto = self.by_id.get(_join([*self.path, node.id, inner.id]))
+        dto = self.by_id.get(":".join([*self.path, node.id, inner.id]))
         if dto is None:
-            raise self._error(f"inner node {to_string(inner.id)} is missing")
+            raise self._error(f"inner node {inner.id} is missing")
         return dto.resolve_output(links[0].origin_slot, typ, visited)
-
-
-def _join(parts: list[Any]) -> str:
-    return ":".join("" if p is None or p is UNDEFINED else to_string(p) for p in parts)
 
 
 def _slot_index(value: Any) -> Any:
@@ -280,46 +284,49 @@ def _slot_index(value: Any) -> Any:
 
 
 class _PromptBuilder:
-    def __init__(self, root: Graph, rng: random.Random, now: datetime) -> None:
+    def __init__(self, root: Graph, rng: random.Random, now: datetime, loader: Loader) -> None:
         self.root = root
         self.rng = rng
         self.now = now
+        self.loader = loader
 
     def build(self) -> dict[str, dict[str, Any]]:
         order = _execution_order(self.root)
         for node in order:
-            for inner in self._applied_nodes(node):
+            for inner in _inner_nodes(node, set()) if isinstance(node, SubgraphNode) \
+                    else [node]:
                 if inner.kind == "primitive":
                     apply_primitive(inner)
-        self._serialize_copies()
         by_id: dict[str, _Dto] = {}
         for node in order:
             dto = _Dto(node, [], by_id, None)
-            for inner in self._inner_dtos(dto, by_id):
-                by_id[inner.id] = inner
             by_id[dto.id] = dto
+            if _mode_is(node.mode, MODE_NEVER) or _mode_is(node.mode, MODE_BYPASS):
+                continue
+            if isinstance(node, SubgraphNode):
+                for inner in self._subgraph_dtos(node, [], by_id, set(), None):
+                    by_id[inner.id] = inner
+        self._refuse_missing(by_id)
         output: dict[str, dict[str, Any]] = {}
         for dto in list(by_id.values()):
             node = dto.node
             if node.virtual or _mode_is(node.mode, MODE_NEVER) or _mode_is(node.mode,
                                                                           MODE_BYPASS):
                 continue
-            if node.kind == "missing" or node.comfy_class is None:
-                raise conversion_error(
-                    node, f'node type "{node.type}" is not in this ComfyUI\'s /object_info',
-                    _missing_hint(node.type), node_id=dto.id)
             inputs: dict[str, Any] = {}
-            for widget in node.widgets:
-                if not widget.name or not widget.api:
+            for widget in node.widgets or []:
+                if not _truthy_name(widget.name) or not widget.api:
                     continue
                 value = self._serialize_widget(dto, widget)
-                inputs[to_string(widget.name)] = _wrap(value)
+                inputs[to_string(widget.name)] = _wrap(value, widget)
             for index, (_, name, _) in enumerate(dto.inputs):
                 resolved = dto.resolve_input(index)
                 if resolved is None:
                     continue
                 if resolved.is_widget:
-                    inputs[to_string(name)] = _wrap(resolved.widget_value)
+                    value = resolved.widget_value
+                    inputs[to_string(name)] = {"__value__": value} if isinstance(value, list) \
+                        else value
                     continue
                 inputs[to_string(name)] = [resolved.origin_id, parse_int(resolved.origin_slot)]
             output[dto.id] = {"inputs": inputs, "class_type": node.comfy_class,
@@ -332,25 +339,32 @@ class _PromptBuilder:
                     del inputs[name]
         return _js_ordered(to_json(output))
 
+    def _refuse_missing(self, by_id: dict[str, _Dto]) -> None:
+        """Every node that would run but whose type this ComfyUI lacks, named at once."""
+        missing = [dto for dto in by_id.values()
+                   if dto.node.kind == "missing" and not _mode_is(dto.node.mode, MODE_NEVER)
+                   and not _mode_is(dto.node.mode, MODE_BYPASS)]
+        if not missing:
+            return
+        types: list[str] = []
+        for dto in missing:
+            if dto.node.type not in types:
+                types.append(dto.node.type)
+        details = [{"node_id": dto.id, "class_type": dto.node.type,
+                    "message": f'node type "{dto.node.type}" is not in this ComfyUI\'s '
+                               "/object_info"} for dto in missing]
+        listed = ", ".join(f'"{t}" (node {", ".join(d.id for d in missing if d.node.type == t)})'
+                           for t in types)
+        noun = "node type" if len(types) == 1 else "node types"
+        raise WorkflowConversionError(
+            f"unknown {noun}: {listed}; this ComfyUI's /object_info does not have "
+            f"{'it' if len(types) == 1 else 'them'}",
+            hint=_missing_hint(types), details=details)
+
     # virtual nodes
 
-    def _applied_nodes(self, node: Node) -> Iterator[Node]:
-        """The nodes whose ``applyToGraph`` runs before serialization, in the editor's
-        order: a root node itself, or a subgraph node's inner nodes (recursively)."""
-        if node.is_subgraph_node:
-            yield from _inner_nodes(node, set())
-        else:
-            yield node
-
-    def _inner_dtos(self, dto: _Dto, by_id: dict[str, _Dto]) -> list[_Dto]:
-        if not dto.node.is_subgraph_node:
-            return [dto]
-        found: list[_Dto] = []
-        self._subgraph_dtos(dto.node, [], by_id, found, set(), None)
-        return found
-
-    def _subgraph_dtos(self, node: Node, path: list[Any], by_id: dict[str, _Dto],
-                       found: list[_Dto], seen: set[int], parent: Node | None) -> None:
+    def _subgraph_dtos(self, node: SubgraphNode, path: list[str], by_id: dict[str, _Dto],
+                       seen: set[int], parent: SubgraphNode | None) -> list[_Dto]:
         """``SubgraphNode.getInnerNodes``."""
         if id(node) in seen:
             raise conversion_error(node, "its subgraph contains itself",
@@ -361,66 +375,67 @@ class _PromptBuilder:
         inner_path = [*path, node.id]
         sub = node.subgraph
         assert sub is not None
+        found: list[_Dto] = []
         for inner in sub.nodes:
-            if inner.is_subgraph_node:
-                self._subgraph_dtos(inner, inner_path, by_id, found, seen, node)
+            if isinstance(inner, SubgraphNode):
+                found.extend(self._subgraph_dtos(inner, inner_path, by_id, seen, node))
             else:
                 dto = _Dto(inner, inner_path, by_id, node)
                 by_id[dto.id] = dto
                 found.append(dto)
+        return found
 
-    def _serialize_copies(self) -> None:
-        """``graph.serialize()`` runs before the prompt is built; each subgraph node's
-        ``serialize`` writes its promoted widget values into the inner widgets."""
-        for node in self.root.nodes:
-            _copy_promoted(node)
-        used = _used_subgraphs(self.root)
-        for sub_id, sub in self.root.subgraphs.items():
-            if sub_id in used:
-                for node in sub.nodes:
-                    _copy_promoted(node)
-
-    def _serialize_widget(self, dto: _Dto, widget: Any) -> Any:
+    def _serialize_widget(self, dto: _Dto, widget: Widget) -> Any:
         node = dto.node
-        spec = widget.spec
-        if spec.browser_only:
+        if widget.browser_only:
             raise conversion_error(
-                node, f"cannot be converted outside the editor: {spec.browser_only}",
+                node, f"cannot be converted outside the editor: {widget.browser_only}",
                 node_id=dto.id,
                 hint="replace it by a LoadImage node (and send the image with the job), or "
                 "export the workflow with Export (API) from the editor")
+        if widget.serialize_value is not None:
+            return widget.serialize_value(widget)
         value = widget.value
-        if spec.serialize_undefined:
-            return UNDEFINED
-        if spec.dynamic_prompts:
-            return process_dynamic_prompt(value, self.rng) if isinstance(value, str) else value
-        if spec.text_replace:
+        if widget.text_replace:
             if not isinstance(value, str):
                 raise conversion_error(node, f'widget "{to_string(widget.name)}" holds '
                                        f"{json_type(value)}, not text",
                                        hint="set filename_prefix to a string", node_id=dto.id)
             return apply_text_replacements(value, all_nodes(self.root), self.now)
+        if widget.dynamic_prompts:
+            return process_dynamic_prompt(value, self.rng) if isinstance(value, str) else value
         return value
+
+
+def _truthy_name(name: Any) -> bool:
+    return name is not None and name is not UNDEFINED and name != "" and name is not False \
+        and not (is_number(name) and name == 0)
 
 
 def _mode_is(mode: Any, wanted: int) -> bool:
     return is_number(mode) and loose_equals(mode, wanted)
 
 
-def _wrap(value: Any) -> Any:
-    return {"__value__": value} if isinstance(value, list) else value
+def _wrap(value: Any, widget: Widget) -> Any:
+    if not isinstance(value, list):
+        return value
+    if widget.type == "curve":
+        return {"__type__": "CURVE", "__value__": value}
+    return {"__value__": value}
 
 
-def _missing_hint(type_name: str) -> str:
-    if type_name in ("SetNode", "GetNode"):
-        return ("Set/Get nodes come from a custom node pack (KJNodes) whose editor extension "
-                "wires them; replace them by direct links, or export the workflow with "
-                "Export (API) from an editor that has the pack")
-    if type_name.startswith(("workflow>", "workflow/")):
-        return ("this is a legacy group node; open the workflow in the editor, convert the "
-                "group node to a subgraph and save again")
-    return ("install the custom nodes that provide it in the image, or pass the "
-            "/object_info of the ComfyUI that will run the workflow")
+def _missing_hint(types: list[str]) -> str:
+    hints = []
+    if any(t in ("SetNode", "GetNode") for t in types):
+        hints.append("Set/Get nodes come from a custom node pack (KJNodes) whose editor "
+                     "extension wires them; replace them by direct links, or export the "
+                     "workflow with Export (API) from an editor that has the pack")
+    if any(t.startswith(("workflow>", "workflow/")) for t in types):
+        hints.append("a legacy group node: open the workflow in the editor, convert the "
+                     "group node to a subgraph and save again")
+    hints.append("install the custom nodes that provide them in the image, or pass the "
+                 "/object_info of the ComfyUI that will run the workflow")
+    return "; ".join(hints)
 
 
 def _inner_nodes(node: Node, seen: set[int]) -> Iterator[Node]:
@@ -432,45 +447,10 @@ def _inner_nodes(node: Node, seen: set[int]) -> Iterator[Node]:
     if sub is None:
         return
     for inner in sub.nodes:
-        if inner.is_subgraph_node:
+        if isinstance(inner, SubgraphNode):
             yield from _inner_nodes(inner, seen)
         else:
             yield inner
-
-
-def _used_subgraphs(root: Graph) -> set[Any]:
-    used: set[Any] = set()
-    queue = [root]
-    while queue:
-        graph = queue.pop(0)
-        for node in graph.nodes:
-            if node.is_subgraph_node and node.type not in used:
-                used.add(node.type)
-                sub = root.subgraphs.get(node.type)
-                if sub is not None:
-                    queue.append(sub)
-    return used
-
-
-def _copy_promoted(node: Node) -> None:
-    """``SubgraphNode.serialize``: promoted values → every inner widget fed by that input."""
-    if not node.is_subgraph_node or node.subgraph is None:
-        return
-    sub = node.subgraph
-    for widget in node.widgets:
-        slot = next((s for s in node.inputs if s.name == widget.name), None)
-        if slot is None:
-            continue
-        for resolved in inner_targets(sub, slot.name):
-            assert resolved.input is not None and resolved.input_node is not None
-            if not resolved.input_node.widgets:
-                continue
-            marker = resolved.input.widget
-            if marker is None or not marker.name:
-                continue
-            inner = resolved.input_node.widget_named(marker.name)
-            if inner is not None:
-                inner.value = widget.value
 
 
 def _execution_order(graph: Graph) -> list[Node]:
@@ -481,7 +461,7 @@ def _execution_order(graph: Graph) -> list[Node]:
     pending: dict[str, float] = {}
     done_links: set[Any] = set()
     for node in graph.nodes:
-        key = to_string(node.id)
+        key = node.id
         remaining[key] = node
         count = sum(1 for slot in node.inputs if slot.link is not None
                     and slot.link is not UNDEFINED)
@@ -492,7 +472,7 @@ def _execution_order(graph: Graph) -> list[Node]:
     while queue:
         node = queue.pop(0)
         ordered.append(node)
-        remaining.pop(to_string(node.id), None)
+        remaining.pop(node.id, None)
         for out in node.outputs:
             for link_id in out.links or []:
                 link = graph.link(link_id)
@@ -503,33 +483,23 @@ def _execution_order(graph: Graph) -> list[Node]:
                     done_links.add(link.id)
                     continue
                 done_links.add(link.id)
-                key = to_string(target.id)
+                key = target.id
                 if key in pending:
                     pending[key] -= 1
                     if pending[key] == 0:
                         queue.append(target)
                 else:
                     pending[key] = float("nan")
-    ordered.extend(remaining[k] for k in _js_key_order(list(remaining)))
+    ordered.extend(remaining[k] for k in js_key_order(list(remaining)))
     return ordered
-
-
-def _is_array_index(key: str) -> bool:
-    return key.isdigit() and (key == "0" or not key.startswith("0")) and int(key) < 2**32 - 1
-
-
-def _js_key_order(keys: list[str]) -> list[str]:
-    """The order JavaScript enumerates object keys: array indexes ascending first."""
-    indexes = sorted((k for k in keys if _is_array_index(k)), key=int)
-    return indexes + [k for k in keys if not _is_array_index(k)]
 
 
 def _js_ordered(prompt: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for key in _js_key_order(list(prompt)):
+    for key in js_key_order(list(prompt)):
         entry = prompt[key]
         if isinstance(entry, dict) and isinstance(entry.get("inputs"), dict):
             inputs = entry["inputs"]
-            entry = {**entry, "inputs": {k: inputs[k] for k in _js_key_order(list(inputs))}}
+            entry = {**entry, "inputs": {k: inputs[k] for k in js_key_order(list(inputs))}}
         out[key] = entry
     return out

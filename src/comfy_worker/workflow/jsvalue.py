@@ -256,3 +256,14 @@ def parse_int(value: Any) -> int | float:
 def property_key(value: Any) -> str:
     """The key a JavaScript object stores ``value`` under (``obj[value]``)."""
     return to_string(value)
+
+
+def _is_array_index(key: str) -> bool:
+    return key.isdigit() and (key == "0" or not key.startswith("0")) and int(key) < 2**32 - 1
+
+
+def js_key_order(keys: list[str]) -> list[str]:
+    """The order JavaScript enumerates an object's keys: array indexes ascending first,
+    then the other keys in insertion order."""
+    indexes = sorted((k for k in keys if _is_array_index(k)), key=int)
+    return indexes + [k for k in keys if not _is_array_index(k)]

@@ -6,9 +6,8 @@ value into every input it feeds (``applyToGraph``). A Reroute passes a link thro
 after loading, the editor walks each reroute chain, fixes its types and, when it ends in
 widget inputs, gives a primitive feeding it a fresh widget. Both are left out of the prompt.
 
-This follows the frontend's ``widgetInputs`` and ``rerouteNode`` extensions (1.32.9),
-including their quirks (a primitive inside a subgraph looks its links up in the top-level
-graph).
+This follows the frontend's ``widgetInputs`` and ``rerouteNode`` extensions (1.48.7),
+including their quirks.
 """
 
 from __future__ import annotations
@@ -30,12 +29,13 @@ from comfy_worker.workflow.graph import (
     conversion_error,
     is_valid_connection,
 )
-from comfy_worker.workflow.jsvalue import UNDEFINED, element_at, is_number, to_number, truthy
-from comfy_worker.workflow.nodedefs import (
-    CORE_WIDGET_TYPES,
-    WidgetSpec,
-    control_widgets,
-    widgets_for,
+from comfy_worker.workflow.jsvalue import (
+    UNDEFINED,
+    element_at,
+    is_number,
+    to_number,
+    to_string,
+    truthy,
 )
 from comfy_worker.workflow.prompt_text import apply_text_replacements
 
@@ -202,10 +202,13 @@ def _v1_to_v2(config: Config, name: str) -> dict[str, Any]:
 
 # --- PrimitiveNode -------------------------------------------------------------------------
 
-
-def has_widgets(node: Node) -> bool:
-    """Whether ``node.widgets`` exists (an array) in the editor."""
-    return node.kind in ("comfy", "subgraph", "note") or node.has_widgets
+# ComfyWidgets: the core widget constructors (``isValidWidgetType``); a primitive makes its
+# widget with one of them, any other type gets a bare widget of that name.
+CORE_WIDGET_TYPES = frozenset({
+    "INT", "FLOAT", "BOOLEAN", "STRING", "MARKDOWN", "COMBO", "IMAGEUPLOAD", "COLOR",
+    "IMAGECOMPARE", "BOUNDING_BOX", "CHART", "GALLERIA", "PAINTER", "COMPOSITOR",
+    "TEXTAREA", "CURVE", "RANGE", "BOUNDING_BOXES", "COLORS", "COMFY_DYNAMICCOMBO_V3",
+})
 
 
 def primitive_after_configure(node: Node) -> None:
@@ -215,19 +218,20 @@ def primitive_after_configure(node: Node) -> None:
         return
     _create(node)
     values = node.widgets_values
-    if node.has_widgets and truthy(values) and isinstance(values, list):
+    if node.widgets is not None and isinstance(values, list):
         for widget, value in zip(node.widgets, values, strict=False):
             widget.value = value
     _merge_widget_config(node)
 
 
 def _create(node: Node) -> None:
-    """``#onFirstConnection``: the widget its first target input has."""
+    """``_onFirstConnection``: the widget its first target input has (links are looked
+    up in the primitive's own graph)."""
     out = node.outputs[0]
-    if out.links is None:
+    graph = node.graph
+    if out.links is None or graph is None:
         on_last_disconnect(node)
         return
-    graph = node.graph
     link = graph.link_by_property(out.links[0]) if out.links else None
     if link is None:
         return
@@ -239,56 +243,57 @@ def _create(node: Node) -> None:
         return
     if slot.widget is not None:
         marker = slot.widget
-    elif isinstance(slot.type, str) and slot.type in CORE_WIDGET_TYPES:
+    elif to_string(slot.type) in CORE_WIDGET_TYPES:
         marker = WidgetMarker(slot.name, (slot.type, {}))
     else:
         return
     config = marker.get_config()
     if config is None:
         return
-    out.type = spec_type(config)
+    out.type = "COMBO" if isinstance(config[0], list) else config[0]
     out.name = out.type
     out.widget = marker
     _make_widget(node, marker.get_custom() or config, target, marker.name)
 
 
 def _make_widget(node: Node, config: Config, target: Node, name: Any) -> None:
-    """``#createWidget``."""
+    """``_createWidget``."""
+    from comfy_worker.workflow.widgets import CONSTRUCTORS, add_control_widgets
+
     head = "COMBO" if isinstance(config[0], list) else config[0]
-    specs = widgets_for(_v1_to_v2(config, "value")) \
-        if isinstance(head, str) and head in CORE_WIDGET_TYPES else None
-    if not specs:
-        specs = [WidgetSpec("value", str(head).lower(), None)]
-    node.has_widgets = True
-    made = [Widget(s) for s in specs]
-    node.widgets.extend(made)
-    main = made[0]
-    if has_widgets(target):
+    if node.widgets is None:
+        node.widgets = []
+    if isinstance(head, str) and head in CORE_WIDGET_TYPES and head in CONSTRUCTORS:
+        main = CONSTRUCTORS[head](node, "value", _v1_to_v2(config, "value"))
+    else:
+        main = node.add_widget(Widget(node, "value", to_string(head).lower(), None))
+    if main is None:
+        return
+    if target.widgets is not None:
         source = target.widget_named(name)
         if source is not None:
             main.value = source.value
     opts = config[1] or {}
-    if not truthy(opts.get("control_after_generate")) and main.kind in ("number", "combo"):
+    if not truthy(opts.get("control_after_generate")) and main.type in ("number", "combo"):
         values = node.widgets_values if isinstance(node.widgets_values, list) else []
         control = values[1] if len(values) > 1 and truthy(values[1]) else "fixed"
-        node.widgets.extend(Widget(s) for s in control_widgets(
-            opts, combo=main.kind == "combo", filter_list=True, default=control))
+        add_control_widgets(node, main, control, opts, filter_list=True)
         extra = values[2] if len(values) > 2 else None
         if truthy(extra) and len(node.widgets) == 3:
             node.widgets[2].value = extra
     saved = node.control_values
-    if node.widgets and node.last_type == node.widgets[0].kind and saved is not None \
+    if node.widgets and node.last_type == node.widgets[0].type and saved is not None \
             and len(saved) == len(node.widgets) - 1:
         for i, value in enumerate(saved):
             node.widgets[i + 1].value = value
 
 
 def _clear_widgets(node: Node) -> None:
-    """``#removeWidgets`` (remembers the control values for the re-made widget)."""
-    if node.has_widgets:
+    """``_removeWidgets`` (remembers the control values for the re-made widget)."""
+    if node.widgets is not None:
         node.control_values = [w.value for w in node.widgets[1:]]
-        node.last_type = node.widgets[0].kind if node.widgets else None
-        node.widgets = []
+        node.last_type = node.widgets[0].type if node.widgets else None
+        del node.widgets[:]
 
 
 def on_last_disconnect(node: Node) -> None:
@@ -301,20 +306,20 @@ def on_last_disconnect(node: Node) -> None:
 
 def recreate_widget(node: Node) -> Widget | None:
     """``recreateWidget``: re-make the widget (new config), keep the values."""
-    values = [w.value for w in node.widgets] if node.has_widgets else None
+    values = [w.value for w in node.widgets] if node.widgets is not None else None
     _clear_widgets(node)
     _create(node)
-    if values and node.has_widgets:
+    if values and node.widgets is not None:
         for i, widget in enumerate(node.widgets):
             widget.value = values[i] if i < len(values) else UNDEFINED
     node.control_values = None
     node.last_type = None
-    return node.widgets[0] if node.has_widgets and node.widgets else None
+    return node.widgets[0] if node.widgets else None
 
 
 def _merge_widget_config(node: Node) -> None:
-    """``#mergeWidgetConfig``: an INT/FLOAT primitive takes the range all its targets
-    accept (the links are looked up in the top-level graph, as the editor does)."""
+    """``_mergeWidgetConfig``: an INT/FLOAT primitive takes the range all its targets
+    accept."""
     out = node.outputs[0]
     links = out.links or []
     had_custom = out.widget is not None and out.widget.get_custom() is not None
@@ -325,10 +330,9 @@ def _merge_widget_config(node: Node) -> None:
             recreate_widget(node)
         return
     config = out.widget.get_config() if out.widget is not None else None
-    if config is None or config[0] not in ("INT", "FLOAT"):
+    if config is None or config[0] not in ("INT", "FLOAT") or node.graph is None:
         return
-    root = node.graph.root
-    for link, target in _linked_targets(root, links):
+    for link, target in _linked_targets(node.graph, links):
         slot = element_at(target.inputs, link.target_slot, wrap=False)
         if slot is None or slot.widget is None:
             continue
@@ -339,29 +343,23 @@ def _merge_widget_config(node: Node) -> None:
 
 
 def apply_primitive(node: Node) -> None:
-    """``applyToGraph``: the primitive's value into every widget it feeds, through each
-    widget's change callback."""
+    """``applyToGraph`` (``applyFirstWidgetValueToGraph``): the primitive's value into
+    every widget it feeds, through each widget's change callback."""
+    graph = node.graph
+    source = node.widgets[0] if node.widgets else None
     out = node.outputs[0] if node.outputs else None
-    if out is None or not out.links:
+    if source is None or graph is None or out is None or not out.links:
         return
-    root = node.graph.root
-    links = [root.link_by_property(i) for i in out.links]
-    if node.has_widgets and not node.widgets:
-        raise conversion_error(node, "has lost its widget (it feeds nothing it can drive)",
-                               hint="reconnect or remove the primitive in the editor")
-    value = node.widgets[0].value if node.widgets else UNDEFINED
+    value = source.value
     if truthy(value) and node.properties.get(REPLACE_PROPERTY):
         if not isinstance(value, str):
             raise conversion_error(node, "text replacement is on but its value is not text")
-        value = apply_text_replacements(value, all_nodes(root), root.now)
-    for link in links:
+        value = apply_text_replacements(value, all_nodes(graph), graph.root.now)
+    for link_id in list(out.links):
+        link = graph.link_by_property(link_id)
         if link is None:
-            raise conversion_error(
-                node, "its link cannot be followed: the editor looks primitive links up in "
-                "the top-level graph, so a PrimitiveNode inside a subgraph cannot be queued",
-                hint="inside a subgraph use a subgraph input or a Primitive* node "
-                "(PrimitiveInt, PrimitiveString, ...) instead of a PrimitiveNode")
-        target = node.graph.node_by_id(link.target_id)
+            continue
+        target = graph.node_by_id(link.target_id)
         slot = element_at(target.inputs, link.target_slot, wrap=False) if target else None
         if target is None or slot is None:
             continue
@@ -448,12 +446,12 @@ def reroute_connections_changed(node: Node) -> None:
         if merged is not None and truthy(target_type):
             reroute.inputs[0].widget = WidgetMarker("value")
             _set_widget_config(reroute.inputs[0], (shown if head is None else head, merged),
-                               graph.root)
+                               graph)
         else:
-            _set_widget_config(reroute.inputs[0], None, graph.root)
+            _set_widget_config(reroute.inputs[0], None, graph)
 
 
-def _set_widget_config(slot: InputSlot, config: Config | None, root: Graph) -> None:
+def _set_widget_config(slot: InputSlot, config: Config | None, graph: Graph) -> None:
     """``setWidgetConfig`` on a reroute's input: a primitive feeding it is re-made (or,
     when the chain no longer ends in a widget, disconnected)."""
     if slot.widget is None:
@@ -462,10 +460,10 @@ def _set_widget_config(slot: InputSlot, config: Config | None, root: Graph) -> N
         slot.widget.config = config
     else:
         slot.widget = None
-    link = root.link_by_property(slot.link if slot.link is not None else -1)
+    link = graph.link(slot.link)
     if link is None:
         return
-    origin = root.node_by_id(link.origin_id)
+    origin = graph.node_by_id(link.origin_id)
     if origin is None or origin.type != "PrimitiveNode":
         return
     if config is not None:
