@@ -519,6 +519,20 @@ def test_multiline_text_keeps_the_value_it_was_given() -> None:
         == "line1\r\nline2\rline3"
 
 
+def test_more_v3_and_subgraph_behaviours() -> None:
+    dropped = convert(case("matchtype_output_type_drops_a_link_it_cannot_feed")["workflow"])
+    assert dropped["19"]["inputs"] == {"vae": ["4", 2]}      # IMAGE cannot feed LATENT
+    named = convert(case("autogrow_named_inputs")["workflow"])["16"]["inputs"]
+    assert list(named) == ["f_string", "values.a", "values.b"]
+    primitive = convert(case("primitive_on_a_dynamic_option_input")["workflow"])
+    assert primitive["17"]["inputs"]["resize_type.multiplier"] == 2.5
+    promoted = convert(case("dynamic_combo_inside_a_subgraph_promoted")["workflow"])
+    assert promoted == answer("dynamic_combo_inside_a_subgraph_promoted")
+    shared = convert(case("string_top_level_ids_reserve_nothing")["workflow"])
+    assert shared == answer("string_top_level_ids_reserve_nothing")
+    assert "16:3" in shared and shared["3"]["class_type"] == "EmptyLatentImage"
+
+
 def test_duplicate_ids_inside_a_subgraph() -> None:
     assert convert(case("duplicate_ids_in_a_subgraph_share_widget_values")["workflow"]) \
         == answer("duplicate_ids_in_a_subgraph_share_widget_values")
@@ -548,6 +562,13 @@ def test_every_unknown_node_type_is_named_at_once() -> None:
     assert [d["class_type"] for d in err.value.details] == ["FancySampler", "FancyUpscale",
                                                            "FancySampler"]
     assert [d["node_id"] for d in err.value.details] == ["16", "17", "18"]
+
+
+def test_unknown_type_is_named_as_the_workflow_spells_it() -> None:
+    wf = template("default")
+    next(n for n in wf["nodes"] if n["id"] == 8)["type"] = "Fancy<Decode>"
+    with pytest.raises(WorkflowConversionError, match='"Fancy<Decode>" \\(node 8\\)'):
+        convert(wf)
 
 
 def test_unknown_types_inside_subgraphs_are_named_with_their_flattened_ids() -> None:

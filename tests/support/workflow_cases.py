@@ -1226,6 +1226,60 @@ def duplicate_ids_in_a_subgraph_share_widget_values() -> Case:
     return Case(wf)
 
 
+@case
+def string_top_level_ids_reserve_nothing() -> Case:
+    """Only numeric top-level ids are reserved against inner ids: a top-level "3" (a
+    string) and an inner 3 keep their ids, and their widgets share the store key."""
+    wf, _ = _sd_subgraph(promote=False)
+    add_node(wf, "EmptyLatentImage", [384, 384, 4], node_id="3",
+             outputs=[("LATENT", "LATENT")])
+    return Case(wf)
+
+
+@case
+def matchtype_output_type_drops_a_link_it_cannot_feed() -> Case:
+    """The switch's output takes the type its inputs share (IMAGE); a link from it into
+    a LATENT input is dropped on the frame after loading."""
+    wf = matchtype_switch().workflow
+    switch = next(n["id"] for n in wf["nodes"] if n["type"] == "ComfySwitchNode")
+    decode = add_node(wf, "VAEDecode", [], outputs=[("IMAGE", "IMAGE")])
+    connect(wf, switch, 0, decode, "samples", "LATENT", widget=False)
+    connect(wf, 4, 2, decode, "vae", "VAE", widget=False)
+    return Case(wf)
+
+
+@case
+def autogrow_named_inputs() -> Case:
+    """StringFormat.values: autogrow with fixed names (values.a, values.b, ...)."""
+    wf = default()
+    fmt = add_node(wf, "StringFormat", ["{a} and {b}"], outputs=[("STRING", "STRING")])
+    node(wf, fmt)["inputs"] = [{"name": "values.a", "type": "*", "link": None},
+                               {"name": "values.b", "type": "*", "link": None}]
+    connect(wf, 4, 2, fmt, "values.a", "*", widget=False)
+    connect(wf, 5, 0, fmt, "values.b", "*", widget=False)
+    return Case(wf)
+
+
+@case
+def primitive_on_a_dynamic_option_input() -> Case:
+    """A PrimitiveNode feeding an input a dynamic combo's option created."""
+    wf = dynamic_combo_saved_choice().workflow
+    nid = next(n["id"] for n in wf["nodes"] if n["type"] == "ResizeImageMaskNode")
+    pid = add_primitive(wf, 2.5, "fixed", title="multiplier")
+    connect(wf, pid, 0, nid, "resize_type.multiplier", "FLOAT")
+    return Case(wf)
+
+
+@case
+def dynamic_combo_inside_a_subgraph_promoted() -> Case:
+    """A dynamic combo inside a subgraph, its choice promoted to the subgraph node."""
+    wf = dynamic_combo_saved_choice().workflow
+    nid = next(n["id"] for n in wf["nodes"] if n["type"] == "ResizeImageMaskNode")
+    wrap_subgraph(wf, [nid], random.Random(31), name="resize",
+                  promote=[(nid, "resize_type", "COMBO", "scale longer dimension")])
+    return Case(wf)
+
+
 # --- seeded random variants of the templates ------------------------------------------------------
 
 

@@ -346,14 +346,17 @@ class _PromptBuilder:
                    and not _mode_is(dto.node.mode, MODE_BYPASS)]
         if not missing:
             return
+        def name(dto: _Dto) -> str:
+            return self.loader.original_types.get(dto.node.type, dto.node.type)
+
         types: list[str] = []
         for dto in missing:
-            if dto.node.type not in types:
-                types.append(dto.node.type)
-        details = [{"node_id": dto.id, "class_type": dto.node.type,
-                    "message": f'node type "{dto.node.type}" is not in this ComfyUI\'s '
+            if name(dto) not in types:
+                types.append(name(dto))
+        details = [{"node_id": dto.id, "class_type": name(dto),
+                    "message": f'node type "{name(dto)}" is not in this ComfyUI\'s '
                                "/object_info"} for dto in missing]
-        listed = ", ".join(f'"{t}" (node {", ".join(d.id for d in missing if d.node.type == t)})'
+        listed = ", ".join(f'"{t}" (node {", ".join(d.id for d in missing if name(d) == t)})'
                            for t in types)
         noun = "node type" if len(types) == 1 else "node types"
         raise WorkflowConversionError(
@@ -433,7 +436,8 @@ def _missing_hint(types: list[str]) -> str:
     if any(t.startswith(("workflow>", "workflow/")) for t in types):
         hints.append("a legacy group node: open the workflow in the editor, convert the "
                      "group node to a subgraph and save again")
-    hints.append("install the custom nodes that provide them in the image, or pass the "
+    it = "it" if len(types) == 1 else "them"
+    hints.append(f"install the custom nodes that provide {it} in the image, or pass the "
                  "/object_info of the ComfyUI that will run the workflow")
     return "; ".join(hints)
 

@@ -80,7 +80,8 @@ class Loader:
         self.root = Graph(None)
         self.root.now = now
         self._defs: dict[str, NodeDef] = {}
-        self.missing_types: list[str] = []
+        self.original_types: dict[str, str] = {}
+        """Sanitized type name → the name the workflow has (for error messages)."""
 
     def definition(self, type_name: str) -> NodeDef | None:
         if type_name in self._defs:
@@ -195,9 +196,8 @@ class Loader:
             for node in nodes if isinstance(nodes, list) else []:
                 if isinstance(node, dict) and not registered(node.get("type", UNDEFINED)):
                     original = to_string(node.get("type", UNDEFINED))
-                    if original not in self.missing_types and node.get("mode") not in (2, 4):
-                        self.missing_types.append(original)
                     node["type"] = _ENTITY.sub("", original)
+                    self.original_types.setdefault(node["type"], original)
 
         sanitize(doc.get("nodes"))
         for sub in sub_docs:
