@@ -276,3 +276,98 @@ def test_one_path_declared_with_two_sources_fails_naming_both(hub: Hub,
     assert f"{other_url} (node 50)" in message
     assert not lock.exists()
     assert hub.server.requests() == []  # refused before asking the Hub anything
+
+
+# --- declared hashes (newer templates: properties.models[].hash / hash_type) -------------
+
+
+def _declare(wf: dict[str, Any], node_id: int, name: str, directory: str, url: str,
+             sha256: str | None, hash_type: str = "SHA256") -> None:
+    node = next(n for n in wf["nodes"] if n["id"] == node_id)
+    entry = {"name": name, "url": url, "directory": directory}
+    if sha256 is not None:
+        entry |= {"hash": sha256, "hash_type": hash_type}
+    node.setdefault("properties", {})["models"] = [entry]
+
+
+def test_a_declared_sha256_is_checked_against_the_hub_and_spares_url_downloads(
+        hub: Hub, tmp_path: Path) -> None:
+    lfs = hub.server.add_file("o/declared", "a.safetensors", safetensors_bytes(30, seed=31))
+    plain = hub.server.add_file("o/declared", "b.safetensors", safetensors_bytes(20, seed=32),
+                                lfs=False)
+    url = hub.server.add_url("c.safetensors", safetensors_bytes(40, seed=33))
+    wf = template("default")
+    _declare(wf, 4, "a.safetensors", "checkpoints",
+             "https://huggingface.co/o/declared/resolve/main/a.safetensors",
+             lfs.sha256.upper())           # templates write hex in either case
+    next(n for n in wf["nodes"] if n["id"] == 4)["widgets_values"] = ["a.safetensors"]
+    wf["nodes"].append({"id": 60, "type": "VAELoader", "mode": 0, "inputs": [],
+                        "outputs": [], "widgets_values": ["b.safetensors"], "properties": {}})
+    _declare(wf, 60, "b.safetensors", "vae",
+             "https://huggingface.co/o/declared/resolve/main/b.safetensors", plain.sha256)
+    wf["nodes"].append({"id": 61, "type": "LoraLoaderModelOnly", "mode": 0, "inputs": [],
+                        "outputs": [], "widgets_values": ["c.safetensors", 1],
+                        "properties": {}})
+    _declare(wf, 61, "c.safetensors", "loras", url.url, url.sha256)
+    lock = tmp_path / "models.lock.json"
+
+    proc = _from_workflow(hub, _write(tmp_path, "wf", wf), lock, "--json")
+
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    added = {e["path"]: e for e in json.loads(proc.stdout)["added"]}
+    assert added["checkpoints/a.safetensors"]["sha256"] == lfs.sha256
+    assert (added["vae/b.safetensors"]["sha256"], added["vae/b.safetensors"]["size"]) == (
+        plain.sha256, plain.size)
+    assert added["loras/c.safetensors"] == {
+        "path": "loras/c.safetensors", "source": {"type": "url", "url": url.url},
+        "sha256": url.sha256, "size": url.size}
+    for served in (lfs, plain, url):      # metadata only: the declared sha256 was used
+        assert hub.server.bytes_served(served) == 0, served.key
+    assert {e.path: e.sha256 for e in load_lock(lock).models} == {
+        p: e["sha256"] for p, e in added.items()}
+
+
+def test_a_declared_sha256_the_hub_contradicts_is_refused_naming_both(
+        hub: Hub, tmp_path: Path) -> None:
+    """hidream_e1_full (comfyui-workflow-templates 0.11.41) declares the SHA256 of each of
+    its files; served with other bytes, the first one it meets is refused, nothing is
+    written and nothing downloaded."""
+    wf = template("hidream_e1_full")
+    declared = [m for n in wf["nodes"] for m in (n.get("properties") or {}).get("models", [])]
+    assert declared and all(m["hash_type"] == "SHA256" for m in declared)
+    first = declared[0]
+    repo_path = first["url"].split("/resolve/main/")[1]
+    served = hub.server.add_file("Comfy-Org/HiDream-I1_ComfyUI", repo_path,
+                                 safetensors_bytes(16, seed=41))
+    lock = tmp_path / "models.lock.json"
+
+    proc = _from_workflow(hub, _write(tmp_path, "wf", wf), lock)
+
+    assert proc.returncode == 1, proc.stdout
+    node_id = next(n["id"] for n in wf["nodes"]
+                   if first in (n.get("properties") or {}).get("models", []))
+    assert f"has sha256 {served.sha256}, but the workflow declares {first['hash']} " \
+        f"(node {node_id})" in proc.stderr
+    assert not lock.exists()
+    assert hub.server.bytes_served(served) == 0
+
+
+def test_a_url_whose_download_contradicts_the_declared_sha256_is_refused(
+        hub: Hub, tmp_path: Path) -> None:
+    """A server without HEAD gives no size: the file is hashed by one download, then
+    checked against the declaration."""
+    url = hub.server.add_url("d.safetensors", safetensors_bytes(12, seed=51))
+    url.faults.fail_times, url.faults.fail_methods, url.faults.fail_status = 1, ("HEAD",), 405
+    wf = template("default")
+    wrong = "0" * 64
+    _declare(wf, 4, "d.safetensors", "checkpoints", url.url, wrong)
+    next(n for n in wf["nodes"] if n["id"] == 4)["widgets_values"] = ["d.safetensors"]
+    lock = tmp_path / "models.lock.json"
+
+    proc = _from_workflow(hub, _write(tmp_path, "wf", wf), lock)
+
+    assert proc.returncode == 1, proc.stdout
+    assert f"has sha256 {url.sha256}, but the workflow declares {wrong} (node 4)" \
+        in proc.stderr
+    assert hub.server.bytes_served(url) == url.size       # hashed by one download
+    assert not lock.exists()

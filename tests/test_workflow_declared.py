@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from support.workflow_cases import legacy_names, legacy_template, template, template_names
 
+from comfy_worker.errors import LockfileError
+from comfy_worker.lockfile import Lockfile
 from comfy_worker.workflow.declared import DeclaredModel, HfUrl, declared_models, hf_resolve_parts
+from comfy_worker.workflow.lock_plan import plan_lock
 
 
 def test_default_template_declares_its_checkpoint() -> None:
@@ -80,3 +85,56 @@ def test_hf_urls_are_split(url: str, parts: HfUrl) -> None:
 ])
 def test_other_urls_are_not_hugging_face_files(url: str) -> None:
     assert hf_resolve_parts(url) is None
+
+
+# --- declared hashes -------------------------------------------------------------------
+
+
+def test_newer_templates_declare_hash_and_hash_type_which_are_carried() -> None:
+    found = declared_models(template("hidream_e1_full"))
+    assert found and all(m.hash_type == "SHA256" and len(m.hash or "") == 64 for m in found)
+    plan = plan_lock(template("hidream_e1_full"), Lockfile())
+    assert {w.path: w.sha256 for w in plan.to_resolve} == {
+        f"{m.directory}/{m.name}": m.hash for m in found}
+
+
+def _doc(*entries: dict[str, Any]) -> dict[str, Any]:
+    return {"nodes": [{"id": i + 1, "properties": {"models": [e]}}
+                      for i, e in enumerate(entries)]}
+
+
+ENTRY = {"name": "a.safetensors", "directory": "loras",
+         "url": "https://huggingface.co/o/r/resolve/main/a.safetensors"}
+
+
+def test_a_declared_sha256_is_normalised_and_travels_with_its_entry() -> None:
+    digest = "AB" * 32
+    wanted = plan_lock(_doc({**ENTRY, "hash": digest, "hash_type": "sha-256"}),
+                       Lockfile()).to_resolve
+    assert [(w.sha256, w.sha256_node) for w in wanted] == [("ab" * 32, "1")]
+    # the same file declared again without a hash keeps the declared one
+    wanted = plan_lock(_doc(ENTRY, {**ENTRY, "hash": digest, "hash_type": "SHA256"}),
+                       Lockfile()).to_resolve
+    assert [(w.sha256, w.sha256_node, w.nodes) for w in wanted] == [
+        ("ab" * 32, "2", ("1", "2"))]
+
+
+def test_hashes_of_other_kinds_or_not_strings_are_not_used() -> None:
+    for extra in ({"hash": "d41d8cd98f00b204e9800998ecf8427e", "hash_type": "MD5"},
+                  {"hash": 5, "hash_type": "SHA256"}, {"hash": "ab" * 32}):
+        [wanted] = plan_lock(_doc({**ENTRY, **extra}), Lockfile()).to_resolve
+        assert wanted.sha256 is None, extra
+    assert declared_models(_doc({**ENTRY, "hash": 5}))[0].hash is None
+
+
+def test_a_malformed_sha256_is_refused_naming_node_and_value() -> None:
+    with pytest.raises(LockfileError, match=r'node 1: declared model "a.safetensors" has '
+                       r'hash_type SHA256 but hash "nothex" is not 64 hex digits'):
+        plan_lock(_doc({**ENTRY, "hash": "nothex", "hash_type": "SHA256"}), Lockfile())
+
+
+def test_one_file_declared_with_two_hashes_is_refused_naming_both() -> None:
+    with pytest.raises(LockfileError) as err:
+        plan_lock(_doc({**ENTRY, "hash": "a" * 64, "hash_type": "SHA256"},
+                       {**ENTRY, "hash": "b" * 64, "hash_type": "SHA256"}), Lockfile())
+    assert f"{'a' * 64} (node 1) and {'b' * 64} (node 2)" in err.value.message

@@ -87,6 +87,12 @@ class SourceError(WorkerError, ValueError):
     reference = "source-invalid"
 
 
+class DeclaredHashMismatch(SourceError):
+    """The source's sha256 is not the one the workflow declares for the file."""
+
+    reference = "declared-hash-mismatch"
+
+
 # --- model sync -----------------------------------------------------------------------
 
 

@@ -47,7 +47,7 @@ def lock_from_workflow(args: argparse.Namespace, settings: Settings) -> int:
     atomically at the end; list the model names nobody declares. Exit 1 when some need
     a source."""
     from comfy_worker.commands.workflow import read_workflow_file
-    from comfy_worker.resolve import resolve
+    from comfy_worker.resolve import Declared, resolve
     from comfy_worker.workflow.lock_plan import plan_lock
 
     lock_file = Path(args.lock) if args.lock else settings.lock_path
@@ -59,7 +59,9 @@ def lock_from_workflow(args: argparse.Namespace, settings: Settings) -> int:
     for i, wanted in enumerate(plan.to_resolve, 1):
         log.info("[%d/%d] resolving %s (%s)", i, len(plan.to_resolve), wanted.path,
                  wanted.source)
-        entry = resolve(wanted.source, wanted.path, settings)
+        declared = Declared(wanted.sha256, f"node {wanted.sha256_node or '(workflow)'}") \
+            if wanted.sha256 else None
+        entry = resolve(wanted.source, wanted.path, settings, declared=declared)
         grown = grown.with_entry(entry)
         added.append(entry)
     if added and not args.dry_run:

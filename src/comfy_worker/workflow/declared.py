@@ -1,8 +1,9 @@
 """Models a UI-format workflow declares for download (pure, no network).
 
 The editor's templates (and workflows saved from them) list the files their loaders need
-on the loader node: ``node.properties.models = [{"name", "url", "directory"}, ...]``; the
-editor offers to download them when they are missing. A document may also carry a
+on the loader node: ``node.properties.models = [{"name", "url", "directory"}, ...]``, newer
+ones with the file's ``hash`` and ``hash_type`` (``"SHA256"``); the editor offers to
+download them when they are missing. A document may also carry a
 top-level ``models`` list. :func:`declared_models` collects them all, subgraph definitions
 included; :func:`hf_resolve_parts` splits a Hugging Face download URL into repository,
 revision and file path.
@@ -34,6 +35,10 @@ class DeclaredModel:
     url: str
     directory: str
     node_id: str
+    hash: str | None = None
+    """The declared ``hash``, as written (None when absent or not a string)."""
+    hash_type: str | None = None
+    """The declared ``hash_type``, e.g. ``"SHA256"``."""
 
 
 @dataclass(frozen=True)
@@ -60,7 +65,10 @@ def declared_models(ui: Mapping[str, Any]) -> list[DeclaredModel]:
             log.debug("node %s: skipping model entry %r (name/url/directory not strings)",
                       node_id, entry)
             continue
-        found.append(DeclaredModel(name=name, url=url, directory=directory, node_id=node_id))
+        digest, kind = entry.get("hash"), entry.get("hash_type")
+        found.append(DeclaredModel(name=name, url=url, directory=directory, node_id=node_id,
+                                   hash=digest if isinstance(digest, str) else None,
+                                   hash_type=kind if isinstance(kind, str) else None))
     return found
 
 

@@ -5,13 +5,17 @@ The editor's templates declare their files on loader nodes (``properties.models`
 ``directory/name`` and a source to resolve: a Hugging Face ``resolve`` URL becomes
 ``hf://[datasets/]OWNER/REPO@REV/PATH`` (pinned to its commit by ``lock add``'s resolver,
 with the Hub's sha256 and size, no download); any other URL stays a URL (hashed by one
-streamed download). The same file declared twice collapses; one path declared with two
-different sources is an error. Model names the workflow's nodes use that nobody declares
-are listed as needing a source.
+streamed download). A declared ``hash`` with ``hash_type`` SHA256 travels with the entry:
+the resolver checks the source against it (or, for a URL, uses it instead of hashing a
+download). The same file declared twice collapses; one path declared with two different
+sources or two different hashes is an error. Model names the workflow's nodes use that
+nobody declares are listed as needing a source.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +41,10 @@ class Wanted:
     """The URL as declared."""
     nodes: tuple[str, ...]
     """The nodes that declare it."""
+    sha256: str | None = None
+    """The SHA256 a node declares for it (lower-case hex), if any."""
+    sha256_node: str = ""
+    """The node that declares ``sha256``."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +76,29 @@ def source_for(url: str) -> str:
     return f"hf://{kind}{hf.repo}@{hf.revision}/{hf.path}"
 
 
+log = logging.getLogger(__name__)
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+
+
+def declared_sha256(model: DeclaredModel) -> str | None:
+    """The SHA256 ``model`` declares (lower-case), None when it declares none or a hash of
+    another kind. Raises :class:`LockfileError` for a SHA256 that is not 64 hex digits."""
+    if model.hash is None:
+        return None
+    kind = (model.hash_type or "").strip().replace("-", "").lower()
+    if kind != "sha256":
+        log.info("node %s: declared %s hash of %s is not used (only SHA256 is)",
+                 model.node_id or "(workflow)", model.hash_type or "an untyped", model.name)
+        return None
+    digest = model.hash.strip()
+    if not _SHA256.fullmatch(digest):
+        raise LockfileError(
+            f'node {model.node_id or "(workflow)"}: declared model "{model.name}" has '
+            f'hash_type {model.hash_type} but hash "{model.hash[:80]}" is not 64 hex digits',
+            hint="fix or remove the declaration's hash in the workflow, then run it again")
+    return digest.lower()
+
+
 def plan_lock(doc: Mapping[str, Any], lock: Lockfile) -> LockPlan:
     """The entries ``doc`` (a UI-format workflow; an API prompt declares nothing) adds to
     ``lock``. Raises :class:`LockfileError` for a bad declared path or a path declared
@@ -95,16 +126,25 @@ def plan_lock(doc: Mapping[str, Any], lock: Lockfile) -> LockPlan:
 
 def _add(wanted: dict[str, Wanted], path: str, model: DeclaredModel) -> None:
     source = source_for(model.url)
+    sha256 = declared_sha256(model)
     seen = wanted.get(path)
     if seen is None:
-        wanted[path] = Wanted(path, source, model.url, (model.node_id,))
-    elif seen.source == source:
-        wanted[path] = Wanted(path, source, seen.url, (*seen.nodes, model.node_id))
-    else:
+        wanted[path] = Wanted(path, source, model.url, (model.node_id,), sha256,
+                              model.node_id if sha256 else "")
+        return
+    if seen.source != source:
         raise LockfileError(
             f'"{path}" is declared with two sources: {seen.url} (node {seen.nodes[0]}) and '
             f"{model.url} (node {model.node_id})",
             hint="make the declarations agree (one file, one source), then run it again")
+    if sha256 and seen.sha256 and sha256 != seen.sha256:
+        raise LockfileError(
+            f'"{path}" is declared with two SHA256 hashes: {seen.sha256} (node '
+            f"{seen.sha256_node}) and {sha256} (node {model.node_id})",
+            hint="make the declarations agree (one file, one hash), then run it again")
+    wanted[path] = Wanted(path, source, seen.url, (*seen.nodes, model.node_id),
+                          seen.sha256 or sha256, seen.sha256_node or (
+                              model.node_id if sha256 else ""))
 
 
 def used_model_names(doc: Mapping[str, Any]) -> tuple[Unsourced, ...]:
