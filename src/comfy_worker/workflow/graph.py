@@ -30,7 +30,6 @@ from comfy_worker.workflow.jsvalue import (
     loose_equals,
     math_round,
     number_value,
-    property_key,
     to_fixed,
     to_number,
     to_string,
@@ -183,7 +182,6 @@ class Widget:
         self.dynamic_prompts = False
         self.text_replace = False       # a save node's filename_prefix
         self.remote_default: Any = UNDEFINED    # a remote COMBO's default
-        self.hidden = False
         self._state = WidgetState(type_, value)
         # hooks the editor's widget constructors and extensions install
         self.on_set: Callable[[Widget, Any], None] | None = None
@@ -455,7 +453,6 @@ class Node:
         # dynamic inputs (COMFY_AUTOGROW_V3 / COMFY_MATCHTYPE_V3 groups)
         self.autogrow: dict[str, Any] = {}
         self.match_types: dict[str, dict[str, Any]] = {}
-        self.on_added: list[Callable[[], None]] = []
 
     @property
     def widgets(self) -> list[Widget] | None:
@@ -473,9 +470,6 @@ class Node:
     @property
     def is_subgraph_node(self) -> bool:
         return self.kind == "subgraph"
-
-    def display_id(self) -> str:
-        return ":".join([*self.graph.path_prefix, self.id])
 
     def widget_named(self, name: Any) -> Widget | None:
         for w in self.widgets or []:
@@ -666,8 +660,6 @@ class Graph:
             widget.bind(node.id)
         self.nodes.append(node)
         self._by_id[node.id] = node
-        for hook in list(node.on_added):
-            hook()
 
     def remove_link(self, link_id: Any) -> None:
         with contextlib.suppress(TypeError):
@@ -700,7 +692,3 @@ def all_nodes(root: Graph) -> Iterator[Node]:
     """``collectAllNodes``: each subgraph node's inner nodes (recursively) before it."""
     return root.iter_all()
 
-
-def key_of(value: Any) -> str:
-    """The key a JavaScript object stores ``value`` under."""
-    return property_key(value)

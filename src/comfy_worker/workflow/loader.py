@@ -16,10 +16,9 @@ and the editor's load-time fixes applied. The graph it builds is made of
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -97,12 +96,6 @@ class Loader:
                 hint="pass the /object_info of the ComfyUI that will run the workflow") from None
         self._defs[type_name] = made
         return made
-
-    def is_registered(self, type_name: Any) -> bool:
-        """``type in LiteGraph.registered_node_types``."""
-        name = to_string(type_name)
-        return (name in self.object_info or name in self.root.subgraphs
-                or name in ("PrimitiveNode", "Reroute", "Note", "MarkdownNote"))
 
     def create_node(self, graph: Graph, type_name: Any, title: Any = UNDEFINED
                     ) -> Node | None:
@@ -604,16 +597,3 @@ def _legacy_widget_fixes(node: Node) -> None:
         if w.type == "combo" and w.values and (w.value is None or w.value is UNDEFINED):
             w.value = w.values[0]
 
-
-def iter_node_docs(doc: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
-    """Every node object of a document, subgraph definitions included."""
-    definitions = doc.get("definitions") if isinstance(doc.get("definitions"), dict) else {}
-    subs = definitions.get("subgraphs") if isinstance(definitions, dict) else None
-    for container in [doc, *(s for s in subs or [] if isinstance(s, dict))]:
-        nodes = container.get("nodes")
-        if isinstance(nodes, list):
-            yield from (n for n in nodes if isinstance(n, dict))
-
-
-def clone(doc: Any) -> Any:
-    return copy.deepcopy(doc)

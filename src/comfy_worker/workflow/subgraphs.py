@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 import re
 from collections.abc import Mapping
@@ -363,8 +364,6 @@ def _proxy_entries(value: Any) -> list[list[str]]:
     """``parseProxyWidgets``: ``[[node id, widget name(, disambiguator)], ...]`` (a JSON
     string is parsed; anything malformed gives nothing)."""
     if isinstance(value, str):
-        import json
-
         try:
             value = json.loads(value)
         except ValueError:

@@ -38,6 +38,7 @@ from comfy_worker.workflow.jsvalue import (
     truthy,
 )
 from comfy_worker.workflow.prompt_text import apply_text_replacements
+from comfy_worker.workflow.widgets import CONSTRUCTORS, add_control_widgets
 
 REPLACE_PROPERTY = "Run widget replace on values"
 _MERGE_IGNORED = frozenset({"default", "forceInput", "defaultInput", "control_after_generate",
@@ -258,8 +259,6 @@ def _create(node: Node) -> None:
 
 def _make_widget(node: Node, config: Config, target: Node, name: Any) -> None:
     """``_createWidget``."""
-    from comfy_worker.workflow.widgets import CONSTRUCTORS, add_control_widgets
-
     head = "COMBO" if isinstance(config[0], list) else config[0]
     if node.widgets is None:
         node.widgets = []

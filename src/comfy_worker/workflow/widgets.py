@@ -32,6 +32,7 @@ from comfy_worker.workflow.graph import (
     Widget,
     WidgetMarker,
     is_valid_connection,
+    resolve_link,
 )
 from comfy_worker.workflow.jsvalue import (
     UNDEFINED,
@@ -660,8 +661,6 @@ def settle_match_types(node: Node) -> None:
 def _origin_type(graph: Any, link: Any) -> Any:
     if link is None:
         return "*"
-    from comfy_worker.workflow.graph import resolve_link
-
     resolved = resolve_link(link, graph)
     slot = resolved.output or resolved.subgraph_input
     typ = slot.type if slot is not None else None
@@ -687,8 +686,6 @@ def _change_output_type(node: Node, out: OutputSlot, typ: Any) -> None:
         return
     out.type = typ
     graph = node.graph
-    from comfy_worker.workflow.graph import resolve_link
-
     for link_id in list(out.links or []):
         link = graph.link_by_property(link_id)
         if link is None:
@@ -733,9 +730,7 @@ def add_input_widget(node: Node, spec: Spec) -> None:
         return
     construct = _dynamic_combo_widget if wtype == "COMFY_DYNAMICCOMBO_V3" else CONSTRUCTORS[wtype]
     widget_spec = v1_to_v2(v2_to_v1(wspec), spec.get("name"))
-    widget = construct(node, spec.get("name"), widget_spec)
-    if widget is not None and truthy(spec.get("hidden")):
-        widget.hidden = True
+    construct(node, spec.get("name"), widget_spec)
     config = v2_to_v1(wspec)
     node.inputs.append(InputSlot(spec.get("name"), spec.get("type") or 0, None,
                                  WidgetMarker(spec.get("name"), (config[0], config[1]))))
