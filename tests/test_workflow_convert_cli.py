@@ -82,5 +82,5 @@ def test_convert_of_a_ui_workflow_with_an_unknown_node_exits_1_naming_it(
     proc = _convert(["wf.json", "--object-info", str(SNAPSHOT)], tmp_path)
 
     assert proc.returncode == 1, proc.stdout[-2000:]
-    assert '"KSamplerFromACustomNode" (node 3)' in proc.stderr
+    assert 'node 3 ("KSamplerFromACustomNode")' in proc.stderr
     assert proc.stdout == ""

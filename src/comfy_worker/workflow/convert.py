@@ -356,13 +356,15 @@ class _PromptBuilder:
         details = [{"node_id": dto.id, "class_type": name(dto),
                     "message": f'node type "{name(dto)}" is not in this ComfyUI\'s '
                                "/object_info"} for dto in missing]
-        listed = ", ".join(f'"{t}" (node {", ".join(d.id for d in missing if name(d) == t)})'
-                           for t in types)
-        noun = "node type" if len(types) == 1 else "node types"
-        raise WorkflowConversionError(
-            f"unknown {noun}: {listed}; this ComfyUI's /object_info does not have "
-            f"{'it' if len(types) == 1 else 'them'}",
-            hint=_missing_hint(types), details=details)
+        if len(missing) == 1:
+            message = f'node {missing[0].id} ("{types[0]}"): {details[0]["message"]}'
+        else:
+            listed = ", ".join(
+                f'"{t}" (node {", ".join(d.id for d in missing if name(d) == t)})'
+                for t in types)
+            message = (f"{len(missing)} nodes have types this ComfyUI's /object_info does "
+                       f"not have: {listed}")
+        raise WorkflowConversionError(message, hint=_missing_hint(types), details=details)
 
     # virtual nodes
 
