@@ -1280,6 +1280,15 @@ def dynamic_combo_inside_a_subgraph_promoted() -> Case:
     return Case(wf)
 
 
+@case
+def save_glb_viewer_widget_is_always_empty() -> Case:
+    """SaveGLB's 3D viewer (a component widget without a value of its own) is sent as ""
+    whatever ``widgets_values`` holds for it."""
+    wf = default()
+    add_node(wf, "SaveGLB", ["3d/mesh", "saved-render.png"])
+    return Case(wf)
+
+
 # --- seeded random variants of the templates ------------------------------------------------------
 
 

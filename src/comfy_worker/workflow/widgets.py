@@ -324,20 +324,19 @@ def _load_3d_widget(node: Node, name: Any, spec: Spec) -> Widget:
         node.add_widget(Widget(node, "upload extra resources", "button",
                                "uploadExtraResources"))
         node.add_widget(Widget(node, "clear", "button", "clear"))
-    widget = node.add_widget(DomValueWidget(node, input_name, "load3D", "",
-                                            register_on_set=False, spec=spec))
+    widget = node.add_widget(ComputedWidget(node, input_name, "load3D", lambda: "", spec=spec))
     widget.browser_only = "its value is a render of the editor's 3D viewer"
     return widget
 
 
 def _preview_3d_widget(node: Node, name: Any, spec: Spec) -> Widget:
-    return node.add_widget(DomValueWidget(node, "image", "load3D", "", register_on_set=False,
-                                          spec=spec))
+    """A Vue component widget without getValue/setValue: its value is always ""."""
+    return node.add_widget(ComputedWidget(node, "image", "load3D", lambda: "", spec=spec))
 
 
 def _load_3d_advanced_widget(node: Node, name: Any, spec: Spec) -> Widget:
-    widget = node.add_widget(DomValueWidget(node, "viewport_state", "load3DAdvanced", "",
-                                            register_on_set=False, spec=spec))
+    widget = node.add_widget(ComputedWidget(node, "viewport_state", "load3DAdvanced",
+                                            lambda: "", spec=spec))
     widget.browser_only = "its value is the state of the editor's 3D viewer"
     return widget
 
