@@ -501,6 +501,16 @@ def test_legacy_proxy_widgets_are_migrated() -> None:
     assert primitive["20:3"]["inputs"]["seed"] == 777
 
 
+def test_a_null_or_missing_proxy_host_value_keeps_the_inner_value() -> None:
+    # null is no widget value (pickHostValue): cfg keeps the inner KSampler's 8
+    held = convert(case("proxy_widgets_null_host_value_keeps_inner_value")["workflow"])
+    assert (held["16:3"]["inputs"]["cfg"], held["16:7"]["inputs"]["text"]) == (
+        8, "proxy negative")
+    keyed = convert(case("proxy_widgets_values_saved_as_object")["workflow"])
+    assert (keyed["16:3"]["inputs"]["cfg"], keyed["16:7"]["inputs"]["text"]) == (
+        8, "keyed negative")
+
+
 def test_links_are_used_as_saved_without_repair() -> None:
     # workflow validation (and its link repair) is off by default in frontend 1.4x
     prompt = convert(case("links_that_disagree_are_kept")["workflow"])

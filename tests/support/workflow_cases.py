@@ -1153,7 +1153,7 @@ def legacy_fixes_inside_subgraphs() -> Case:
     return Case(wf)
 
 
-def _proxy_case(entries: list[list[str]], values: list[Any],
+def _proxy_case(entries: list[list[str]], values: list[Any] | dict[str, Any],
                 promote: bool = True) -> Workflow:
     wf, inst = _sd_subgraph(promote=promote)
     host = node(wf, inst)
@@ -1184,6 +1184,24 @@ def proxy_widgets_quarantined_host_value() -> Case:
     """A ``-1`` entry (a widget the host itself owns) cannot be migrated: its saved value
     still lands on the host input of that name."""
     wf = _proxy_case([["-1", "p0_seed"], ["99", "nothing"]], [2222, 0])
+    return Case(wf)
+
+
+@case
+def proxy_widgets_null_host_value_keeps_inner_value() -> Case:
+    """A ``null`` saved host value is a hole: the promoted widget keeps the inner node's
+    own value, while the next entry's value still applies."""
+    wf = _proxy_case([["3", "cfg"], ["7", "text"]], [None, "proxy negative"],
+                     promote=False)
+    return Case(wf)
+
+
+@case
+def proxy_widgets_values_saved_as_object() -> Case:
+    """Host ``widgets_values`` saved as an object: entries are looked up by their index
+    as a key, a missing key is a hole."""
+    wf = _proxy_case([["3", "cfg"], ["7", "text"]], {"1": "keyed negative"},
+                     promote=False)
     return Case(wf)
 
 

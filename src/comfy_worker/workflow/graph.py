@@ -564,8 +564,8 @@ class PromotedWidget(Widget):
 
 
 def is_widget_value(value: Any) -> bool:
-    """``isWidgetValue``: anything but undefined and functions."""
-    return value is not UNDEFINED and not callable(value)
+    """``isWidgetValue``: undefined, a string, number, boolean or object; not null."""
+    return value is UNDEFINED or isinstance(value, str | int | float | bool | list | dict)
 
 
 # --- graphs ---------------------------------------------------------------------------

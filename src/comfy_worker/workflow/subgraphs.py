@@ -439,6 +439,19 @@ def _input_target(host: SubgraphNode, input_name: Any) -> tuple[str, Any] | None
     return _promotion_source(host, io)
 
 
+def _host_value(values: Any, index: int) -> Any:
+    """``pickHostValue``: ``widgets_values[index]`` when it is an own property.
+
+    An array or string holds it below its length, an object under the key
+    ``"index"``; anything else (or a hole) gives undefined.
+    """
+    if isinstance(values, list | str):
+        return values[index] if index < len(values) else UNDEFINED
+    if isinstance(values, dict):
+        return values.get(str(index), UNDEFINED)
+    return UNDEFINED
+
+
 def flush_proxy_widgets(host: SubgraphNode, values: Any) -> None:
     """``flushProxyWidgetMigration`` for one subgraph node."""
     entries = _proxy_entries(host.properties.get("proxyWidgets"))
@@ -448,9 +461,10 @@ def flush_proxy_widgets(host: SubgraphNode, values: Any) -> None:
     cohort = list(normalized)
     pending = []
     for index, (entry, norm) in enumerate(zip(entries, normalized, strict=True)):
-        hole = not (isinstance(values, list) and index < len(values)
-                    and is_widget_value(values[index]))
-        value = UNDEFINED if hole else values[index]
+        value = _host_value(values, index)
+        hole = value is UNDEFINED or not is_widget_value(value)
+        if hole:
+            value = UNDEFINED
         pending.append({"entry": entry, "norm": norm, "value": value, "hole": hole,
                         "plan": _classify(host, norm, cohort)})
     quarantine: list[dict[str, Any]] = []
