@@ -501,6 +501,16 @@ def test_legacy_proxy_widgets_are_migrated() -> None:
     assert primitive["20:3"]["inputs"]["seed"] == 777
 
 
+def test_subgraph_values_saved_as_an_object_are_read_by_index() -> None:
+    # configure sets every promoted widget from widgets_values[i] (undefined here), the
+    # subgraph node then applies the keys it has; the load-time combo fix gives the
+    # promoted sampler_name its first option, read from the copied inner options
+    prompt = convert(case("subgraph_values_saved_as_object")["workflow"])
+    assert prompt == answer("subgraph_values_saved_as_object")
+    assert (prompt["16:3"]["inputs"]["seed"], prompt["16:3"]["inputs"]["sampler_name"],
+            prompt["16:6"]["inputs"]["text"]) == (99, "euler", "keyed prompt")
+
+
 def test_a_null_or_missing_proxy_host_value_keeps_the_inner_value() -> None:
     # null is no widget value (pickHostValue): cfg keeps the inner KSampler's 8
     held = convert(case("proxy_widgets_null_host_value_keeps_inner_value")["workflow"])

@@ -738,6 +738,19 @@ def subgraph_instance_without_values() -> Case:
 
 
 @case
+def subgraph_values_saved_as_object() -> Case:
+    """Subgraph node ``widgets_values`` saved as an object: each promoted widget is first
+    set to undefined, then takes the value under its index as a key; a promoted COMBO left
+    undefined takes its first option on load, like any combo."""
+    wf = default()
+    promoted = [(3, "seed", "INT", 4242), (3, "sampler_name", "COMBO", "dpmpp_2m"),
+                (6, "text", "STRING", "promoted prompt")]
+    inst = wrap_subgraph(wf, [3, 6, 7], random.Random(1), promote=promoted, name="sampler")
+    node(wf, inst)["widgets_values"] = {"0": 99, "2": "keyed prompt"}
+    return Case(wf, None)
+
+
+@case
 def subgraph_two_instances() -> Case:
     wf, inst = _sd_subgraph()
     twin = copy.deepcopy(node(wf, inst))

@@ -95,11 +95,12 @@ def conversion_error(node: Node | None, why: str, hint: str | None = None, *,
 class WidgetState:
     """One entry of the editor's widget value store (``WidgetState``)."""
 
-    __slots__ = ("type", "value")
+    __slots__ = ("type", "value", "values")
 
-    def __init__(self, type_: Any, value: Any) -> None:
+    def __init__(self, type_: Any, value: Any, values: list[Any] | None = None) -> None:
         self.type = type_
         self.value = value
+        self.values = values        # options.values, kept for promoted widgets
 
 
 class WidgetStore:
@@ -114,14 +115,15 @@ class WidgetStore:
         node, text = to_string(node_id), to_string(name)
         return (node, text) if node and text else None
 
-    def register(self, node_id: Any, name: Any, type_: Any, value: Any) -> WidgetState | None:
+    def register(self, node_id: Any, name: Any, type_: Any, value: Any,
+                 values: list[Any] | None = None) -> WidgetState | None:
         key = self.key(node_id, name)
         if key is None:
             return None
         existing = self._states.get(key)
         if existing is not None and existing.type == type_:
             return existing
-        state = WidgetState(type_, value)
+        state = WidgetState(type_, value, values)
         self._states[key] = state
         return state
 
@@ -561,6 +563,16 @@ class PromotedWidget(Widget):
         state = self._state_now()
         if state is not None:
             state.value = v
+
+    @property       # type: ignore[override]
+    def values(self) -> list[Any] | None:
+        """``options.values`` of the store state (a copy of the inner widget's)."""
+        state = self._state_now()
+        return state.values if state is not None else None
+
+    @values.setter
+    def values(self, value: list[Any] | None) -> None:
+        return
 
 
 def is_widget_value(value: Any) -> bool:

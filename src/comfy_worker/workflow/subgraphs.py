@@ -320,13 +320,13 @@ def set_widget(node: SubgraphNode, io: SubgraphIO, slot: InputSlot, interior: Wi
     key = store.key(node.id, io.name)
     slot.widget_id = key
     if key is not None:
-        store.register(node.id, io.name, interior.type, interior.value)
+        store.register(node.id, io.name, interior.type, interior.value,
+                       list(interior.values) if interior.values is not None else None)
 
 
 def apply_promoted_values(node: SubgraphNode, values: Any) -> None:
-    """``_applyPromotedWidgetValues``: saved values, one per promoted input in order."""
-    if not isinstance(values, list):
-        return
+    """``_applyPromotedWidgetValues``: saved values, one per promoted input in order
+    (``widgets_values?.[i]``: an object's key ``"i"`` counts too)."""
     store = node.graph.root.widget_store
     quarantined = _quarantine_values(node)
     index = 0
@@ -334,8 +334,8 @@ def apply_promoted_values(node: SubgraphNode, values: Any) -> None:
         if slot.widget_id is None:
             continue
         value = quarantined.get(slot.name, UNDEFINED)
-        if value is UNDEFINED and index < len(values):
-            value = values[index]
+        if value is UNDEFINED:
+            value = _indexed(values, index)
         if value is not UNDEFINED:
             store.set_value(*slot.widget_id, value)
         index += 1
@@ -439,12 +439,9 @@ def _input_target(host: SubgraphNode, input_name: Any) -> tuple[str, Any] | None
     return _promotion_source(host, io)
 
 
-def _host_value(values: Any, index: int) -> Any:
-    """``pickHostValue``: ``widgets_values[index]`` when it is an own property.
-
-    An array or string holds it below its length, an object under the key
-    ``"index"``; anything else (or a hole) gives undefined.
-    """
+def _indexed(values: Any, index: int) -> Any:
+    """``values?.[index]``: an array or string holds it below its length, an object
+    under the key ``"index"``; anything else gives undefined."""
     if isinstance(values, list | str):
         return values[index] if index < len(values) else UNDEFINED
     if isinstance(values, dict):
@@ -461,7 +458,7 @@ def flush_proxy_widgets(host: SubgraphNode, values: Any) -> None:
     cohort = list(normalized)
     pending = []
     for index, (entry, norm) in enumerate(zip(entries, normalized, strict=True)):
-        value = _host_value(values, index)
+        value = _indexed(values, index)       # pickHostValue
         hole = value is UNDEFINED or not is_widget_value(value)
         if hole:
             value = UNDEFINED
