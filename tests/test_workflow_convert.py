@@ -422,6 +422,20 @@ def test_match_type_inputs_and_a_bypassed_switch() -> None:
     assert "16" not in bypassed
 
 
+def test_match_types_settle_on_the_frame_after_loading_in_the_editors_order() -> None:
+    # the switch's own frame runs before the reroute's: it still sees "*", the link stays
+    kept = convert(case("matchtype_settles_before_the_reroutes_feeding_it")["workflow"])
+    assert kept == answer("matchtype_settles_before_the_reroutes_feeding_it")
+    assert kept["19"]["inputs"]["samples"] == ["16", 0]
+    # a reroute, then an upstream switch whose output changed type, call the switch's
+    # handler again: it turns IMAGE and the link into LATENT goes
+    for name in ("matchtype_retyped_by_a_second_reroute",
+                 "matchtype_output_retypes_the_switch_it_feeds"):
+        dropped = convert(case(name)["workflow"])
+        assert dropped == answer(name)
+        assert dropped["19"]["inputs"] == {"vae": ["4", 2]}, name
+
+
 def test_widgets_the_editor_no_longer_sends_and_new_widget_types() -> None:
     preview = convert(case("preview_any_saved_preview_text")["workflow"])["16"]
     assert preview["inputs"] == {"source": ["4", 2]}          # no "preview"

@@ -46,7 +46,8 @@ SAMPLE_CASES = ["subgraph_nested_three_levels", "subgraph_two_instances",
                 "dynamic_combo_nested", "autogrow_connected_inputs", "matchtype_switch",
                 "subgraph_unfed_input_keeps_inner_widget_value",
                 "subgraph_inner_id_clashes_with_top_level", "proxy_widgets_new_subgraph_input",
-                "proxy_widgets_primitive_inside", "custom_combo_options"]
+                "proxy_widgets_primitive_inside", "custom_combo_options",
+                "matchtype_retyped_by_a_second_reroute"]
 RANDOM_SEEDS = range(5000, 5012)
 
 

@@ -1279,6 +1279,62 @@ def matchtype_output_type_drops_a_link_it_cannot_feed() -> Case:
     return Case(wf)
 
 
+def _switch_fed_through_reroutes(both: bool) -> Workflow:
+    """The switch of the case above fed through reroutes saved with the output type "*",
+    listed after them (so the reroutes come first in the graph's node order)."""
+    wf = matchtype_output_type_drops_a_link_it_cannot_feed().workflow
+    switch = node(wf, next(n["id"] for n in wf["nodes"] if n["type"] == "ComfySwitchNode"))
+    names = ["on_false", "on_true"] if both else ["on_true"]
+    if not both:
+        on_false = link_into(wf, switch["id"], "on_false")
+        gone = next(x for x in wf["links"] if x[0] == on_false)
+        wf["links"].remove(gone)
+        node(wf, gone[1])["outputs"][gone[2]]["links"].remove(on_false)
+        switch["inputs"] = [s for s in switch["inputs"] if s["name"] != "on_false"]
+        for link in wf["links"]:
+            if link[3] == switch["id"]:
+                link[4] = next(i for i, s in enumerate(switch["inputs"])
+                               if s["link"] == link[0])
+    for name in names:
+        reroute_link(wf, link_into(wf, switch["id"], name), [0])
+    wf["nodes"].remove(switch)
+    wf["nodes"].append(switch)
+    return wf
+
+
+@case
+def matchtype_settles_before_the_reroutes_feeding_it() -> Case:
+    """A switch fed through a reroute saved untyped: the switch's frame (asked for when
+    the node was built) runs before the reroute's (asked for once the graph was
+    configured), so it still sees "*" and the link into LATENT stays."""
+    return Case(_switch_fed_through_reroutes(both=False))
+
+
+@case
+def matchtype_retyped_by_a_second_reroute() -> Case:
+    """Both switch inputs fed through untyped reroutes: each reroute's frame calls the
+    switch's connection handler before typing itself, so the second one finds the first
+    already typed IMAGE."""
+    return Case(_switch_fed_through_reroutes(both=True))
+
+
+@case
+def matchtype_output_retypes_the_switch_it_feeds() -> Case:
+    """Switch A feeds switch B, which comes first in the node order and feeds a LATENT
+    input: B's frame still sees A's saved "*", then A's output turns IMAGE and calls B's
+    handler, which drops B's link into LATENT."""
+    wf = default()
+    first = add_node(wf, "ComfySwitchNode", [False], outputs=[("output", "*")])
+    second = add_node(wf, "ComfySwitchNode", [True], outputs=[("output", "*")])
+    connect(wf, _image_source(wf), 0, second, "on_false", "IMAGE", widget=False)
+    connect(wf, 8, 0, second, "on_true", "IMAGE", widget=False)
+    connect(wf, second, 0, first, "on_true", "*", widget=False)
+    decode = add_node(wf, "VAEDecode", [], outputs=[("IMAGE", "IMAGE")])
+    connect(wf, first, 0, decode, "samples", "LATENT", widget=False)
+    connect(wf, 4, 2, decode, "vae", "VAE", widget=False)
+    return Case(wf)
+
+
 @case
 def autogrow_named_inputs() -> Case:
     """StringFormat.values: autogrow with fixed names (values.a, values.b, ...)."""

@@ -618,6 +618,9 @@ class Graph:
         self.now: datetime = self.root.now if root is not None else datetime.now()
         self._state = GraphState() if root is None else None
         self.widget_store: WidgetStore = WidgetStore() if root is None else root.widget_store
+        # match-type inputs waiting for the frame after loading (node, input index), in
+        # the order they asked for it (root graph only)
+        self.match_type_frames: list[tuple[Node, int]] = []
 
     @property
     def state(self) -> GraphState:

@@ -57,11 +57,12 @@ from comfy_worker.workflow.virtual_nodes import (
     reroute_connections_changed,
 )
 from comfy_worker.workflow.widgets import (
+    InvalidConnection,
     NodeBuildError,
     build_comfy_node,
     connections_changed,
     markdown_widget,
-    settle_match_types,
+    match_type_connection_changed,
     string_widget,
 )
 
@@ -159,15 +160,20 @@ class Loader:
         for node in list(root.iter_all()):
             if node.kind == "primitive":
                 primitive_after_configure(node)
-        # app.loadGraphData: fixes on every node, then what runs on the next frames
+        # app.loadGraphData: fixes on every node, then what runs on the next frames: the
+        # match-type inputs asked for theirs when they were added, the reroutes once the
+        # graph was configured; a callback that throws ends alone
         for node in list(root.iter_all()):
             _legacy_widget_fixes(node)
+        for node, index in root.match_type_frames:
+            if any(n is node for n in node.graph.nodes):      # still in its graph
+                with contextlib.suppress(InvalidConnection):
+                    match_type_connection_changed(node, index)
         for node in list(root.iter_all()):
             if node.kind == "reroute":
-                reroute_connections_changed(node)
+                with contextlib.suppress(InvalidConnection):
+                    reroute_connections_changed(node)
             elif node.kind == "comfy":
-                if node.match_types:
-                    settle_match_types(node)
                 _remote_first_load(node)
         return root
 

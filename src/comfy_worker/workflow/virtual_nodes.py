@@ -38,7 +38,11 @@ from comfy_worker.workflow.jsvalue import (
     truthy,
 )
 from comfy_worker.workflow.prompt_text import apply_text_replacements
-from comfy_worker.workflow.widgets import CONSTRUCTORS, add_control_widgets
+from comfy_worker.workflow.widgets import (
+    CONSTRUCTORS,
+    add_control_widgets,
+    match_type_connection_changed,
+)
 
 REPLACE_PROPERTY = "Run widget replace on values"
 _MERGE_IGNORED = frozenset({"default", "forceInput", "defaultInput", "control_after_generate",
@@ -377,7 +381,8 @@ def apply_primitive(node: Node) -> None:
 
 def reroute_connections_changed(node: Node) -> None:
     """The reroute's ``onConnectionsChange`` the editor runs on the frame after loading:
-    type the chain and, if it ends in widget inputs, pass their spec up to a primitive."""
+    type the chain and, if it ends in widget inputs, pass their spec up to a primitive.
+    Raises ``InvalidConnection`` where a match-type target throws."""
     graph = node.graph
     chain: list[Node] = []
     current: Node | None = node
@@ -423,7 +428,11 @@ def reroute_connections_changed(node: Node) -> None:
             if not ok:
                 graph.disconnect_input(target, link.target_slot)
                 continue
-            target_type = slot.type
+            # the target's onConnectionsChange; it sees this chain's types as they were
+            if target.match_types:
+                match_type_connection_changed(target, link.target_slot)
+            slot = element_at(target.inputs, link.target_slot, wrap=False)
+            target_type = slot.type if slot is not None else None
     shown = origin_type or target_type or "*"
     merged: Mapping[str, Any] | None = None
     head: Any = None

@@ -606,6 +606,8 @@ def _apply_match_type(node: Node, spec: Spec) -> None:
     add_node_input(node, {**spec, "type": template["allowed_types"]})
     node.match_types.setdefault(template["template_id"], {})[spec["name"]] = \
         template["allowed_types"]
+    # the input asks for the next frame, where it runs its connection handler
+    node.graph.root.match_type_frames.append((node, len(node.inputs) - 1))
 
 
 def connections_changed(node: Node, index: int, connected: bool, link: Any) -> None:
@@ -631,30 +633,44 @@ def connections_changed(node: Node, index: int, connected: bool, link: Any) -> N
     add_autogrow_group(ordinal + 1, group, node)
 
 
-def settle_match_types(node: Node) -> None:
-    """What the match-type inputs do on the frame after loading: each input takes the type
-    its group's connections have in common; the outputs of that group take it too, and a
-    link the new output type cannot feed is dropped."""
+class InvalidConnection(Exception):
+    """What a match-type input's connection handler throws ("invalid connection") when
+    its group's connections share no type: it ends the frame callback that ran it."""
+
+
+def match_type_connection_changed(node: Node, index: int) -> None:
+    """The ``onConnectionsChange`` a match-type input installs, as it runs after loading
+    (on the frame the input asked for, or called by a reroute or an upstream output that
+    changed type): the inputs of ``node.inputs[index]``'s group take the type their
+    connections have in common, the group's outputs take it too (a link the new output
+    type cannot feed is dropped). Raises :class:`InvalidConnection` as the editor throws."""
+    slot = node.inputs[index] if 0 <= index < len(node.inputs) else None
+    if slot is None or not isinstance(slot.name, str):
+        return
+    found = next(((template_id, group) for template_id, group in node.match_types.items()
+                  if slot.name in group), None)
+    if found is None:
+        return
+    template_id, group = found
     graph = node.graph
-    for template_id, group in node.match_types.items():
-        members = [s for s in node.inputs if s.name in group]
-        connected = []
-        for slot in members:
-            link = graph.link_by_property(slot.link) if truthy(slot.link) else None
-            connected.append(_origin_type(graph, link))
-        for i, slot in enumerate(members):
-            combined = common_type(*connected[:i], *connected[i + 1:], group[slot.name])
-            if combined is None:
-                return
-            slot.type = combined
-        output_type = common_type(*connected)
-        if output_type is None:
-            return
-        groups = node.definition.info.get("output_matchtypes") if node.definition else None
-        for i, out in enumerate(node.outputs):
-            key = groups[i] if isinstance(groups, list) and i < len(groups) else UNDEFINED
-            if to_string(key) == template_id or key == template_id:
-                _change_output_type(node, out, output_type)
+    members = [s for s in node.inputs if s.name in group]
+    connected = []
+    for member in members:
+        link = graph.link_by_property(member.link) if truthy(member.link) else None
+        connected.append(_origin_type(graph, link))
+    for i, member in enumerate(members):
+        combined = common_type(*connected[:i], *connected[i + 1:], group[member.name])
+        if combined is None:
+            raise InvalidConnection
+        member.type = combined
+    output_type = common_type(*connected)
+    if output_type is None:
+        raise InvalidConnection
+    groups = node.definition.info.get("output_matchtypes") if node.definition else None
+    for i, out in enumerate(node.outputs):
+        key = groups[i] if isinstance(groups, list) and i < len(groups) else UNDEFINED
+        if to_string(key) == template_id or key == template_id:
+            _change_output_type(node, out, output_type)
 
 
 def _origin_type(graph: Any, link: Any) -> Any:
@@ -694,8 +710,12 @@ def _change_output_type(node: Node, out: OutputSlot, typ: Any) -> None:
         input_type = slot.type if slot is not None else None
         if not truthy(input_type):
             continue
-        if not is_valid_connection(typ, input_type) and resolved.input_node is not None:
-            graph.disconnect_input(resolved.input_node, link.target_slot)
+        valid = is_valid_connection(typ, input_type)
+        target = resolved.input_node
+        if not valid and target is not None:
+            graph.disconnect_input(target, link.target_slot)
+        if resolved.input is not None and target is not None and target.match_types:
+            match_type_connection_changed(target, link.target_slot)
 
 
 DYNAMIC_INPUTS: dict[str, Callable[[Node, Spec], None]] = {
