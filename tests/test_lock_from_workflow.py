@@ -371,3 +371,26 @@ def test_a_url_whose_download_contradicts_the_declared_sha256_is_refused(
         in proc.stderr
     assert hub.server.bytes_served(url) == url.size       # hashed by one download
     assert not lock.exists()
+
+
+def test_a_declared_sha256_the_lock_contradicts_is_refused_and_the_lock_kept(
+        hub: Hub, tmp_path: Path) -> None:
+    served = hub.server.add_file("o/declared", "e.safetensors", safetensors_bytes(10, seed=61))
+    wf = template("default")
+    url = "https://huggingface.co/o/declared/resolve/main/e.safetensors"
+    _declare(wf, 4, "e.safetensors", "checkpoints", url, served.sha256)
+    next(n for n in wf["nodes"] if n["id"] == 4)["widgets_values"] = ["e.safetensors"]
+    lock = tmp_path / "models.lock.json"
+    assert _from_workflow(hub, _write(tmp_path, "wf", wf), lock).returncode == 0
+    before = lock.read_bytes()
+    hub.server.reset_counters()
+    other = "f" * 64
+    _declare(wf, 4, "e.safetensors", "checkpoints", url, other)
+
+    proc = _from_workflow(hub, _write(tmp_path, "wf2", wf), lock)
+
+    assert proc.returncode == 1, proc.stdout
+    assert f'"checkpoints/e.safetensors" is locked with sha256 {served.sha256}, but the ' \
+        f"workflow declares {other} (node 4)" in proc.stderr
+    assert lock.read_bytes() == before
+    assert hub.server.requests() == []

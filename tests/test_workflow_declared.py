@@ -8,7 +8,7 @@ import pytest
 from support.workflow_cases import legacy_names, legacy_template, template, template_names
 
 from comfy_worker.errors import LockfileError
-from comfy_worker.lockfile import Lockfile
+from comfy_worker.lockfile import HfSource, LockEntry, Lockfile
 from comfy_worker.workflow.declared import DeclaredModel, HfUrl, declared_models, hf_resolve_parts
 from comfy_worker.workflow.lock_plan import plan_lock
 
@@ -138,3 +138,15 @@ def test_one_file_declared_with_two_hashes_is_refused_naming_both() -> None:
         plan_lock(_doc({**ENTRY, "hash": "a" * 64, "hash_type": "SHA256"},
                        {**ENTRY, "hash": "b" * 64, "hash_type": "SHA256"}), Lockfile())
     assert f"{'a' * 64} (node 1) and {'b' * 64} (node 2)" in err.value.message
+
+
+def test_a_declared_sha256_the_lock_contradicts_is_refused_naming_both() -> None:
+    source = HfSource(repo="o/r", revision="0" * 40, file="a.safetensors")
+    lock = Lockfile(models=(LockEntry(path="loras/a.safetensors", source=source,
+                                      sha256="c" * 64, size=10),))
+    with pytest.raises(LockfileError) as err:
+        plan_lock(_doc({**ENTRY, "hash": "D" * 64, "hash_type": "SHA256"}), lock)
+    assert err.value.message == (f'"loras/a.safetensors" is locked with sha256 {"c" * 64}, '
+                                 f'but the workflow declares {"d" * 64} (node 1)')
+    agreeing = plan_lock(_doc({**ENTRY, "hash": "C" * 64, "hash_type": "SHA256"}), lock)
+    assert (agreeing.to_resolve, agreeing.already_locked) == ((), ("loras/a.safetensors",))

@@ -101,8 +101,9 @@ def declared_sha256(model: DeclaredModel) -> str | None:
 
 def plan_lock(doc: Mapping[str, Any], lock: Lockfile) -> LockPlan:
     """The entries ``doc`` (a UI-format workflow; an API prompt declares nothing) adds to
-    ``lock``. Raises :class:`LockfileError` for a bad declared path or a path declared
-    with two different sources."""
+    ``lock``. Raises :class:`LockfileError` for a bad declared path, a path declared
+    with two different sources or hashes, or a declared SHA256 the lock's entry for that
+    path contradicts."""
     declared = declared_models(doc)
     wanted: dict[str, Wanted] = {}
     new_folders: set[str] = set()
@@ -115,8 +116,16 @@ def plan_lock(doc: Mapping[str, Any], lock: Lockfile) -> LockPlan:
             f'model "{model.name}"', folders=KNOWN_FOLDERS | set(lock.extra_folders)
             | new_folders)
         _add(wanted, path, model)
-    locked = {e.path for e in lock.models}
-    names = {p.split("/", 1)[1] for p in locked | set(wanted)}
+    locked = {e.path: e for e in lock.models}
+    for path, want in wanted.items():
+        entry = locked.get(path)
+        if entry is not None and want.sha256 and entry.sha256.lower() != want.sha256:
+            raise LockfileError(
+                f'"{path}" is locked with sha256 {entry.sha256}, but the workflow declares '
+                f"{want.sha256} (node {want.sha256_node or '(workflow)'})",
+                hint="the lock pins another file at that path: remove its entry to lock "
+                "the declared one, or fix the workflow's hash, then run it again")
+    names = {p.split("/", 1)[1] for p in set(locked) | set(wanted)}
     unsourced = tuple(u for u in used_model_names(doc) if u.name.replace("\\", "/")
                       not in names)
     return LockPlan(to_resolve=tuple(w for p, w in wanted.items() if p not in locked),
