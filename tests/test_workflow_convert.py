@@ -387,6 +387,17 @@ def test_dynamic_combo_sends_the_choice_and_its_own_inputs() -> None:
     assert (default["resize_type.width"], default["resize_type.crop"]) == (512, "center")
 
 
+def test_a_templates_save_image_advanced_sends_format_and_its_sub_inputs() -> None:
+    # comfyui-workflow-templates 0.11.41: the format dropdown brings its own inputs
+    name = "api_bytedance_seedream_5_0_pro_t2i"
+    prompt, now = expected(name)
+    got = convert(template(name), now=now, rng=FixedRandom(index()["template_random"]))
+    assert got == prompt
+    assert got["2"]["class_type"] == "SaveImageAdvanced"
+    assert {k: v for k, v in got["2"]["inputs"].items() if k.startswith("format")} == {
+        "format": "png", "format.bit_depth": "8-bit", "format.input_color_space": "sRGB"}
+
+
 def test_dynamic_combo_inside_a_dynamic_combo() -> None:
     inputs = convert(case("dynamic_combo_nested")["workflow"])["17"]["inputs"]
     assert (inputs["codec"], inputs["codec.encoding"], inputs["codec.encoding.crf"]) == (
