@@ -34,11 +34,6 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 ones. The most specific prefix decides (``job.events`` is a leaf)."""
 
 
-CONVERTER_BRANCH = pytest.mark.xfail(
-    strict=True, reason="workflow/'s cycle, private names and lock_plan's upward import: "
-    "fixed on the converter branch")
-
-
 def modules() -> dict[str, Path]:
     found: dict[str, Path] = {}
     for path in (SRC / "comfy_worker").rglob("*.py"):
@@ -79,14 +74,12 @@ def test_every_module_has_a_stage() -> None:
     assert [m for m in MODULES if layer(m) < 0] == []
 
 
-@CONVERTER_BRANCH
 def test_no_module_imports_a_later_stage() -> None:
     upward = [f"{m} -> {target}" for m in MODULES for target, _ in imports(m)
               if target in MODULES and layer(target) > layer(m)]
     assert upward == []
 
 
-@CONVERTER_BRANCH
 def test_no_private_name_is_imported_from_another_module() -> None:
     private = [f"{m}: from {target} import {name}" for m in MODULES
                for target, name in imports(m) if name.startswith("_")
@@ -94,7 +87,6 @@ def test_no_private_name_is_imported_from_another_module() -> None:
     assert private == []
 
 
-@CONVERTER_BRANCH
 def test_there_is_no_import_cycle() -> None:
     graph = {m: {t for t, _ in imports(m) if t in MODULES and t != m} for m in MODULES}
     cycles: list[list[str]] = []
