@@ -354,10 +354,10 @@ def test_a_declared_sha256_the_hub_contradicts_is_refused_naming_both(
 
 def test_a_url_whose_download_contradicts_the_declared_sha256_is_refused(
         hub: Hub, tmp_path: Path) -> None:
-    """A server without HEAD gives no size: the file is hashed by one download, then
-    checked against the declaration."""
-    url = hub.server.add_url("d.safetensors", safetensors_bytes(12, seed=51))
-    url.faults.fail_times, url.faults.fail_methods, url.faults.fail_status = 1, ("HEAD",), 405
+    """A server that tells no size (no Content-Length, no ranges): the file is hashed by
+    one download, then checked against the declaration."""
+    url = hub.server.add_url("d.safetensors", safetensors_bytes(12, seed=51), ranges=False)
+    url.faults.no_length = True
     wf = template("default")
     wrong = "0" * 64
     _declare(wf, 4, "d.safetensors", "checkpoints", url.url, wrong)
@@ -369,7 +369,9 @@ def test_a_url_whose_download_contradicts_the_declared_sha256_is_refused(
     assert proc.returncode == 1, proc.stdout
     assert f"has sha256 {url.sha256}, but the workflow declares {wrong} (node 4)" \
         in proc.stderr
-    assert hub.server.bytes_served(url) == url.size       # hashed by one download
+    # the size probe (HEAD, then a GET it does not read) and the one hashing download
+    assert [(r.method, r.range) for r in hub.server.requests(url)] == [
+        ("HEAD", None), ("GET", "bytes=0-0"), ("GET", None)]
     assert not lock.exists()
 
 
@@ -394,3 +396,27 @@ def test_a_declared_sha256_the_lock_contradicts_is_refused_and_the_lock_kept(
         f"workflow declares {other} (node 4)" in proc.stderr
     assert lock.read_bytes() == before
     assert hub.server.requests() == []
+
+
+def test_a_url_locked_with_a_wrong_declared_sha256_is_refused_by_sync_naming_both(
+        hub: Hub, tmp_path: Path) -> None:
+    """A URL whose size the server tells is locked with the declared sha256 and no
+    download; the bytes are checked when sync fetches them, and a contradiction fails
+    there, naming both hashes, with nothing placed."""
+    url = hub.server.add_url("w.safetensors", safetensors_bytes(12, seed=71))
+    wf = template("default")
+    wrong = "1" * 64
+    _declare(wf, 4, "w.safetensors", "checkpoints", url.url, wrong)
+    next(n for n in wf["nodes"] if n["id"] == 4)["widgets_values"] = ["w.safetensors"]
+    lock = tmp_path / "models.lock.json"
+    assert _from_workflow(hub, _write(tmp_path, "wf", wf), lock).returncode == 0
+    assert [e.sha256 for e in load_lock(lock).models] == [wrong]
+    assert hub.server.bytes_served(url) == 0
+    models = tmp_path / "models"
+
+    sync = _cli(hub, "sync", extra_env={"COMFY_WORKER_LOCK": str(lock),
+                                        "COMFY_WORKER_MODELS_DIR": str(models)})
+
+    assert sync.returncode != 0
+    assert wrong in sync.stderr and url.sha256 in sync.stderr, sync.stderr[-3000:]
+    assert not (models / "checkpoints" / "w.safetensors").exists()

@@ -89,6 +89,9 @@ class Faults:
     server stops), in this many GET responses, then close the connection."""
     stall_after: int = 4096
     stall_seconds: float = 30.0
+    no_length: bool = False
+    """Answer without ``Content-Length`` (the body ends when the connection closes), as
+    servers streaming generated content do: a client cannot learn the size up front."""
 
 
 class Valve:
@@ -591,7 +594,10 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             start, end, status = 0, size - 1, 200
         length = end - start + 1 if size else 0
-        headers["Content-Length"] = str(length)
+        if served.faults.no_length and status == 200:
+            self.close_connection = True
+        else:
+            headers["Content-Length"] = str(length)
         if head or length == 0:
             self._record(served, status, 0)
             self._send_headers(status, headers)
