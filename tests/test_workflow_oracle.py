@@ -101,11 +101,12 @@ def compare(oracle: Any, name: str, workflow: dict[str, Any], fixed: float | Non
 
 
 def test_live_editor_matches_on_templates_cases_and_random_variants(oracle: Any) -> None:
+    assert oracle.version() == index()["frontend_version"], "the fixtures were recorded " \
+        "with the editor ComfyUI v0.33.0 serves: point COMFYUI_DIR/COMFYUI_PYTHON at one"
     live_info = oracle.object_info()
     recorded = object_info()
     assert set(live_info) == set(recorded), "the test ComfyUI's nodes changed: regenerate " \
         "the fixtures with scripts/frontend_oracle.py"
-    assert oracle.version() == index()["frontend_version"]
     for name in SAMPLE_TEMPLATES:
         compare(oracle, name, template(name), 0.0, live_info)
     for name in SAMPLE_LEGACY:
