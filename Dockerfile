@@ -47,7 +47,7 @@ ARG APT_PACKAGES="python3 python3-venv ca-certificates git libgl1 libglib2.0-0" 
     TORCH_INDEX_URL=auto \
     PIP_FIND_LINKS= \
     EXTRA_CA_URL= \
-    COMFYUI_REF=v0.3.75 \
+    COMFYUI_REF=v0.33.0 \
     COMFYUI_URL= \
     SKIP_CUSTOM_NODES=0 \
     BASE_INPUTS=unknown
@@ -70,7 +70,8 @@ LABEL org.opencontainers.image.title="comfy-worker-base" \
       comfy-worker.flavor="${FLAVOR}" \
       comfy-worker.comfyui-ref="${COMFYUI_REF}"
 
-COPY scripts/image/install_base.sh scripts/image/patch_torchvision.py /tmp/build/scripts/image/
+COPY scripts/image/install_base.sh scripts/image/patch_torchvision.py scripts/image/patch_torchaudio.py \
+     /tmp/build/scripts/image/
 COPY scripts/install_custom_nodes.sh custom_nodes.txt /tmp/build/scripts/
 COPY requirements/comfyui-${FLAVOR}.lock /tmp/build/requirements/
 COPY .build-inputs/ /tmp/build/inputs/

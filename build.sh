@@ -197,6 +197,7 @@ base_hash() {
         # The Dockerfile's base stage (not the worker stage), and every file it copies.
         sed '/^FROM .* AS worker/,$d' Dockerfile
         find scripts/image/install_base.sh scripts/image/patch_torchvision.py \
+            scripts/image/patch_torchaudio.py \
             scripts/install_custom_nodes.sh custom_nodes.txt .build-inputs \
             "requirements/comfyui-$FLAVOR.lock" -type f ! -name '*.pyc' -print0 \
             | LC_ALL=C sort -z | xargs -0 sha256sum

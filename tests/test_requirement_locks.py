@@ -169,6 +169,18 @@ def test_the_cpu_lock_has_a_cpu_torch_and_no_cuda() -> None:
     assert not [p for p in cpu if p.startswith("nvidia-") or p == "triton"]
 
 
+@pytest.mark.parametrize("flavour", ["gpu", "cpu"])
+def test_each_flavour_has_a_torchaudio_made_for_its_torch(flavour: str) -> None:
+    """ComfyUI v0.33.0 imports torchaudio at start. A torchaudio up to 2.10 is built for
+    exactly its torch release; 2.11, the last release, for torch 2.11 and every later one
+    (its metadata: ``torch>=2.11``)."""
+    lock = parse_lock(REQ / f"comfyui-{flavour}.lock")
+    assert "torchaudio" in lock, f"comfyui-{flavour}.lock has no torchaudio"
+    torch = Version(lock["torch"][0]).release[:2]
+    audio = Version(lock["torchaudio"][0]).release[:2]
+    assert audio == torch or (audio >= (2, 11) and torch >= audio), (torch, audio)
+
+
 def test_both_flavours_pin_the_same_comfyui_stack() -> None:
     gpu, cpu = parse_lock(REQ / "comfyui-gpu.lock"), parse_lock(REQ / "comfyui-cpu.lock")
     names = {canonicalize_name(Requirement(r).name) for r in _requirements(REQ / "comfyui.in")}
@@ -228,7 +240,8 @@ def test_comfyui_in_is_comfyuis_requirements_at_the_pinned_ref() -> None:
     if not version.is_file() or f'"{ref.group(1).lstrip("v")}"' not in version.read_text():
         pytest.skip(f"no ComfyUI {ref.group(1)} tree here to compare with")
     theirs = {r for r in _requirements(src / "requirements.txt")
-              if canonicalize_name(Requirement(r).name) not in TORCH_FAMILY}
+              if canonicalize_name(Requirement(r).name) not in TORCH_FAMILY
+              and r != "requests"}  # listed by v0.33.0, added by lock_deps.sh for older ones
     assert ours == theirs
 
 

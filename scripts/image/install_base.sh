@@ -209,6 +209,11 @@ PYEOF
     "$PY" -m pip check || die "the venv's requirements are inconsistent (regenerate the lock)"
     # PyPI's CUDA-linked torchvision next to a CPU torch needs its nms fake kernels guarded.
     "$PY" "$BUILD/scripts/image/patch_torchvision.py" || die "torchvision does not import"
+    # The same for PyPI's torchaudio (its extension linked against CUDA torch): ComfyUI
+    # v0.33.0 imports torchaudio at start.
+    if grep -q '^torchaudio==' "$LOCK"; then
+        "$PY" "$BUILD/scripts/image/patch_torchaudio.py" || die "torchaudio does not import"
+    fi
     cp "$LOCK" "$HOME_DIR/requirements.lock"
 }
 

@@ -8,8 +8,8 @@
 #
 # Inputs (committed, edited by hand except comfyui.in):
 #   requirements/comfyui.in     ComfyUI's requirements.txt at the pinned ref, its torch
-#                               lines removed, plus `requests` (ComfyUI imports it without
-#                               listing it). Rewritten here from --comfyui-src DIR (a source
+#                               lines removed, plus `requests` when it is not listed
+#                               (older ComfyUIs import it without listing it). Rewritten here from --comfyui-src DIR (a source
 #                               tree) or downloaded for --comfyui-ref REF (default: the
 #                               Dockerfile's COMFYUI_REF).
 #   requirements/torch-gpu.in   torch, torchvision, torchaudio pins of the GPU flavour (PyPI:
@@ -79,9 +79,9 @@ if wanted comfyui-gpu || wanted comfyui-cpu; then
     {
         echo "# ComfyUI $COMFYUI_REF requirements.txt, written by scripts/image/lock_deps.sh."
         echo "# torch/torchvision/torchaudio removed (requirements/torch-*.in pin them per flavour);"
-        echo "# requests added (ComfyUI imports it without listing it)."
+        echo "# requests added when missing (v0.3.75 and older import it without listing it)."
         grep -v -i -E '^\s*(torch|torchvision|torchaudio)\s*([<>=!~;#].*)?$' "$tmp"
-        echo "requests"
+        grep -q -i -E '^\s*requests\s*([<>=!~;#].*)?$' "$tmp" || echo "requests"
     } > "$REQ/comfyui.in"
 fi
 
