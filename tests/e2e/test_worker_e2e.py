@@ -67,6 +67,7 @@ def _wait_for(predicate: Any, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.compat
 def test_worker_is_ready_at_boot_and_the_first_job_fetches_its_locked_model(
         worker: Worker, model_env: Any) -> None:
     assert worker.readiness().ready and worker.readiness().reason == "ready"
@@ -172,6 +173,7 @@ def test_locked_model_runs_through_upscale_model_loader(worker: Worker, model_en
     assert png_size(out) == (64, 32)
 
 
+@pytest.mark.compat
 def test_validation_error_names_node_class_and_comfyui_message(worker: Worker) -> None:
     wf = empty_image_workflow()
     del wf["2"]["inputs"]["images"]
@@ -200,6 +202,7 @@ def test_execution_error_names_the_failing_node_and_worker_stays_up(worker: Work
     assert len(_images(run(worker, {"workflow": empty_image_workflow(8, 8)}))) == 1
 
 
+@pytest.mark.compat
 def test_preflight_lists_every_missing_model_and_node_before_queueing(worker: Worker) -> None:
     wf = upscale_workflow("not_locked_a.safetensors", 8, 8)
     wf["5"] = {"class_type": "UpscaleModelLoader",
@@ -248,6 +251,7 @@ def test_outputs_over_the_size_limit_fail_with_the_size(worker: Worker) -> None:
     assert _files(worker.comfy.cfg.output_dir) == []
 
 
+@pytest.mark.compat
 def test_timeout_interrupts_comfyui_and_the_next_job_runs(worker: Worker,
                                                           model_env: Any) -> None:
     wf = slow_upscale_workflow(model_env.model_name, "slow")
@@ -261,6 +265,7 @@ def test_timeout_interrupts_comfyui_and_the_next_job_runs(worker: Worker,
     assert len(_images(run(worker, {"workflow": empty_image_workflow(8, 8)}))) == 1
 
 
+@pytest.mark.compat
 def test_cancel_event_interrupts_the_running_prompt(worker: Worker, model_env: Any) -> None:
     cancel = threading.Event()
     seen: list[dict[str, Any]] = []

@@ -1,21 +1,31 @@
-"""A real ComfyUI for tests that need one (the same one the e2e tests use).
+"""Real ComfyUIs for tests that need one (the same ones the e2e tests use).
 
-``COMFYUI_DIR``/``COMFYUI_PYTHON`` or ``./.comfyui`` (``scripts/setup_comfyui.sh``).
-:func:`comfyui_or_skip` skips without one, except under ``CI=true`` where it fails.
+Two of them, both made by ``scripts/setup_comfyui.sh`` (``scripts/test.sh`` exports both):
+
+* the current one, v0.33.0 (what the image carries): ``COMFYUI_DIR``/``COMFYUI_PYTHON``,
+  else ``./.comfyui/ComfyUI`` with ``./.comfyui/venv``;
+* the compat one, v0.3.75 (the oldest the worker supports): ``COMFYUI_COMPAT_DIR``/
+  ``COMFYUI_COMPAT_PYTHON``, else ``./.comfyui/compat/ComfyUI`` with
+  ``./.comfyui/compat/venv``. The e2e tests marked ``compat`` run against both.
+
+:func:`comfyui_or_skip` / :func:`install_or_skip` skip without one, except under
+``CI=true`` where they fail.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
+import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import requests
@@ -25,23 +35,69 @@ from comfy_worker.comfy.process import ComfyProcess, LaunchConfig
 from comfy_worker.config import load_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+LOCAL = REPO_ROOT / ".comfyui"
 FAST_BOOT_ARGS = ("--disable-all-custom-nodes", "--disable-api-nodes")
+COMPAT_DIR_ENV = "COMFYUI_COMPAT_DIR"
+COMPAT_PYTHON_ENV = "COMFYUI_COMPAT_PYTHON"
+COMPAT_VERSION = "0.3.75"
+"""The version setup_comfyui.sh installs as the compat ComfyUI (the supported minimum)."""
+
+Role = Literal["current", "compat"]
 
 
 @dataclass(frozen=True)
 class ComfyInstall:
     comfyui_dir: Path
     python: str
+    role: Role = "current"
+
+    @property
+    def version(self) -> str | None:
+        """``comfyui_version.py``'s ``__version__`` (what /system_stats reports)."""
+        return comfyui_version(self.comfyui_dir)
+
+
+def comfyui_version(comfyui_dir: Path) -> str | None:
+    try:
+        text = (comfyui_dir / "comfyui_version.py").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    match = re.search(r'^__version__\s*=\s*"([^"]+)"', text, flags=re.M)
+    return match.group(1) if match else None
+
+
+def _local(root: Path, role: Role) -> ComfyInstall | None:
+    python = root / "venv" / "bin" / "python"
+    if (root / "ComfyUI" / "main.py").is_file() and python.exists():
+        return ComfyInstall(root / "ComfyUI", str(python), role)
+    return None
 
 
 def find_comfyui() -> ComfyInstall | None:
+    """The current ComfyUI: COMFYUI_DIR/COMFYUI_PYTHON (the worker's own settings), else
+    ./.comfyui."""
     settings = load_settings()
-    if settings.comfyui_dir is not None and (Path(settings.comfyui_dir) / "main.py").is_file():
-        return ComfyInstall(Path(settings.comfyui_dir), settings.comfyui_python)
-    local = REPO_ROOT / ".comfyui"
-    if (local / "ComfyUI" / "main.py").is_file() and (local / "venv" / "bin" / "python").exists():
-        return ComfyInstall(local / "ComfyUI", str(local / "venv" / "bin" / "python"))
-    return None
+    if settings.comfyui_dir is not None:
+        if (Path(settings.comfyui_dir) / "main.py").is_file():
+            return ComfyInstall(Path(settings.comfyui_dir), settings.comfyui_python)
+        return None
+    return _local(LOCAL, "current")
+
+
+def find_compat_comfyui() -> ComfyInstall | None:
+    """The compat ComfyUI (v0.3.75): COMFYUI_COMPAT_DIR/COMFYUI_COMPAT_PYTHON (default: this
+    Python, as COMFYUI_PYTHON's), else ./.comfyui/compat. Test set-up, not a worker setting."""
+    given = os.environ.get(COMPAT_DIR_ENV)
+    if given:
+        if (Path(given) / "main.py").is_file():
+            return ComfyInstall(Path(given), os.environ.get(COMPAT_PYTHON_ENV) or sys.executable,
+                                "compat")
+        return None
+    return _local(LOCAL / "compat", "compat")
+
+
+def find_install(role: Role) -> ComfyInstall | None:
+    return find_comfyui() if role == "current" else find_compat_comfyui()
 
 
 def skip_or_fail(reason: str) -> None:
@@ -51,13 +107,24 @@ def skip_or_fail(reason: str) -> None:
     pytest.skip(reason)
 
 
-def comfyui_or_skip() -> ComfyInstall:
-    found = find_comfyui()
+MISSING = {
+    "current": "no ComfyUI: run scripts/setup_comfyui.sh (makes ./.comfyui) or set COMFYUI_DIR "
+               "and COMFYUI_PYTHON",
+    "compat": f"no compat ComfyUI ({COMPAT_VERSION}): run scripts/setup_comfyui.sh (makes "
+              f"./.comfyui/compat) or set {COMPAT_DIR_ENV} and {COMPAT_PYTHON_ENV}",
+}
+
+
+def install_or_skip(role: Role) -> ComfyInstall:
+    found = find_install(role)
     if found is None:
-        skip_or_fail("no ComfyUI: run scripts/setup_comfyui.sh or set COMFYUI_DIR and "
-                     "COMFYUI_PYTHON")
+        skip_or_fail(MISSING[role])
     assert found is not None
     return found
+
+
+def comfyui_or_skip() -> ComfyInstall:
+    return install_or_skip("current")
 
 
 @dataclass(frozen=True)
