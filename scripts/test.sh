@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command (README "Run the tests"; .ci/run runs exactly this).
-# Installs everything it needs into ./.venv and ./.comfyui (two ComfyUIs), then runs ruff
-# and pytest.
+# Installs everything it needs into ./.venv and ./.comfyui (two ComfyUIs), starts a Docker
+# daemon when it runs as root and none answers, then runs ruff and pytest.
 # pytest's exit status 5 ("no tests collected") counts as a failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,6 +38,45 @@ if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/
         || { apt-get update -qq >/dev/null 2>&1 \
              && apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1; } \
         || echo "test.sh: could not install chromium; the browser tests will not run" >&2
+fi
+
+# A Docker daemon for the container tests (tests/container: the CPU image built from the
+# ComfyUI tree below, then run): as root, when none answers, install docker.io and
+# debootstrap (scripts/make_base_image.sh makes the image's OS base with it) when missing
+# and start dockerd as those tests need it; it is stopped again when this script ends.
+# Without a daemon the container tests skip, and fail under CI=true.
+DOCKERD_PID=""
+stop_dockerd() {
+    if [ -n "$DOCKERD_PID" ] && kill -0 "$DOCKERD_PID" 2>/dev/null; then
+        kill "$DOCKERD_PID" 2>/dev/null || true
+        for _ in $(seq 1 30); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 1; done
+    fi
+}
+if [ "$(id -u)" = 0 ] && ! { command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; }; then
+    docker_pkgs=""
+    command -v dockerd >/dev/null 2>&1 || docker_pkgs="docker.io"
+    command -v debootstrap >/dev/null 2>&1 || docker_pkgs="$docker_pkgs debootstrap"
+    if [ -n "$docker_pkgs" ] && command -v apt-get >/dev/null 2>&1; then
+        echo "test.sh: installing$docker_pkgs ${docker_pkgs:+(apt)}" >&2
+        # shellcheck disable=SC2086  # word splitting of the package list is wanted
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+            apt-get install -y -qq --no-install-recommends $docker_pkgs; } >/dev/null 2>&1 \
+            || echo "test.sh: could not install$docker_pkgs; container tests skip (fail under CI=true)" >&2
+    fi
+    if command -v dockerd >/dev/null 2>&1; then
+        log="${TMPDIR:-/tmp}/comfy-worker-dockerd.log"
+        echo "test.sh: starting dockerd (overlay2, no iptables, no bridge; log $log)" >&2
+        dockerd --storage-driver=overlay2 --iptables=false --bridge=none >"$log" 2>&1 &
+        DOCKERD_PID=$!
+        trap stop_dockerd EXIT
+        for _ in $(seq 1 60); do
+            docker info >/dev/null 2>&1 && break
+            kill -0 "$DOCKERD_PID" 2>/dev/null || break
+            sleep 1
+        done
+        docker info >/dev/null 2>&1 \
+            || { echo "test.sh: dockerd did not start:" >&2; tail -5 "$log" >&2; }
+    fi
 fi
 
 # Real ComfyUIs for the end-to-end tests: v0.33.0 (COMFYUI_DIR, what the image carries) and

@@ -2,9 +2,9 @@
 
 Tests that need Docker take the ``docker_client`` or ``worker_image`` fixture and carry
 the ``container`` marker; without a reachable daemon they are skipped with the reason
-"no Docker daemon reachable" (CI has none: the build takes minutes on 2 cores). With
-CI=true and a reachable daemon, a missing prerequisite (the test base, offline inputs)
-fails instead of skipping; only the opt-in GPU build still skips.
+"no Docker daemon reachable". Under CI=true they fail instead (scripts/test.sh starts a
+daemon when it runs as root), and so does a missing prerequisite (the test base, offline
+inputs); only the opt-in GPU build still skips.
 
 ``worker_image`` builds the CPU flavour with ``./build.sh`` on a locally made base image
 (``scripts/make_base_image.sh``: debootstrap + docker import; no registry needed), CPU
@@ -33,7 +33,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 from container_helpers import (
@@ -56,18 +56,26 @@ def _env(name: str) -> str | None:
     return value or None
 
 
+def _no_daemon(why: str) -> NoReturn:
+    reason = f"{NO_DAEMON} ({why})"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true but {reason}: scripts/test.sh starts dockerd when it runs as "
+                    "root (apt-get install docker.io when missing)", pytrace=False)
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def docker_client() -> Iterator[Any]:
     """A connected ``docker.DockerClient``; skips the test when no daemon answers."""
     try:
         import docker
     except ImportError:
-        pytest.skip(f"{NO_DAEMON} (the 'docker' package is not installed)")
+        _no_daemon("the 'docker' package is not installed")
     try:
         client = docker.from_env(timeout=600)
         client.ping()
     except Exception as exc:  # any failure to connect means: no daemon here
-        pytest.skip(f"{NO_DAEMON} ({type(exc).__name__})")
+        _no_daemon(type(exc).__name__)
     yield client
     client.close()
 
