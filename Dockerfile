@@ -29,6 +29,8 @@
 #   COMFYUI_REF        ComfyUI release tag or commit (default: the ref the locks were made for)
 #   COMFYUI_URL        a tarball of the ComfyUI tree instead of GitHub's for COMFYUI_REF
 #   SKIP_CUSTOM_NODES  1: leave out custom_nodes.txt (offline builds)
+#   TEMPLATE_MEDIA     1: keep the editor's template media packages (thumbnails, previews:
+#                      ~410 MB); left out by default, the worker serves no editor
 #   APT_PACKAGES       installed when missing (a base that has them needs no apt)
 #   VAST_PYWORKER      0: leave the Vast.ai PyWorker venv out
 # .build-inputs/ (filled by ./build.sh for --wheels, --comfyui-src, --ca-cert) is copied too.
@@ -50,6 +52,7 @@ ARG APT_PACKAGES="python3 python3-venv ca-certificates git libgl1 libglib2.0-0" 
     COMFYUI_REF=v0.33.0 \
     COMFYUI_URL= \
     SKIP_CUSTOM_NODES=0 \
+    TEMPLATE_MEDIA=0 \
     BASE_INPUTS=unknown
 
 ENV COMFYUI_DIR=/opt/comfyui/ComfyUI \

@@ -18,6 +18,7 @@
 #   EXTRA_CA_URL       PEM bundle to trust: https://, file:// or loopback http://
 #   COMFYUI_REF        release tag or commit; COMFYUI_URL overrides the tarball URL
 #   SKIP_CUSTOM_NODES  1: install none of custom_nodes.txt
+#   TEMPLATE_MEDIA     1: also the editor's template media (left out by default)
 #
 #   BUILD/inputs/ca.crt    optional PEM bundle trusted by the system store, pip and Python
 #   BUILD/inputs/comfyui/  optional ComfyUI source tree used instead of the download
@@ -204,9 +205,25 @@ PYEOF
     mkdir -p "$SRC/custom_nodes" "$SRC/models" "$SRC/input" "$SRC/output"
 
     # 2. The rest of the lock (torch & co. are installed: pip leaves them as they are).
-    say "installing $(grep -c '^[A-Za-z0-9].*==' "$LOCK") locked packages from $(basename "$LOCK")"
-    pip_locked "$LOCK"
-    "$PY" -m pip check || die "the venv's requirements are inconsistent (regenerate the lock)"
+    #    The editor's template media (thumbnails and preview videos of its template browser,
+    #    ~410 MB that barely compress) are left out unless TEMPLATE_MEDIA=1: the worker
+    #    serves no editor, and they are what keeps the GPU image over 5.2 GB gzipped.
+    local lock=$LOCK media='^comfyui-workflow-templates-media-[a-z0-9-]+=='
+    if [ "${TEMPLATE_MEDIA:-0}" != 1 ]; then
+        lock=$(mktemp --suffix=.lock)
+        awk -v media="$media" '/^[A-Za-z0-9]/ { keep = ($0 !~ media) }
+             /^[[:space:]]*#/ { next }
+             keep { print }' "$LOCK" > "$lock"
+        say "leaving out $(grep -c -E "$media" "$LOCK") template media packages (TEMPLATE_MEDIA=1 keeps them)"
+    fi
+    say "installing $(grep -c '^[A-Za-z0-9].*==' "$lock") locked packages from $(basename "$LOCK")"
+    pip_locked "$lock"
+    # pip check, where the only thing allowed missing is the media left out above.
+    local problems
+    problems=$("$PY" -m pip check 2>&1 | grep -v -E \
+        "requires comfyui-workflow-templates-media-[a-z0-9-]+, which is not installed" \
+        | grep -v -x "No broken requirements found." || true)
+    [ -z "$problems" ] || die "the venv's requirements are inconsistent (regenerate the lock): $problems"
     # PyPI's CUDA-linked torchvision next to a CPU torch needs its nms fake kernels guarded.
     "$PY" "$BUILD/scripts/image/patch_torchvision.py" || die "torchvision does not import"
     # The same for PyPI's torchaudio (its extension linked against CUDA torch): ComfyUI

@@ -19,7 +19,7 @@ rerun costs seconds. Override with env:
   COMFY_WORKER_TEST_WHEELS      wheel dir holding a CPU torch (default: pip's find-links)
   COMFY_WORKER_TEST_CA          CA bundle to trust in the build (default: PIP_CERT)
   COMFY_WORKER_TEST_GPU_IMAGE=1 also build the GPU flavour (``gpu_image``: torch 2.9.1 and
-                                its nvidia-* wheels from PyPI; ~3.5 GB download, opt-in)
+                                its nvidia-* wheels from PyPI; ~3.9 GB download, opt-in)
   COMFY_WORKER_TEST_GPU_IMAGE_REF  use this GPU image as is (no build)
 """
 
@@ -141,13 +141,13 @@ def worker_image(docker_client: Any) -> str:
 @pytest.fixture(scope="session")
 def gpu_image(docker_client: Any) -> str:
     """The GPU flavour, built from the test base with torch 2.9.1 and its nvidia-* wheels
-    from PyPI. Opt-in: ~3.5 GB of downloads and ~9 GB of disk."""
+    from PyPI. Opt-in: ~3.9 GB of downloads and ~10 GB of disk."""
     given = _env("COMFY_WORKER_TEST_GPU_IMAGE_REF")
     if given:
         return given
     if _env(GPU_OPT_IN) != "1":
-        pytest.skip(f"the GPU image build is opt-in: set {GPU_OPT_IN}=1 (downloads ~3.5 GB "
-                    "of torch/CUDA wheels from PyPI; ~6 min and ~9 GB of disk)")
+        pytest.skip(f"the GPU image build is opt-in: set {GPU_OPT_IN}=1 (downloads ~3.9 GB "
+                    "of torch/CUDA wheels from PyPI; ~6 min and ~10 GB of disk)")
     return _build(docker_client, gpu=True)
 
 

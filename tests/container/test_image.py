@@ -214,7 +214,13 @@ def test_image_runs_as_documented(docker_client: Any, worker_image: str) -> None
                  "&& test -f /opt/comfyui/ComfyUI/main.py && comfy-worker --help >/dev/null "
                  "&& /opt/comfyui/venv/bin/python -c 'import torch, torchvision; "
                  "print(torch.__version__)' && ! /opt/comfyui/venv/bin/python -c "
-                 "'import comfy_worker' 2>/dev/null && echo layout-ok"],
+                 "'import comfy_worker' 2>/dev/null "
+                 # the editor's template media are left out (TEMPLATE_MEDIA=0), the
+                 # templates' JSON and manifest are not
+                 "&& /opt/comfyui/venv/bin/python -c 'import comfyui_workflow_templates_json, "
+                 "comfyui_workflow_templates_core' && ! /opt/comfyui/venv/bin/python -c "
+                 "'import comfyui_workflow_templates_media_video' 2>/dev/null "
+                 "&& echo layout-ok"],
         network_mode="host", remove=True,
     ).decode()
     assert "layout-ok" in out
