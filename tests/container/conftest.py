@@ -130,6 +130,14 @@ def _build(client: Any, *, gpu: bool) -> str:
 
 
 @pytest.fixture(scope="session")
+def test_base_image(docker_client: Any) -> str:
+    """The OS base the test builds start FROM, made by scripts/make_base_image.sh when
+    missing (a fresh CI machine has none)."""
+    _ensure_test_base(docker_client)
+    return _env("COMFY_WORKER_TEST_BASE_IMAGE") or TEST_BASE_IMAGE
+
+
+@pytest.fixture(scope="session")
 def worker_image(docker_client: Any) -> str:
     """The (CPU) worker image reference, built (or reused) once per session."""
     given = _env("COMFY_WORKER_TEST_IMAGE")

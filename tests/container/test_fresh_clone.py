@@ -36,7 +36,6 @@ from container_helpers import (
 pytestmark = pytest.mark.container
 
 REPO = Path(__file__).resolve().parents[2]
-TEST_BASE_IMAGE = "comfy-worker-testbase:bookworm"
 IMAGE = "comfy-worker-fresh-clone:test"
 SKIP_IN_TARBALL = {"models", "output", "input", "temp", "user", "custom_nodes", ".git",
                    "__pycache__", "extra_model_paths.yaml"}
@@ -76,15 +75,11 @@ def comfyui_tarball(src: Path, dest: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def fresh_clone_image(docker_client: Any, tmp_path_factory: pytest.TempPathFactory
-                      ) -> Iterator[str]:
+def fresh_clone_image(docker_client: Any, test_base_image: str,
+                      tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     wheels, src, ca = cpu_torch_wheel_dir(), comfyui_source(), host_ca_bundle()
     if wheels is None or src is None:
         skip_unless_ci("needs a CPU torch wheel directory and a ComfyUI tree on this machine")
-    try:
-        docker_client.images.get(TEST_BASE_IMAGE)
-    except Exception:
-        skip_unless_ci(f"no {TEST_BASE_IMAGE} (scripts/make_base_image.sh makes it)")
     tmp = tmp_path_factory.mktemp("fresh-clone")
     clone = tmp / "clone"
     subprocess.run(["git", "clone", "--quiet", "--no-hardlinks", str(REPO), str(clone)],
@@ -98,7 +93,7 @@ def fresh_clone_image(docker_client: Any, tmp_path_factory: pytest.TempPathFacto
         (served / "wheels" / wheel.name).symlink_to(wheel)
     comfyui_tarball(src, served / "comfyui.tar.gz")
     build_args = {
-        "BASE_IMAGE": TEST_BASE_IMAGE,
+        "BASE_IMAGE": test_base_image,
         "FLAVOR": "cpu",
         "TORCH_INDEX_URL": "",  # PyTorch's CPU index is not reachable here
         "SKIP_CUSTOM_NODES": "1",  # GitHub is not reachable here
