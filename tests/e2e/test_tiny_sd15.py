@@ -6,19 +6,20 @@ name the templates' ``default.json`` loads. Its API-format equivalent runs at 64
 ``GET /history``, ``GET /view``), and ``default.json`` itself, in the editor's UI format,
 runs through ``comfy-worker run`` as a user runs it (``compat``: on v0.33.0 and v0.3.75).
 
-Where ``default.json`` comes from: the ``comfyui_workflow_templates*`` packages of the
-ComfyUI under test, in either layout (``templates/default.json`` in a media package up to
-0.7.x; the JSON package ``comfyui_workflow_templates_json`` from 0.8 on). The set v0.33.0
-pins, comfyui-workflow-templates 0.11.41, has none: its manifest lists 515 templates
-without "default" and no SD 1.5 template (frontend 1.48.7's own default graph is a
-Z-Image Turbo workflow built into the editor). The test then takes it from the compat
-ComfyUI's templates (0.7.25), the last that ship it: a workflow saved by an older editor,
-which the worker converts with v0.33.0's node definitions.
+Where ``default.json`` comes from: the templates of the ComfyUI under test, resolved as
+its server resolves them (``comfyui_workflow_templates.get_asset_path("default",
+"default.json")``: the manifest of ``comfyui_workflow_templates_core`` names the package,
+the JSON package ``comfyui_workflow_templates_json`` from 0.8 on, a media package before),
+else the single ``templates/`` folder of the packaging up to 0.7.x. The set v0.33.0 pins,
+comfyui-workflow-templates 0.11.41, has none: its manifest lists 515 templates without
+"default" and none loads an SD 1.5 checkpoint (frontend 1.48.7 keeps the SD 1.5 default
+graph built into the editor, not as a template). The test then takes it from the compat
+ComfyUI's templates (0.7.25), the last set that ships it: a workflow saved by an older
+editor, which the worker converts with v0.33.0's node definitions.
 """
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import logging
@@ -81,16 +82,31 @@ CLIENT_SET = {("3", "steps"), ("5", "width"), ("5", "height")}
 """Widgets this test changes from the template's values (to 2 steps at 64x64)."""
 
 
+FIND_DEFAULT = """
+import glob, sys
+from pathlib import Path
+try:  # the manifest-based packaging (0.7.x on), as ComfyUI's server resolves templates
+    from comfyui_workflow_templates import get_asset_path
+    print(get_asset_path("default", "default.json"))
+    sys.exit(0)
+except (ImportError, KeyError, FileNotFoundError):
+    pass
+for entry in sys.path:  # one templates/ folder per package (the layout before 0.7)
+    found = sorted(glob.glob(str(Path(entry) / "comfyui_workflow_templates*" / "templates"
+                                 / "default.json")))
+    if entry and found:
+        print(found[0])
+        break
+"""
+"""Run by the ComfyUI's own Python: the path of its templates' ``default.json``, or nothing."""
+
+
 def _templates_default(python: str) -> Path | None:
     """``default.json`` of the ``comfyui_workflow_templates*`` packages ``python`` has."""
-    out = subprocess.run([python, "-c", "import sys; print(*sys.path, sep='\\n')"],
-                         capture_output=True, text=True, timeout=60, check=True)
-    for entry in out.stdout.splitlines():
-        found = sorted(glob.glob(str(Path(entry) / "comfyui_workflow_templates*" / "templates"
-                                     / "default.json")))
-        if entry and found:
-            return Path(found[0])
-    return None
+    out = subprocess.run([python, "-c", FIND_DEFAULT], capture_output=True, text=True,
+                         timeout=60, check=True)
+    path = out.stdout.strip()
+    return Path(path) if path and Path(path).is_file() else None
 
 
 def _find_default_template(install: ComfyInstall) -> Path:
