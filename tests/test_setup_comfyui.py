@@ -1,0 +1,132 @@
+"""scripts/setup_comfyui.sh: where the test ComfyUI v0.33.0 comes from (``--print-source``).
+
+The order is COMFYUI_SRC (a tree or a tarball), else ``../shared/comfyui/ComfyUI-0.33.0.tar.gz``
+beside the checkout (beside a worktree's main checkout, or a local clone's origin, too),
+sha256 checked, else GitHub's tag tarball. The script runs from a copy in a throwaway
+checkout layout, so the real ``../shared`` of this machine plays no part except where a
+test links it in on purpose.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "setup_comfyui.sh"
+SHARED_SHA256 = "457148b3f25b097d9f2504398e9e536111b22a24e0916a9626aa5c467ca1cff8"
+GITHUB = "https://github.com/comfyanonymous/ComfyUI/archive/refs/tags/v0.33.0.tar.gz"
+
+
+def _checkout(root: Path) -> Path:
+    """A folder laid out like a checkout: scripts/setup_comfyui.sh in it."""
+    (root / "scripts").mkdir(parents=True)
+    shutil.copy2(SCRIPT, root / "scripts" / SCRIPT.name)
+    return root
+
+
+def _git_checkout(root: Path) -> Path:
+    repo = _checkout(root)
+    for cmd in (["init", "-q"], ["add", "-A"],
+                ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "s"]):
+        subprocess.run(["git", "-C", str(repo), *cmd], check=True, capture_output=True)
+    return repo
+
+
+def _print_source(repo: Path, comfyui_src: str | None = None
+                  ) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "COMFYUI_SRC"}
+    if comfyui_src is not None:
+        env["COMFYUI_SRC"] = comfyui_src
+    return subprocess.run(["bash", str(repo / "scripts" / SCRIPT.name), "--print-source"],
+                          env=env, capture_output=True, text=True, timeout=60)
+
+
+def _shared(parent: Path, content: bytes) -> Path:
+    tarball = parent / "shared" / "comfyui" / "ComfyUI-0.33.0.tar.gz"
+    tarball.parent.mkdir(parents=True)
+    tarball.write_bytes(content)
+    return tarball
+
+
+def test_without_any_local_source_it_is_githubs_tag_tarball(tmp_path: Path) -> None:
+    proc = _print_source(_checkout(tmp_path / "repo"))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["github", GITHUB]
+    assert not (tmp_path / "repo" / ".comfyui").exists()  # --print-source changes nothing
+
+
+def test_comfyui_src_a_tree_or_a_tarball_comes_first(tmp_path: Path) -> None:
+    repo = _checkout(tmp_path / "repo")
+    _shared(tmp_path, b"would fail its sha256 check if it were looked at")
+    tree = tmp_path / "my-comfy"
+    tree.mkdir()
+    (tree / "main.py").write_text("")
+    tarball = tmp_path / "comfy.tar.gz"
+    tarball.write_bytes(b"")
+
+    proc = _print_source(repo, str(tree))
+    assert (proc.returncode, proc.stdout.split()) == (0, ["tree", str(tree.resolve())])
+    proc = _print_source(repo, str(tarball))
+    assert (proc.returncode, proc.stdout.split()) == (0, ["tarball", str(tarball.resolve())])
+
+
+@pytest.mark.parametrize("what", ["missing", "tree without main.py"])
+def test_a_bad_comfyui_src_names_the_setting_and_the_fix(tmp_path: Path, what: str) -> None:
+    src = tmp_path / "src"
+    if what != "missing":
+        src.mkdir()
+    proc = _print_source(_checkout(tmp_path / "repo"), str(src))
+    assert proc.returncode == 1
+    assert f"COMFYUI_SRC={src}" in proc.stderr and "a ComfyUI tree or a .tar.gz" in proc.stderr
+
+
+def test_a_shared_tarball_with_another_sha256_is_refused_naming_both(tmp_path: Path) -> None:
+    tarball = _shared(tmp_path, b"not ComfyUI")
+    proc = _print_source(_checkout(tmp_path / "repo"))
+    assert proc.returncode == 1
+    assert str(tarball) in proc.stderr and SHARED_SHA256 in proc.stderr
+    assert "COMFYUI_SRC" in proc.stderr  # the way out
+
+
+def test_the_shared_tarball_beside_the_checkout_is_used(tmp_path: Path) -> None:
+    real = next((d / "shared" / "comfyui" / "ComfyUI-0.33.0.tar.gz" for d in
+                 (REPO.parent, Path(subprocess.run(
+                     ["git", "-C", str(REPO), "rev-parse", "--path-format=absolute",
+                      "--git-common-dir"], capture_output=True, text=True).stdout.strip()
+                 ).parent.parent)
+                 if (d / "shared" / "comfyui" / "ComfyUI-0.33.0.tar.gz").is_file()), None)
+    if real is None:
+        pytest.skip("no ../shared/comfyui/ComfyUI-0.33.0.tar.gz on this machine")
+    (tmp_path / "shared" / "comfyui").mkdir(parents=True)
+    (tmp_path / "shared" / "comfyui" / real.name).symlink_to(real)
+    proc = _print_source(_checkout(tmp_path / "repo"))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["tarball",
+                                   str(tmp_path.resolve() / "shared" / "comfyui" / real.name)]
+
+
+def test_a_clone_of_a_local_checkout_finds_the_tarball_beside_its_origin(tmp_path: Path
+                                                                          ) -> None:
+    origin = _git_checkout(tmp_path / "work" / "main")
+    tarball = _shared(tmp_path / "work", b"beside the origin")
+    clone = tmp_path / "elsewhere" / "clone"
+    subprocess.run(["git", "clone", "-q", str(origin), str(clone)], check=True,
+                   capture_output=True)
+    proc = _print_source(clone)
+    # Found (and checked: this one is not ComfyUI) through the clone's origin.
+    assert proc.returncode == 1 and str(tarball.resolve()) in proc.stderr, proc.stderr
+
+
+def test_a_worktree_finds_the_tarball_beside_its_main_checkout(tmp_path: Path) -> None:
+    main = _git_checkout(tmp_path / "work" / "main")
+    tarball = _shared(tmp_path / "work", b"beside the main checkout")
+    worktree = tmp_path / "work" / "wt" / "branch"
+    subprocess.run(["git", "-C", str(main), "worktree", "add", "-q", "-b", "b",
+                    str(worktree)], check=True, capture_output=True)
+    proc = _print_source(worktree)
+    assert proc.returncode == 1 and str(tarball.resolve()) in proc.stderr, proc.stderr
