@@ -6,6 +6,10 @@ first answer of ``/system_stats`` (what the worker waits for before it is ready)
 the process is stopped. The two versions alternate, the order swapping every round, in
 one run (the machine is shared and noisy); medians and their ratio are printed.
 
+Measured here (2 cores, load ~3, 5 rounds): v0.33.0 9.18 s, v0.3.75 6.73 s, 1.36 x; RSS
+889 MB vs 510 MB (the test ComfyUIs differ in torch too: v0.33.0 runs the GPU lock's
+torch 2.9.1 on the CPU, v0.3.75 torch 2.13.0+cpu).
+
 The ComfyUIs are the ones scripts/setup_comfyui.sh makes: ``COMFYUI_DIR``/``COMFYUI_PYTHON``
 or ./.comfyui (v0.33.0) and ``COMFYUI_COMPAT_DIR``/``COMFYUI_COMPAT_PYTHON`` or
 ./.comfyui/compat (v0.3.75). Run:
@@ -57,6 +61,8 @@ def boot_once(install: ComfyInstall, timeout: float) -> Boot:
     work = Path(tempfile.mkdtemp(prefix="bench-boot-"))
     cfg = LaunchConfig(comfyui_dir=install.comfyui_dir, python=install.python, work_dir=work,
                        cpu=True)
+    for d in (cfg.input_dir, cfg.output_dir, cfg.temp_dir, cfg.user_dir):
+        d.mkdir(parents=True, exist_ok=True)  # as ComfyProcess.start makes them
     port = free_port()
     cmd = build_command(cfg, port, cli_flag_checker(install.comfyui_dir))
     log = (work / "comfyui.log").open("wb")
