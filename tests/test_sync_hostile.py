@@ -209,6 +209,10 @@ def test_no_secret_of_a_url_is_printed_even_at_debug_level(srv: HostileServer,
     assert_a_normal_sync_works_after(tmp_path, srv)
 
 
+SIGINT_DEFAULT_EXEC = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                       "os.execv(sys.argv[1], sys.argv[1:])")
+"""python -c this ARGV...: exec ARGV with SIGINT at its default disposition."""
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_sigterm_is_handled_as_sigint_temp_files_removed(tmp_path: Path, sig: int) -> None:
     with HFServer(per_connection_bps=1_000_000) as hub:
@@ -221,8 +225,13 @@ def test_sigterm_is_handled_as_sigint_temp_files_removed(tmp_path: Path, sig: in
                        "file": "m.safetensors"},
             "sha256": served.sha256, "size": served.size}]}))
         models = tmp_path / "models"
+        # As from a terminal: SIGINT at its default. A shell starts background commands with
+        # SIGINT ignored (CI run with `&`/nohup), and an ignored SIGINT stays ignored
+        # across exec, so Python would never raise KeyboardInterrupt and the test would
+        # depend on how the suite was launched.
         proc = subprocess.Popen(
-            [*CLI, "sync", "--lock", str(lock), "--models-dir", str(models)],
+            [sys.executable, "-c", SIGINT_DEFAULT_EXEC, *CLI, "sync", "--lock", str(lock),
+             "--models-dir", str(models)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env=env(HF_ENDPOINT=hub.endpoint, COMFY_WORKER_CONNECTIONS="2"))
         deadline = time.monotonic() + 30
