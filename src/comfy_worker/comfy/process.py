@@ -66,6 +66,8 @@ class ComfyProcess:
         self._last_error: str | None = None
         self._watchdog: threading.Thread | None = None
         self._planned: str | None = None
+        self._starting = False
+        """A start() is between spawning and ready: stop() waits for it to see STOPPED."""
         """The reason of a restart asked for with :meth:`restart` (not a death)."""
         self.restarts = 0
         self.features = Features()
@@ -145,13 +147,18 @@ class ComfyProcess:
         with self._cond:
             self._assert_state(State.NEW)
             self._state = State.STARTING
-        self._check_paths()
+            self._starting = True
         try:
+            self._check_paths()
             self._spawn_and_wait()
         except ComfyStartError as exc:
             self._last_error = exc.message
             self._set_state(State.DEFUNCT)
             raise
+        finally:
+            with self._cond:
+                self._starting = False
+                self._cond.notify_all()
         self._watchdog = threading.Thread(target=self._watch, name="comfyui-watchdog",
                                           daemon=True)
         self._watchdog.start()
@@ -280,6 +287,8 @@ class ComfyProcess:
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after ``stop_grace``; idempotent."""
         self._set_state(State.STOPPED)
+        with self._cond:  # a start() spawning now terminates its own child on seeing STOPPED
+            self._cond.wait_for(lambda: not self._starting, timeout=self.cfg.stop_grace + 5)
         child = self._child
         if child is not None:
             child.terminate()
