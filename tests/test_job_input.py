@@ -190,3 +190,39 @@ def test_json_a_stranger_sends_fails_as_a_value_error_that_says_why(text: str | 
     with pytest.raises(ValueError, match=says):
         loads(text)
     assert loads("[" * 128 + "]" * 128) is not None  # the limit itself is fine
+
+
+# --- the partner (API) nodes' key: worker-comfyui's comfy_org_api_key ----------------------
+
+
+def test_a_comfy_org_api_key_is_read_as_a_secret_that_never_shows() -> None:
+    from comfy_worker.config import Secret
+
+    req = parse({"workflow": WF, "comfy_org_api_key": " comfyui-abc123 "})
+    assert req.comfy_org_api_key == Secret("comfyui-abc123")
+    assert "comfyui-abc123" not in repr(req) and "comfyui-abc123" not in str(req)
+
+
+def test_the_default_key_applies_only_to_a_job_that_brings_none() -> None:
+    from comfy_worker.config import Secret
+
+    default = Secret("comfyui-operator")
+    assert parse_job_input({"workflow": WF}, default_timeout=1,
+                           default_api_key=default).comfy_org_api_key == default
+    assert parse_job_input({"workflow": WF, "comfy_org_api_key": ""}, default_timeout=1,
+                           default_api_key=default).comfy_org_api_key == default
+    own = parse_job_input({"workflow": WF, "comfy_org_api_key": "comfyui-own"},
+                          default_timeout=1, default_api_key=default)
+    assert own.comfy_org_api_key == Secret("comfyui-own")
+    assert parse({"workflow": WF}).comfy_org_api_key is None
+
+
+@pytest.mark.parametrize(("raw", "fragment"), [
+    (123, "is number"), (["SECRETKEY"], "is array"),
+    ("SECRETKEY\nx", "unprintable"), ("SECRETKEY" * 500, "4500 characters")])
+def test_a_key_that_is_not_a_key_is_refused_without_echoing_it(raw: object,
+                                                                fragment: str) -> None:
+    with pytest.raises(JobInputInvalid, match='"comfy_org_api_key"') as info:
+        parse({"workflow": WF, "comfy_org_api_key": raw})
+    assert fragment in info.value.message
+    assert "SECRETKEY" not in str(info.value)

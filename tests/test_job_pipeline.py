@@ -319,3 +319,16 @@ def test_the_locked_entry_not_the_jobs_is_what_the_store_is_asked_for() -> None:
              "source": {"type": "url", "url": "https://elsewhere.example/base"}}
     p.run(p.parse({"workflow": NO_MODELS, "models": [entry]}))
     assert asked == list(LOCK.models)
+
+
+def test_comfy_org_api_key_is_the_default_partner_key_of_a_job_that_brings_none() -> None:
+    from comfy_worker.config import Secret
+    from comfy_worker.job.pipeline import parse_job
+
+    settings = load_settings(env={"COMFY_ORG_API_KEY": "comfyui-operator"})
+    wf = {"1": {"class_type": "EmptyImage", "inputs": {}}}
+    assert parse_job({"input": {"workflow": wf}}, settings, Lockfile()
+                     ).comfy_org_api_key == Secret("comfyui-operator")
+    assert parse_job({"input": {"workflow": wf, "comfy_org_api_key": "comfyui-own"}},
+                     settings, Lockfile()).comfy_org_api_key == Secret("comfyui-own")
+    assert "comfyui-operator" not in repr(settings)

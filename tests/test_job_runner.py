@@ -8,6 +8,7 @@ in milliseconds. tests/e2e runs the same runner against a real ComfyUI.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -89,6 +90,7 @@ class ScriptedConnection:
     is_alive: bool = True
     is_current: bool = True
     queued: list[dict[str, Any]] = field(default_factory=list)
+    extra_data: list[dict[str, Any] | None] = field(default_factory=list)
 
     # process
     def current(self) -> bool:
@@ -118,7 +120,9 @@ class ScriptedConnection:
         self.calls.append(f"upload {name}")
         return name
 
-    def queue_prompt(self, prompt: dict[str, Any]) -> PromptResponse:
+    def queue_prompt(self, prompt: dict[str, Any],
+                     extra_data: dict[str, Any] | None = None) -> PromptResponse:
+        self.extra_data.append(extra_data)
         if self.fail_queue_with_death:  # dies; its supervisor starts a new process
             self.is_alive = self.is_current = False
             raise ComfyError("ComfyUI request POST /prompt failed: connection refused")
@@ -274,6 +278,22 @@ def test_a_finished_prompt_returns_its_outputs_reports_progress_and_cleans_up(
     assert "comfy_worker_job" not in conn.queued[0]["2"]["inputs"]
     assert f"delete_history {PID}" in conn.calls
     assert list(dirs["input"].iterdir()) == [] and list(dirs["output"].iterdir()) == []
+
+
+def test_a_partner_node_key_goes_to_comfyui_as_extra_data_of_its_prompt_only(
+        dirs: dict[str, Path]) -> None:
+    from comfy_worker.config import Secret
+
+    clock = Clock()
+    conn = ScriptedConnection(clock, finished_script(), dirs)
+    runner_for(conn, clock=clock).run(
+        JobRequest(WORKFLOW, timeout=60, comfy_org_api_key=Secret("comfyui-k1")))
+    conn.script = finished_script()
+    conn.respond = PromptResponse(200, {"prompt_id": PID})
+    runner = runner_for(conn, clock=clock)
+    runner.run(JobRequest(WORKFLOW, timeout=60))
+    assert conn.extra_data == [{"api_key_comfy_org": "comfyui-k1"}, None]
+    assert "comfyui-k1" not in json.dumps(conn.queued)
 
 
 def test_cancel_mid_step_stops_its_prompt_by_id_and_raises_cancelled(

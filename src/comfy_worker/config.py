@@ -308,6 +308,10 @@ class Settings:
     bucket_name: str | None = setting("BUCKET_NAME", None, text)
     """S3 bucket for outputs (default: the month, ``%m-%y``, as runpod's ``rp_upload``
     names it)."""
+    comfy_org_api_key: Secret | None = setting("COMFY_ORG_API_KEY", None, secret)
+    """The Comfy API key partner (API) nodes authenticate with, for jobs that bring none
+    (``comfy_org_api_key`` in a job input, ``extra_data.api_key_comfy_org`` on v2); passed
+    to ComfyUI's prompt as ``extra_data.api_key_comfy_org``. Never printed."""
 
     # --- serving ------------------------------------------------------------------
     host: str = setting(P + "HOST", "0.0.0.0", text, flag="--host")

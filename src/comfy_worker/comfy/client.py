@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,8 +135,13 @@ class ComfyClient:
         sub = body.get("subfolder") or ""
         return f"{sub}/{body['name']}" if sub else str(body["name"])
 
-    def queue_prompt(self, workflow: dict[str, Any], client_id: str) -> PromptResponse:
+    def queue_prompt(self, workflow: dict[str, Any], client_id: str,
+                     extra_data: Mapping[str, Any] | None = None) -> PromptResponse:
+        """``extra_data`` (e.g. ``api_key_comfy_org`` for partner nodes) goes beside the
+        prompt, where ComfyUI's nodes read it; it may hold a secret: never logged."""
         payload: dict[str, Any] = {"prompt": workflow, "client_id": client_id}
+        if extra_data:
+            payload["extra_data"] = dict(extra_data)
         resp = self._request("POST", "/prompt", data=json.dumps(payload),
                              headers={"Content-Type": "application/json"})
         try:

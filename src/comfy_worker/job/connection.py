@@ -57,7 +57,11 @@ class Connection(Protocol):
 
     def upload_image(self, name: str, data: bytes) -> str: ...
 
-    def queue_prompt(self, prompt: dict[str, Any]) -> PromptResponse: ...
+    def queue_prompt(self, prompt: dict[str, Any],
+                     extra_data: Mapping[str, Any] | None = None) -> PromptResponse:
+        """``POST /prompt``; ``extra_data`` (the partner-node key) goes beside the prompt
+        and is never logged."""
+        ...
 
     def next_event(self, timeout: float) -> ev.Event | None:
         """The next event, ``None`` after ``timeout``; ComfyError when the socket breaks."""
@@ -137,10 +141,11 @@ class ComfyConnection:
     def upload_image(self, name: str, data: bytes) -> str:
         return self._client.upload_image(name, data)
 
-    def queue_prompt(self, prompt: dict[str, Any]) -> PromptResponse:
+    def queue_prompt(self, prompt: dict[str, Any],
+                     extra_data: Mapping[str, Any] | None = None) -> PromptResponse:
         if not self._stream.connected:  # listen before queueing, or events are lost
             self._stream.connect()
-        return self._client.queue_prompt(prompt, self.client_id)
+        return self._client.queue_prompt(prompt, self.client_id, extra_data)
 
     def history(self, prompt_id: str) -> dict[str, Any]:
         return self._client.history(prompt_id)

@@ -72,11 +72,13 @@ ReadAhead = Callable[..., ReadaheadReport]
 
 def parse_job(body: object, settings: Settings, lock: Lockfile) -> JobRequest:
     """A job body (any wrapping) → a validated request (pure): the default timeout, the
-    limits and the URL policy from the settings, the model folders a job may use from the
-    lock. Raises ``JobInputInvalid`` (``UrlNotAllowed`` for a URL the policy refuses)."""
+    limits, the URL policy and the partner-node key from the settings, the model folders
+    a job may use from the lock. Raises ``JobInputInvalid`` (``UrlNotAllowed`` for a URL
+    the policy refuses)."""
     return parse_job_input(body, default_timeout=settings.job_timeout,
                            folders=allowed_folders(lock.extra_folders),
-                           limits=JobLimits.of(settings))
+                           limits=JobLimits.of(settings),
+                           default_api_key=settings.comfy_org_api_key)
 
 
 class JobPipeline:

@@ -9,7 +9,8 @@ changes::
      "timeout": 120,                                    # optional, seconds
      "models": [{"path": "loras/u123.safetensors",         # optional: models the job
                  "source": {"type": "url", "url": "https://..."},   # brings, each a lock
-                 "sha256": "<64 hex>", "size": 1234}]}              # entry
+                 "sha256": "<64 hex>", "size": 1234}],              # entry
+     "comfy_org_api_key": "comfyui-..."}     # optional: partner (API) nodes' key
 
 The whole input may also be that object as a JSON string (worker-comfyui's clients send
 it so). Images given by URL are fetched later (:mod:`comfy_worker.job.inputs`).
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from comfy_worker.config import Settings, env_name
+from comfy_worker.config import Secret, Settings, env_name
 from comfy_worker.errors import JobInputInvalid, LockfileError
 from comfy_worker.jsontypes import MAX_DEPTH, json_text, json_type_name, loads, nested_deeper_than
 from comfy_worker.lockfile import KNOWN_FOLDERS, LockEntry, UrlSource, parse_entries
@@ -57,6 +58,9 @@ class JobRequest:
     timeout: float = 600.0
     models: tuple[LockEntry, ...] = ()
     """Models the job brings (lock entries, validated by the lock's rules)."""
+    comfy_org_api_key: Secret | None = None
+    """The key partner (API) nodes authenticate with, for ComfyUI's prompt
+    (``extra_data.api_key_comfy_org``); never shown."""
 
 
 @dataclass(frozen=True)
@@ -260,6 +264,27 @@ def parse_models(raw: object, *, folders: frozenset[str], limits: JobLimits | No
     return entries
 
 
+MAX_API_KEY_CHARS = 4096
+
+
+def parse_comfy_org_api_key(raw: object, default: Secret | None) -> Secret | None:
+    """worker-comfyui's ``comfy_org_api_key``: the job's own key for partner (API) nodes,
+    else ``default`` (COMFY_ORG_API_KEY). Messages name the field and the type or length,
+    never the value."""
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return default
+    if not isinstance(raw, str):
+        raise JobInputInvalid(f'field "comfy_org_api_key" is {json_type_name(raw)}, '
+                              "expected a string", hint="send the Comfy API key as a string, "
+                              "or leave the field out")
+    key = raw.strip()
+    if len(key) > MAX_API_KEY_CHARS or not key.isprintable():
+        raise JobInputInvalid(f'field "comfy_org_api_key" is not a key ({len(key)} '
+                              "characters, or unprintable ones)",
+                              hint="send the Comfy API key (comfyui-...) as it was issued")
+    return Secret(key)
+
+
 def _json_object(raw: object, *, where: str) -> Mapping[str, Any]:
     """``raw`` as an object: itself, or decoded from a JSON string of one."""
     if isinstance(raw, str):
@@ -294,14 +319,19 @@ def job_input_of(body: object, *, where: str = 'job "input"') -> Mapping[str, An
 
 def parse_job_input(raw: object, *, default_timeout: float,
                     folders: frozenset[str] = KNOWN_FOLDERS,
-                    limits: JobLimits | None = None) -> JobRequest:
+                    limits: JobLimits | None = None,
+                    default_api_key: Secret | None = None) -> JobRequest:
     """Validate a job (its input, or a body around it: :func:`job_input_of`). Raises
     :class:`JobInputInvalid` (or ``UrlNotAllowed`` for a URL the policy refuses).
     ``folders``: the model folders a job's ``models`` may use (ComfyUI's and the lock's
-    ``extra_folders``); ``limits``: counts and the URL policy (default: the defaults)."""
+    ``extra_folders``); ``limits``: counts and the URL policy (default: the defaults);
+    ``default_api_key``: the partner-node key of a job that brings none
+    (COMFY_ORG_API_KEY)."""
     doc = job_input_of(raw)
     return JobRequest(workflow=parse_workflow(doc.get("workflow")),
                       images=parse_images(doc.get("images"), limits),
                       timeout=parse_timeout(doc.get("timeout"), default_timeout,
                                             (limits or JobLimits()).max_timeout),
-                      models=parse_models(doc.get("models"), folders=folders, limits=limits))
+                      models=parse_models(doc.get("models"), folders=folders, limits=limits),
+                      comfy_org_api_key=parse_comfy_org_api_key(
+                          doc.get("comfy_org_api_key"), default_api_key))

@@ -171,7 +171,8 @@ class JobRunner:
             run.uploaded.append(conn.upload_image(image.name, image.data))
         run.queued = run.mark("upload_ms", t, self._clock())
         prompt = mark_output_nodes(run.request.workflow, self._object_info(conn), run.job_id)
-        return conn.queue_prompt(prompt)
+        key = run.request.comfy_org_api_key  # partner (API) nodes read it from extra_data
+        return conn.queue_prompt(prompt, {"api_key_comfy_org": key.reveal()} if key else None)
 
     def _preflight(self, conn: Connection, workflow: Mapping[str, Any]) -> None:
         info = self._object_info(conn)
