@@ -52,3 +52,48 @@ def test_outputs_are_written_under_out_by_base_name_and_urls_listed(tmp_path: Pa
     lines = write_outputs(result, tmp_path / "out")
     assert (tmp_path / "out" / "a_00001_.png").read_bytes() == b"A"
     assert lines == [str(tmp_path / "out" / "a_00001_.png"), "v.mp4: https://x/v.mp4"]
+
+
+class OneResultWorker:
+    """The Worker interface, answering every job with ``result`` (or raising it)."""
+
+    def __init__(self, result: object) -> None:
+        self.result = result
+
+    def run_job(self, body: object, **kwargs: object) -> JobResult:
+        if isinstance(self.result, Exception):
+            raise self.result
+        assert isinstance(self.result, JobResult)
+        return self.result
+
+
+@pytest.mark.parametrize("refresh", [True, False])
+@pytest.mark.parametrize("outcome", ["result", "error"])
+def test_refresh_worker_makes_the_runpod_sdk_ask_for_a_fresh_worker_after_each_job(
+        refresh: bool, outcome: str) -> None:
+    """Through the runpod SDK's own run_job, as on RunPod: ``refresh_worker`` in the
+    handler's answer becomes ``stopPod`` and leaves the job's output."""
+    import asyncio
+
+    from runpod.serverless.modules.rp_job import run_job
+
+    from comfy_worker.entrypoints.runpod import make_handler
+    from comfy_worker.errors import WorkflowInvalid
+
+    result = JobResult(images=(OutputItem("a.png", "base64", "QQ==", "9"),))
+    worker = OneResultWorker(result if outcome == "result" else WorkflowInvalid("bad node"))
+    handler = make_handler(worker, None, refresh_worker=refresh)  # type: ignore[arg-type]
+    answer = asyncio.run(run_job(handler, {"id": "j1", "input": {"workflow": WF}}))
+    assert answer.get("stopPod", False) is refresh
+    if outcome == "result":
+        assert answer["output"]["images"][0]["data"] == "QQ=="
+        assert "refresh_worker" not in answer["output"]
+    else:
+        assert answer["error"] == "bad node" and "refresh_worker" not in answer["output"]
+
+
+def test_refresh_worker_is_read_from_the_environment() -> None:
+    from comfy_worker.config import load_settings
+
+    assert load_settings({"REFRESH_WORKER": "true"}).refresh_worker is True
+    assert load_settings({}).refresh_worker is False

@@ -343,6 +343,10 @@ class Settings:
     vast_max_queue_time: float = setting(P + "VAST_MAX_QUEUE_TIME", 30.0, number(0.1))
     """Estimated queue seconds after which the PyWorker answers 429."""
 
+    refresh_worker: bool = setting("REFRESH_WORKER", False, boolean)
+    """RunPod: ask for a fresh worker after each job (the handler's ``refresh_worker``, as
+    runpod-workers/worker-comfyui does)."""
+
     runpod_platform: bool = setting("RUNPOD_WEBHOOK_GET_JOB", False, present)
     """Running on RunPod (RUNPOD_WEBHOOK_GET_JOB is set) rather than in the runpod SDK's
     local test modes; progress updates are sent only then."""

@@ -57,11 +57,15 @@ class Throttle:
         return False
 
 
-def make_handler(worker: Worker, send_progress: ProgressSender | None) -> Handler:
+def make_handler(worker: Worker, send_progress: ProgressSender | None, *,
+                 refresh_worker: bool = False) -> Handler:
     """The async handler for ``runpod.serverless.start``.
 
     ``send_progress(job, payload)`` is ``runpod.serverless.progress_update`` on RunPod,
-    ``None`` in the SDK's local modes (there is no RunPod to send to).
+    ``None`` in the SDK's local modes (there is no RunPod to send to). With
+    ``refresh_worker`` (``REFRESH_WORKER=true``) every result, failed ones too, carries
+    ``"refresh_worker": true``: the runpod SDK takes it out of the output and asks RunPod
+    for a fresh worker after the job (``stopPod``), as worker-comfyui does.
     """
 
     async def handler(job: dict[str, Any]) -> dict[str, Any]:
@@ -77,10 +81,11 @@ def make_handler(worker: Worker, send_progress: ProgressSender | None) -> Handle
 
         def run() -> dict[str, Any]:
             try:
-                return worker.run_job(job, job_id=job_id, progress=progress,
-                                      cancel=cancel).to_json()
+                out = worker.run_job(job, job_id=job_id, progress=progress,
+                                     cancel=cancel).to_json()
             except WorkerError as err:  # RunPod marks a result with "error" as failed
-                return err.to_json()
+                out = err.to_json()
+            return {**out, "refresh_worker": True} if refresh_worker else out
 
         task = asyncio.ensure_future(asyncio.to_thread(run))
         try:
@@ -112,7 +117,10 @@ def main(settings: Settings) -> int:
     try:
         worker.start()
         send = runpod.serverless.progress_update if settings.runpod_platform else None
-        runpod.serverless.start({"handler": make_handler(worker, send)})
+        if settings.refresh_worker:
+            log.info("REFRESH_WORKER is set: RunPod gets a fresh worker after each job")
+        runpod.serverless.start({"handler": make_handler(
+            worker, send, refresh_worker=settings.refresh_worker)})
     finally:
         worker.stop()
     return 0
