@@ -25,7 +25,7 @@ from comfy_worker.entrypoints.http_api import (
     content_length,
     response_for,
 )
-from comfy_worker.entrypoints.job_queue import Job, JobQueue
+from comfy_worker.entrypoints.job_queue import ApiService, Job, JobQueue
 from comfy_worker.errors import ComfyStartError, JobInputInvalid, ShuttingDown
 from comfy_worker.job import JobResult
 from comfy_worker.job.request import job_input_of
@@ -489,6 +489,61 @@ def test_stopping_the_queue_fails_waiting_jobs_instead_of_dropping_them() -> Non
     assert shut.to_json()["error"] == "the server is shutting down"
     assert waiting.status == "failed"
     assert ran == [first.id]
+
+
+def test_queue_positions_count_only_jobs_that_will_run_and_a_waiting_cancel_is_final(
+        ) -> None:
+    gate = threading.Event()
+    ran: list[str] = []
+
+    def run(job: Job) -> JobResult:
+        ran.append(job.id)
+        gate.wait(10)
+        return JobResult()
+
+    q = JobQueue(run)
+    q.start()
+    try:
+        first = q.submit({}, job_id="first")
+        wait_for(lambda: first.status == "running")
+        a, b, c = (q.submit({}, job_id=name) for name in "abc")
+        assert [q.position(j) for j in (first, a, b, c)] == [None, 1, 2, 3]
+        assert q.cancel(b) is True  # waiting: it will never start
+        assert [q.position(j) for j in (a, b, c)] == [1, None, 2]
+        assert q.cancel(first) is False  # running: interrupted instead
+        assert first.cancel.is_set()
+        with pytest.raises(ValueError, match="already queued"):
+            q.submit({}, job_id="a")
+        gate.set()
+        for job in (first, a, b, c):
+            job.future.result(5)
+        assert ran == ["first", "a", "c"]
+        assert q.position(a) is None and q.cancel(a) is False
+    finally:
+        gate.set()
+        q.stop(5)
+
+
+def test_a_job_input_made_by_a_function_is_made_when_the_job_starts_and_then_dropped(
+        ) -> None:
+    worker = ScriptedWorker()
+    service = ApiService(worker)
+    service.start_background()
+    made: list[str] = []
+
+    def body() -> dict[str, object]:
+        made.append("now")
+        return {"label": "lazy", "comfy_org_api_key": "comfyui-SECRET"}
+
+    try:
+        job = service.queue.submit(body, keep=True)
+        assert "comfyui-SECRET" not in repr(job)
+        outcome = job.future.result(10)
+        assert made == ["now"] and worker.calls == ["lazy"]
+        assert outcome.to_json()["echo"]["label"] == "lazy"
+        assert job.input is None  # the body (and the key in it) is not kept
+    finally:
+        service.shutdown(5)
 
 
 # --- API token ------------------------------------------------------------------------

@@ -71,10 +71,16 @@ class WorkerLike(Protocol):
 # --- the job queue -------------------------------------------------------------------
 
 
+JobInput = dict[str, Any] | str | Callable[[], object]
+"""A job body; or a function that makes it when the job starts (the v2 API reads its
+assets' bytes only then, so a waiting job holds no copy of them)."""
+
+
 @dataclass
 class Job:
     id: str
-    input: dict[str, Any] | str
+    input: JobInput | None = field(repr=False)
+    """Dropped once the job ran (it may carry a partner-node key)."""
     keep: bool = True
     """Keep the output for ``GET /status`` (async jobs); sync jobs hand it back directly."""
     status: str = "queued"
@@ -127,6 +133,8 @@ class JobQueue:
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._lock = threading.Lock()
         self._jobs: dict[str, Job] = {}
+        self._pending: OrderedDict[str, Job] = OrderedDict()
+        """Jobs in the queue, in arrival order."""
         self._finished: OrderedDict[str, int] = OrderedDict()
         self._finished_bytes = 0
         self._waiting = 0
@@ -149,18 +157,45 @@ class JobQueue:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def submit(self, job_input: dict[str, Any] | str, *, keep: bool = True) -> Job:
-        job = Job(id=uuid.uuid4().hex, input=job_input, keep=keep)
+    def submit(self, job_input: JobInput, *, keep: bool = True,
+               job_id: str | None = None) -> Job:
+        """Queue a job (``job_id``: the caller's own unique id, else a new one)."""
+        job = Job(id=job_id or uuid.uuid4().hex, input=job_input, keep=keep)
         with self._lock:
             if self._stopping.is_set():
                 raise ShuttingDown(SHUTTING_DOWN, hint="send the job to another worker")
             if self._waiting >= self._max_queued:
                 raise QueueFull(f"queue full: {self._waiting} jobs are already waiting",
                                 hint="retry later, or send the job to another worker")
+            if job.id in self._jobs:
+                raise ValueError(f"job id {job.id!r} is already queued")
             self._waiting += 1
             self._jobs[job.id] = job
+            self._pending[job.id] = job
             self._queue.put(job)
         return job
+
+    def position(self, job: Job) -> int | None:
+        """1 for the next job to run, 2 after it, ...; None unless ``job`` waits (jobs
+        whose cancel is set are skipped: they never run)."""
+        with self._lock:
+            if job.id not in self._pending or job.cancel.is_set():
+                return None
+            ahead = 0
+            for other in self._pending.values():
+                if other is job:
+                    return ahead + 1
+                if not other.cancel.is_set():
+                    ahead += 1
+        return None
+
+    def cancel(self, job: Job) -> bool:
+        """Ask ``job`` to stop, atomically with the queue's start of a job: True when it
+        will never start (it waited), False when it already runs (it is interrupted) or
+        ended."""
+        with self._lock:
+            job.cancel.set()
+            return job.started is None and job.finished is None
 
     def get(self, job_id: str) -> Job | None:
         with self._lock:
@@ -178,11 +213,13 @@ class JobQueue:
                 if job is not None:
                     with self._lock:
                         self._waiting -= 1
+                        self._pending.pop(job.id, None)
                     self._finish(job, ShuttingDown(SHUTTING_DOWN))
                 self._fail_waiting(SHUTTING_DOWN)
                 return
             with self._lock:
                 self._waiting -= 1
+                self._pending.pop(job.id, None)
                 if job.cancel.is_set():
                     job.status = "cancelled"
                 else:
@@ -206,6 +243,7 @@ class JobQueue:
 
     def _finish(self, job: Job, outcome: Outcome) -> None:
         with self._lock:
+            job.input = None
             job.outcome = outcome
             job.status = "failed" if isinstance(outcome, WorkerError) else "completed"
             job.finished = time.time()
@@ -236,6 +274,7 @@ class JobQueue:
             if job is not None:
                 with self._lock:
                     self._waiting -= 1
+                    self._pending.pop(job.id, None)
                 self._finish(job, ShuttingDown(reason))
 
 
@@ -308,8 +347,8 @@ class ApiService:
         def progress(update: JobEvent) -> None:
             job.progress = update
 
-        return self.worker.run_job(job.input, job_id=job.id, progress=progress,
-                                   cancel=job.cancel)
+        body = job.input() if callable(job.input) else job.input
+        return self.worker.run_job(body, job_id=job.id, progress=progress, cancel=job.cancel)
 
     def shutdown(self, timeout: float = 30.0) -> None:
         self._closing.set()
