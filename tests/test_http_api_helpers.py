@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -21,6 +22,8 @@ from support.waiting import wait_for
 
 from comfy_worker import errors
 from comfy_worker.config import Secret
+from comfy_worker.entrypoints.api_v2 import V2Api
+from comfy_worker.entrypoints.api_v2.assets import AssetStore
 from comfy_worker.entrypoints.http_api import bind_socket, run_server
 from comfy_worker.entrypoints.job_queue import ApiService
 from comfy_worker.readiness import Phase, Readiness
@@ -119,6 +122,7 @@ class RunningApi:
     server: Any
     thread: threading.Thread
     result: list[int]
+    v2: V2Api | None = None
 
     @property
     def port(self) -> int:
@@ -126,10 +130,22 @@ class RunningApi:
 
 
 @contextlib.contextmanager
-def running_api(worker: ScriptedWorker, *, max_request_bytes: int = 1 << 20,
-                api_token: str | None = None, **service_options: Any) -> Iterator[RunningApi]:
-    """run_server() on 127.0.0.1 in a thread; stopped (and joined) on exit."""
+def running_api(worker: Any, *, max_request_bytes: int = 1 << 20,
+                api_token: str | None = None, v2_dir: Path | None = None,
+                v2_options: Mapping[str, Any] | None = None,
+                **service_options: Any) -> Iterator[RunningApi]:
+    """run_server() on 127.0.0.1 in a thread; stopped (and joined) on exit. With
+    ``v2_dir``, the Comfy API v2 too, its asset store there (``v2_options``: the store's
+    ``max_bytes``, ``ttl``, ``clock`` and the V2Api's ``keepalive_s``, ...)."""
     service = ApiService(worker, **service_options)
+    v2 = None
+    if v2_dir is not None:
+        options = dict(v2_options or {})
+        store = AssetStore(v2_dir, max_bytes=options.pop("max_bytes", 1 << 30),
+                           ttl=options.pop("ttl", 3600.0),
+                           **({"clock": options.pop("clock")} if "clock" in options else {}))
+        v2 = V2Api(service, store, ttl=options.pop("job_ttl", 3600.0),
+                   max_request_bytes=max_request_bytes, **options)
     sock = bind_socket("127.0.0.1", 0)
     port = sock.getsockname()[1]
     servers: list[Any] = []
@@ -139,7 +155,7 @@ def running_api(worker: ScriptedWorker, *, max_request_bytes: int = 1 << 20,
         result.append(run_server(service, host="127.0.0.1", port=port,
                                  max_request_bytes=max_request_bytes, sock=sock,
                                  api_token=Secret(api_token) if api_token else None,
-                                 on_listening=servers.append))
+                                 on_listening=servers.append, v2=v2))
 
     thread = threading.Thread(target=target, daemon=True)
     thread.start()
@@ -147,7 +163,8 @@ def running_api(worker: ScriptedWorker, *, max_request_bytes: int = 1 << 20,
     while not (servers and servers[0].started):
         assert time.monotonic() < deadline, "server did not start"
         time.sleep(0.01)
-    api = RunningApi(f"http://127.0.0.1:{port}", service, worker, servers[0], thread, result)
+    api = RunningApi(f"http://127.0.0.1:{port}", service, worker, servers[0], thread, result,
+                     v2)
     try:
         yield api
     finally:

@@ -323,6 +323,12 @@ class Settings:
     api_token: Secret | None = setting(P + "API_TOKEN", None, secret)
     """When set, every HTTP API route but /health needs ``Authorization: Bearer TOKEN``.
     Never printed."""
+    assets_max_bytes: int = setting(P + "ASSETS_MAX_BYTES", 10 * 2**30, byte_size)
+    """Bytes the Comfy API v2's assets (uploads and job outputs) may hold on disk under the
+    work dir; least recently used go first, never one a queued or running job uses."""
+    asset_ttl: float = setting(P + "ASSET_TTL", 86400.0, number(60.0))
+    """Seconds a v2 asset (from its last upload or reference) and a v2 job record are
+    kept."""
     restart_after_jobs: int = setting(P + "RESTART_AFTER_JOBS", 0, integer(0))
     """Restart ComfyUI after this many jobs (between jobs; 0 = never)."""
     max_comfy_rss: int = setting(P + "MAX_COMFY_RSS", 0, byte_size)

@@ -330,3 +330,88 @@ class ShuttingDown(WorkerError):
 
     reference = "shutting-down"
     status = 503
+
+
+# --- the Comfy API v2 (/api/v2: entrypoints/api_v2) ---------------------------------------
+# Each reference, with "-" read as "_", is the v2 error code the SDK types on (comfy-sdk's
+# exceptions): hash-mismatch is HashMismatch, missing-asset is MissingAsset, ...
+
+
+class WorkflowFormatUi(JobInputInvalid):
+    """A v2 job's workflow is the editor's UI format; the v2 contract takes API format."""
+
+    reference = "workflow-format-ui"
+
+
+class MissingAsset(JobInputInvalid):
+    """A ``core/ASSET`` reference in a v2 workflow names no asset this worker holds."""
+
+    reference = "missing-asset"
+
+
+class MetadataInvalid(JobInputInvalid):
+    """A v2 job's ``metadata`` labels break a rule (key, value, count)."""
+
+    reference = "metadata-invalid"
+
+
+class IdempotencyKeyReuse(WorkerError, ValueError):
+    """A v2 ``Idempotency-Key`` was already used: keys are single-use, never replayed."""
+
+    reference = "idempotency-key-reuse"
+    status = 422
+
+
+class InvalidMetadataFilter(RequestInvalid):
+    """A v2 job list's ``metadata[...]`` filter breaks a rule."""
+
+    reference = "invalid-metadata-filter"
+
+
+class InvalidCursor(RequestInvalid):
+    """A v2 job list's ``cursor`` was not issued by this worker (or is malformed)."""
+
+    reference = "invalid-cursor"
+
+
+class AssetNotFound(WorkerError, LookupError):
+    """No v2 asset with that id: unknown, deleted or expired."""
+
+    reference = "asset-not-found"
+    status = 404
+
+
+class BlobNotFound(WorkerError, LookupError):
+    """``from-hash``: this worker holds no bytes with that hash."""
+
+    reference = "blob-not-found"
+    status = 404
+
+
+class OutputUnavailable(WorkerError, LookupError):
+    """An asset's record exists but its bytes are gone from disk."""
+
+    reference = "output-unavailable"
+    status = 404
+
+
+class HashMismatch(WorkerError, ValueError):
+    """An upload's bytes do not hash to the ``expected_hash`` the client declared."""
+
+    reference = "hash-mismatch"
+    status = 409
+
+
+class AssetStoreFull(WorkerError, OSError):
+    """The v2 asset store (COMFY_WORKER_ASSETS_MAX_BYTES) has no room, even after
+    evicting every asset no queued or running job uses."""
+
+    reference = "asset-store-full"
+    status = 507
+
+
+class TooManyStreams(WorkerError):
+    """More v2 event streams are open than the worker serves at once."""
+
+    reference = "too-many-streams"
+    status = 429

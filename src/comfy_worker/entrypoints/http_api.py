@@ -43,6 +43,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from comfy_worker.config import Secret, Settings, env_name
+from comfy_worker.entrypoints import api_v2
+from comfy_worker.entrypoints.api_v2 import wire as v2_wire
 from comfy_worker.entrypoints.job_queue import CANCELLED, ApiService, Job, Outcome
 from comfy_worker.errors import (
     JobCancelled,
@@ -121,6 +123,14 @@ def content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
     return None
 
 
+def error_json(path: str, err: WorkerError) -> tuple[int, bytes]:
+    """Status and body of an error the middlewares answer: the Comfy API v2's envelope
+    under ``/api/v2``, ours elsewhere."""
+    if path.startswith(v2_wire.PREFIX + "/"):
+        return v2_wire.error_status(err), json.dumps(v2_wire.error_body(err)).encode()
+    return err.status, json.dumps(err.to_json()).encode()
+
+
 def error_response(err: WorkerError, *, status: int | None = None,
                    headers: Mapping[str, str] | None = None) -> JSONResponse:
     retry = {"Retry-After": str(RETRY_AFTER_SECONDS)} if err.status in (429, 503) else {}
@@ -149,7 +159,7 @@ class BodySizeLimit:
             return
         declared = content_length(scope.get("headers", []))
         if declared is not None and declared > self.max_bytes:
-            await self._reject(send, declared)
+            await self._reject(scope, send, declared)
             return
         chunks: list[bytes] = []
         total = 0
@@ -160,7 +170,7 @@ class BodySizeLimit:
             body = message.get("body", b"")
             total += len(body)
             if total > self.max_bytes:
-                await self._reject(send, None)
+                await self._reject(scope, send, None)
                 return
             chunks.append(body)
             if not message.get("more_body", False):
@@ -176,17 +186,18 @@ class BodySizeLimit:
 
         await self.app(scope, replay, send)
 
-    async def _reject(self, send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
+    async def _reject(self, scope: MutableMapping[str, Any],
+                      send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
                       declared: int | None) -> None:
         size = f"{declared} bytes" if declared is not None else "more bytes"
-        body = json.dumps(RequestTooLarge(
+        status, body = error_json(scope.get("path", ""), RequestTooLarge(
             f"request body too large: {size} sent, the limit is {self.max_bytes} bytes",
             details=[{"limit_bytes": self.max_bytes,
                       "setting": env_name("max_request_bytes")}],
             hint="send smaller input images (or a URL to them), or raise "
                  f"{env_name('max_request_bytes')}",
-        ).to_json()).encode()
-        await send({"type": "http.response.start", "status": 413, "headers": [
+        ))
+        await send({"type": "http.response.start", "status": status, "headers": [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
             (b"connection", b"close"),
@@ -196,7 +207,7 @@ class BodySizeLimit:
 
 # --- API token (pure ASGI, before anything is read) -------------------------------------
 
-OPEN_PATHS = frozenset({"/health"})
+OPEN_PATHS = frozenset({"/health", v2_wire.PREFIX + "/health"})
 
 
 def bearer_token(headers: list[tuple[bytes, bytes]]) -> bytes | None:
@@ -233,7 +244,7 @@ class RequireToken:
         err = Unauthorized(
             "missing API token" if given is None else "wrong API token",
             hint=f"send the header 'Authorization: Bearer <{env_name('api_token')}>'")
-        body = json.dumps(err.to_json()).encode()
+        _, body = error_json(scope.get("path", ""), err)
         challenge = b'Bearer realm="comfy-worker"' + (
             b', error="invalid_token"' if given is not None else b"")
         await send({"type": "http.response.start", "status": 401, "headers": [
@@ -315,9 +326,10 @@ async def _outcome_unless_disconnected(request: Request, job: Job) -> Outcome | 
 
 
 def create_app(service: ApiService, *, max_request_bytes: int,
-               api_token: Secret | None = None) -> FastAPI:
+               api_token: Secret | None = None, v2: api_v2.V2Api | None = None) -> FastAPI:
     """The HTTP API around ``service``, with the body size limit in front and, when
-    ``api_token`` is set, the token check in front of that."""
+    ``api_token`` is set, the token check in front of that; with ``v2``, the Comfy API
+    v2 (``/api/v2``) beside it on the same queue."""
     app = FastAPI(
         title="comfy-worker",
         description="Run ComfyUI workflows (API format) with locked, verified models.",
@@ -386,6 +398,9 @@ def create_app(service: ApiService, *, max_request_bytes: int,
                 "(/generate/sync) are not kept"))
         return JSONResponse(job.to_json())
 
+    if v2 is not None:
+        api_v2.mount(app, v2)
+
     @app.get("/health", responses={200: _json(_READINESS_SCHEMA, "ready"),
                                    503: _json(_READINESS_SCHEMA, "not ready, and why")},
              summary="200 when the worker takes jobs (see the sync mode)")
@@ -451,21 +466,27 @@ def main(settings: Settings) -> int:
     if start-up had failed, else 0."""
     from comfy_worker.worker import Worker
 
-    return run_server(ApiService(Worker(settings)), host=settings.host, port=settings.port,
+    worker = Worker(settings)
+    service = ApiService(worker)
+    return run_server(service, host=settings.host, port=settings.port,
                       max_request_bytes=settings.max_request_bytes,
-                      api_token=settings.api_token)
+                      api_token=settings.api_token,
+                      v2=api_v2.v2_api(service, settings, worker.work_dir))
 
 
 def run_server(service: ApiService, *, host: str, port: int, max_request_bytes: int,
                api_token: Secret | None = None, sock: socket.socket | None = None,
-               on_listening: Callable[[Any], None] | None = None) -> int:
+               on_listening: Callable[[Any], None] | None = None,
+               v2: api_v2.V2Api | None = None) -> int:
     """Serve until SIGINT/SIGTERM (or ``server.should_exit``). 0, or 1 when start-up failed.
 
     ``on_listening(server)`` is called once the socket is bound, before start-up begins,
-    so a caller (the Vast command) can start companions and stop the server later.
+    so a caller (the Vast command) can start companions and stop the server later. ``v2``
+    (``serve``): the Comfy API v2 too, its assets removed when the server stops.
     """
     sock = sock or bind_socket(host, port)
-    app = create_app(service, max_request_bytes=max_request_bytes, api_token=api_token)
+    app = create_app(service, max_request_bytes=max_request_bytes, api_token=api_token,
+                     v2=v2)
     server = make_server(app)
     bound = sock.getsockname()
     log.info("HTTP API listening on http://%s:%s (docs at /docs; %s)", bound[0], bound[1],
@@ -479,6 +500,8 @@ def run_server(service: ApiService, *, host: str, port: int, max_request_bytes: 
     try:
         server.run(sockets=[sock])
     finally:
+        if v2 is not None:
+            v2.close()
         service.shutdown()
         sock.close()
     return 1 if service.failed else 0
