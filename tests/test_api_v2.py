@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import copy
 import json
 import threading
 from collections.abc import Callable, Iterator
@@ -153,7 +154,7 @@ def test_the_sdks_getting_started_code_runs_unchanged(api: RunningApi, files: Pa
 
 def test_outputs_read_as_bytes_whole_and_by_range_with_their_metadata(
         client: Comfy, api: RunningApi) -> None:
-    job = client.run(client.workflows.from_json(dict(WF)))
+    job = client.run(client.workflows.from_json(copy.deepcopy(WF)))
     (out,) = job.outputs
     assert out.to_bytes() == OUT_PNG
     assert out.to_bytes(range=(0, 3)) == OUT_PNG[:4]
@@ -206,7 +207,7 @@ def test_an_asset_can_be_read_back_and_deleted(client: Comfy, files: Path) -> No
 def test_events_stream_status_progress_outputs_then_the_terminal_status(
         client: Comfy, api: RunningApi) -> None:
     api.worker.job_gate.clear()
-    job = client.submit(client.workflows.from_json(dict(WF)))
+    job = client.submit(client.workflows.from_json(copy.deepcopy(WF)))
     seen: list[Any] = []
     for event in job.events():
         seen.append(event)
@@ -238,7 +239,7 @@ def test_the_stream_sends_keepalive_comments_while_nothing_changes(api: RunningA
 
 
 def test_jobs_are_listed_newest_first_by_status_labels_and_pages(client: Comfy) -> None:
-    wf = client.workflows.from_json(dict(WF))
+    wf = client.workflows.from_json(copy.deepcopy(WF))
     ran = [client.run(wf) for _ in range(3)]
     labelled = client.submit(wf, metadata={"client": "acme", "batch": "7"})
     labelled.result()
@@ -253,10 +254,10 @@ def test_jobs_are_listed_newest_first_by_status_labels_and_pages(client: Comfy) 
 
 
 def test_the_list_filters_on_status(client: Comfy, api: RunningApi) -> None:
-    done = client.run(client.workflows.from_json(dict(WF)))
+    done = client.run(client.workflows.from_json(copy.deepcopy(WF)))
     api.worker.job_gate.clear()
-    running = client.submit(client.workflows.from_json(dict(WF)))
-    waiting = client.submit(client.workflows.from_json(dict(WF)))
+    running = client.submit(client.workflows.from_json(copy.deepcopy(WF)))
+    waiting = client.submit(client.workflows.from_json(copy.deepcopy(WF)))
     wait_for(api.worker.running.is_set)
     by_status = {s: [j["id"] for j in client._low.list_jobs(limit=100)["jobs"]
                      if j["status"] == s] for s in ("queued", "running", "succeeded")}
@@ -271,7 +272,7 @@ def test_the_list_filters_on_status(client: Comfy, api: RunningApi) -> None:
 def test_cancel_stops_a_waiting_or_running_job_and_is_idempotent(client: Comfy,
                                                                  api: RunningApi) -> None:
     api.worker.job_gate.clear()
-    wf = client.workflows.from_json(dict(WF))
+    wf = client.workflows.from_json(copy.deepcopy(WF))
     running, waiting = client.submit(wf), client.submit(wf)
     wait_for(api.worker.running.is_set)
     assert waiting.cancel().status == "canceled"
@@ -280,6 +281,7 @@ def test_cancel_stops_a_waiting_or_running_job_and_is_idempotent(client: Comfy,
         running.result()
     assert running.cancel().status == "canceled" and waiting.cancel().status == "canceled"
     assert len(api.worker.requests) == 1  # the waiting one never ran
+    api.worker.job_gate.set()
     done = client.run(wf)
     assert done.cancel().status == "succeeded"  # an ended job stays as it ended
 
@@ -308,7 +310,7 @@ def test_a_failed_job_says_which_node_failed(client: Comfy) -> None:
 
 def test_the_partner_node_key_reaches_the_job_and_is_never_echoed(client: Comfy,
                                                                   api: RunningApi) -> None:
-    job = client.run(client.workflows.from_json(dict(WF)), api_key="comfyui-PARTNER")
+    job = client.run(client.workflows.from_json(copy.deepcopy(WF)), api_key="comfyui-PARTNER")
     assert api.worker.requests[-1].comfy_org_api_key == Secret("comfyui-PARTNER")
     answers = [requests.get(v2(api, path), timeout=5).text for path in (
         f"/jobs/{job.id}", f"/jobs/{job.id}/workflow", "/jobs")]
@@ -331,7 +333,7 @@ def test_an_unknown_job_or_asset_is_not_found(client: Comfy, api: RunningApi) ->
 
 
 def test_a_reference_to_an_unknown_asset_is_missing_asset(client: Comfy) -> None:
-    wf = client.workflows.from_json(dict(WF))
+    wf = client.workflows.from_json(copy.deepcopy(WF))
     wf.set_input("10", "image", {"__type": "core/ASSET",
                                  "info": {"id": "4b0a3e92-6a8f-4a0e-8f6c-2f1a9f1c0d11"}})
     with pytest.raises(MissingAsset, match="node 10 input 'image'"):
@@ -340,7 +342,7 @@ def test_a_reference_to_an_unknown_asset_is_missing_asset(client: Comfy) -> None
 
 def test_an_idempotency_key_is_single_use_but_a_refused_submission_does_not_spend_it(
         client: Comfy, api: RunningApi) -> None:
-    wf = client.workflows.from_json(dict(WF))
+    wf = client.workflows.from_json(copy.deepcopy(WF))
     bad = requests.post(v2(api, "/jobs"), json={"workflow": 3},
                         headers={"Idempotency-Key": "k-1"}, timeout=5)
     assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_workflow"
@@ -359,7 +361,7 @@ def test_a_full_queue_is_queue_full_with_retry_after(tmp_path: Path,
     with served(tmp_path, worker, max_queued=1) as running:
         monkeypatch.setenv("COMFY_BASE_URL", running.url)
         client = Comfy()
-        wf = client.workflows.from_json(dict(WF))
+        wf = client.workflows.from_json(copy.deepcopy(WF))
         client.submit(wf)
         wait_for(worker.running.is_set)
         client.submit(wf)
@@ -378,7 +380,7 @@ def test_with_a_token_every_v2_route_but_health_needs_it(tmp_path: Path,
         monkeypatch.setenv("COMFY_BASE_URL", running.url)
         monkeypatch.delenv("COMFY_API_KEY", raising=False)
         with pytest.raises(Unauthorized):
-            Comfy().run(Comfy().workflows.from_json(dict(WF)))
+            Comfy().run(Comfy().workflows.from_json(copy.deepcopy(WF)))
         with pytest.raises(Unauthorized):
             Comfy(api_key="wrong").jobs.get("4b0a3e92-6a8f-4a0e-8f6c-2f1a9f1c0d11")
         r = requests.get(f"{running.url}/api/v2/jobs", timeout=5)
@@ -386,7 +388,7 @@ def test_with_a_token_every_v2_route_but_health_needs_it(tmp_path: Path,
         assert requests.get(f"{running.url}/api/v2/health", timeout=5).status_code == 200
         monkeypatch.setenv("COMFY_API_KEY", "v2-token")
         client = Comfy()
-        assert client.run(client.workflows.from_json(dict(WF))).status == "succeeded"
+        assert client.run(client.workflows.from_json(copy.deepcopy(WF))).status == "succeeded"
         assert "v2-token" not in repr(client)
 
 
@@ -448,7 +450,7 @@ def test_the_worker_stays_up_after_every_error(client: Comfy, api: RunningApi,
             ("GET", "/jobs?limit=-1", {}), ("POST", "/jobs/x/cancel", {})]:
         r = requests.request(method, v2(api, path), timeout=5, **kwargs)
         assert 400 <= r.status_code < 500, (path, r.status_code)
-    job = client.run(client.workflows.from_json(dict(WF)))
+    job = client.run(client.workflows.from_json(copy.deepcopy(WF)))
     assert job.status == "succeeded"
     health = requests.get(v2(api, "/health"), timeout=5).json()
     assert health["status"] == "healthy" and health["ready"] is True
