@@ -40,6 +40,9 @@ EXCLUDED = {
     "COMFY_WORKER_HOST": "local HTTP API only",
     "COMFY_WORKER_PORT": "local HTTP API only",
     "COMFY_WORKER_MAX_REQUEST_BYTES": "local HTTP API only",
+    # The Comfy API v2's asset store lives in `serve` (the RunPod handler has no assets).
+    "COMFY_WORKER_ASSETS_MAX_BYTES": "local HTTP API only (Comfy API v2)",
+    "COMFY_WORKER_ASSET_TTL": "local HTTP API only (Comfy API v2)",
     "COMFY_WORKER_API_TOKEN": "local HTTP API only",
     # The Vast.ai PyWorker.
     "COMFY_WORKER_VAST_BENCHMARK": "Vast.ai only",

@@ -193,6 +193,16 @@ class Pin:
             self.store.unpin(self.hashes)
 
 
+def check_expected_hash(expected: str | None, digest: str, size: int) -> None:
+    """An upload's ``expected_hash``, when it gave one, is the hash of what arrived."""
+    if expected is not None and expected != digest:
+        raise HashMismatch(
+            f"the uploaded bytes hash to {digest}, not to the expected_hash {expected}",
+            hint="send the file again (it changed or was cut on the way), or fix "
+            "expected_hash",
+            details=[{"expected_hash": expected, "actual_hash": digest, "size_bytes": size}])
+
+
 class AssetStore:
     def __init__(self, root: Path, *, max_bytes: int, ttl: float,
                  max_assets: int = DEFAULT_MAX_ASSETS,
@@ -261,13 +271,7 @@ class AssetStore:
         created_new)``; the upload record already over those bytes when there is one."""
         try:
             digest = writer.finish()
-            if expected_hash is not None and expected_hash != digest:
-                raise HashMismatch(
-                    f"the uploaded bytes hash to {digest}, not to the expected_hash "
-                    f"{expected_hash}", hint="send the file again (it changed or was cut "
-                    "on the way), or fix expected_hash",
-                    details=[{"expected_hash": expected_hash, "actual_hash": digest,
-                              "size_bytes": writer.size}])
+            check_expected_hash(expected_hash, digest, writer.size)
             with self._lock:
                 existing = self._uploads.get(digest)
                 if existing is not None and existing in self._assets:
@@ -445,10 +449,8 @@ class AssetStore:
 
     def close(self) -> None:
         with self._lock:
-            self._assets.clear()
-            self._uploads.clear()
-            self._blobs.clear()
-            self._pins.clear()
+            for table in (self._assets, self._uploads, self._blobs, self._pins):
+                table.clear()
         shutil.rmtree(self.root, ignore_errors=True)
 
 
