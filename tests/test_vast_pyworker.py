@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import datetime
 import json
-import socket
 import subprocess
 import threading
 import time
@@ -33,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 from test_http_api_helpers import ScriptedWorker, wait_for
 
+from comfy_worker.comfy.launch import free_port
 from comfy_worker.config import Settings
 from comfy_worker.entrypoints.vast import FATAL_LINE, PYWORKER_SCRIPT, READY_LINE, run_vast
 from comfy_worker.errors import ModelHashMismatch
@@ -108,11 +108,6 @@ class Autoscaler:
         return any(s["loadtime"] > 0 and not s["error_msg"] for s in self.statuses)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 class Stack:
     def __init__(self, worker: ScriptedWorker, settings: Settings, autoscaler: Autoscaler,
@@ -157,9 +152,9 @@ def stack(vast_python: str, tmp_path: Path,
     stacks: list[Stack] = []
 
     def make(worker: ScriptedWorker) -> Stack:
-        worker_port = _free_port()
+        worker_port = free_port()
         for name, value in {
-            "WORKER_PORT": str(worker_port), "WORKER_HTTP_PORT": str(_free_port()),
+            "WORKER_PORT": str(worker_port), "WORKER_HTTP_PORT": str(free_port()),
             "REPORT_ADDR": autoscaler.url, "CONTAINER_ID": "4242",
             "PUBLIC_IPADDR": "127.0.0.1", f"VAST_TCP_PORT_{worker_port}": str(worker_port),
             "MASTER_TOKEN": "test-master-token", "USE_SSL": "false",

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from comfy_sdk import Comfy, ComfyError, JobFailed, MissingAsset, NotFound, Unau
 from comfy_sdk.events import StatusChange
 from support.waiting import wait_for
 
+from comfy_worker.comfy.launch import free_port
 from e2e.conftest import ComfyInstall, ModelEnv, e2e_env
 from e2e.helpers import png_bytes, png_size, stop_process, upscale_workflow
 
@@ -45,11 +45,6 @@ class Served:
         return self.log_path.read_text(errors="replace")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 @pytest.fixture(scope="module")
 def served(comfy_install: ComfyInstall, model_env: ModelEnv,
@@ -61,7 +56,7 @@ def served(comfy_install: ComfyInstall, model_env: ModelEnv,
                                           model_sha256=model_env.model_sha256))
     env |= {"COMFY_WORKER_WORK_DIR": str(root / "work"), "COMFY_WORKER_API_TOKEN": TOKEN,
             "COMFY_WORKER_PREFETCH": "0"}
-    port = _free_port()
+    port = free_port()
     log_path = root / "serve.log"
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen([*CLI, "-v", "serve", "--host", "127.0.0.1", "--port",

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from support import HFServer, ServedFile, lock_entry
 from support.hostile_server import HostileServer, Route
 from support.waiting import wait_for
 
+from comfy_worker.comfy.launch import free_port
 from e2e.conftest import ComfyInstall, ModelEnv, e2e_env
 from e2e.helpers import compact_upscaler, png_bytes, stop_process, upscale_workflow
 
@@ -80,11 +80,6 @@ class Worker:
                 "sha256": hashlib.sha256(data).hexdigest(), "size": len(data), **change}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 @pytest.fixture(scope="module")
 def worker(comfy_install: ComfyInstall,
@@ -106,7 +101,7 @@ def worker(comfy_install: ComfyInstall,
                 "COMFY_WORKER_MODEL_CACHE_BYTES": str(CACHE_BYTES),
                 "COMFY_WORKER_STALL_TIMEOUT": "3", "COMFY_WORKER_RETRIES": "1",
                 "COMFY_WORKER_INPUT_URL_TIMEOUT": "30", "HF_TOKEN": OPERATOR_TOKEN}
-        port = _free_port()
+        port = free_port()
         log_path = root / "serve.log"
         with log_path.open("wb") as log_file:
             proc = subprocess.Popen([*CLI, "-v", "serve", "--host", "127.0.0.1", "--port",

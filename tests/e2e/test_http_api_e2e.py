@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import requests
 
+from comfy_worker.comfy.launch import free_port
 from e2e.conftest import ComfyInstall, ModelEnv, e2e_env
 from e2e.helpers import (
     empty_image_workflow,
@@ -34,11 +35,6 @@ from e2e.helpers import (
 
 pytestmark = pytest.mark.comfyui
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -53,7 +49,7 @@ class Served:
 @pytest.fixture(scope="module")
 def served(comfy_install: ComfyInstall, model_env: ModelEnv,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    port = _free_port()
+    port = free_port()
     env = e2e_env(comfy_install, model_env)
     env["COMFY_WORKER_WORK_DIR"] = str(tmp_path_factory.mktemp("serve-work"))
     env["COMFY_WORKER_URL_ALLOW"] = "127.0.0.1/32"  # the image server of a test is local

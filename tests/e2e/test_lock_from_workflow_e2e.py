@@ -21,14 +21,18 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from support import HFServer, ServedFile
-from support.tiny_sd15 import FILENAME, default_workflow_prompt, write_tiny_sd15_checkpoint
+from support.tiny_sd15 import (
+    FILENAME,
+    as_a_client_sets_it,
+    default_workflow_prompt,
+    plain_prompt,
+    write_tiny_sd15_checkpoint,
+)
 from support.workflow_cases import template
 
-from comfy_worker.job.preflight import JOB_MARKER_INPUT
 from comfy_worker.lockfile import load_lock
 from comfy_worker.workflow.embedded import embedded_texts
 from e2e.conftest import ComfyInstall, ModelEnv, e2e_env
@@ -65,24 +69,6 @@ def tiny_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinyHub]:
         path.unlink(missing_ok=True)
 
 
-def _as_a_client_sets_it(ui: dict[str, Any], width: int, height: int, steps: int
-                         ) -> dict[str, Any]:
-    """default.json with the size and step count changed in the widgets' saved values."""
-    for node in ui["nodes"]:
-        if node["type"] == "EmptyLatentImage":
-            node["widgets_values"][:2] = [width, height]
-        elif node["type"] == "KSampler":  # seed, control after generate, steps, cfg, ...
-            node["widgets_values"][2] = steps
-    return ui
-
-
-def _plain(prompt: dict[str, Any]) -> dict[str, Any]:
-    """An API prompt without the editor's ``_meta`` titles and the worker's job marker."""
-    return {node_id: {"class_type": node["class_type"],
-                      "inputs": {k: v for k, v in node["inputs"].items()
-                                 if k != JOB_MARKER_INPUT}}
-            for node_id, node in prompt.items()}
-
 
 def test_default_workflow_is_locked_from_its_declaration_then_runs_on_demand(
         comfy_install: ComfyInstall, tiny_hub: TinyHub, tmp_path: Path) -> None:
@@ -94,7 +80,7 @@ def test_default_workflow_is_locked_from_its_declaration_then_runs_on_demand(
                                           model_sha256=served.sha256))
     env["COMFY_WORKER_WORK_DIR"] = str(tmp_path / "work")
     workflow = tmp_path / "default.json"
-    workflow.write_text(json.dumps(_as_a_client_sets_it(template("default"), 64, 64, 2)))
+    workflow.write_text(json.dumps(as_a_client_sets_it(template("default"), 64, 64, 2)))
 
     t0 = time.monotonic()
     locked = subprocess.run([*CLI, "lock", "from-workflow", str(workflow), "--lock", str(lock)],
@@ -129,6 +115,6 @@ def test_default_workflow_is_locked_from_its_declaration_then_runs_on_demand(
     assert png_size(png) == (64, 64)
     # what ran is the editor's prompt for default.json with the client's values
     ran_prompt = json.loads(embedded_texts(png)["prompt"])
-    assert _plain(ran_prompt) == default_workflow_prompt(64, 64, steps=2)
+    assert plain_prompt(ran_prompt) == default_workflow_prompt(64, 64, steps=2)
     log.info("tiny SD 1.5 generated in %.2f s; lock from-workflow %.2f s; run (sync 278 MB, "
              "ComfyUI boot, job) %.1f s", tiny_hub.generate_s, lock_s, run_s)

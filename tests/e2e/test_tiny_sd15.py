@@ -40,15 +40,16 @@ import pytest
 from support.comfyui import find_compat_comfyui, skip_or_fail
 from support.tiny_sd15 import (
     FILENAME,
+    as_a_client_sets_it,
     default_workflow_prompt,
     iter_tiny_sd15_tensors,
+    plain_prompt,
     write_tiny_sd15_checkpoint,
 )
 
 from comfy_worker.comfy.client import ComfyClient
 from comfy_worker.comfy.events import Event, Executing, ExecutionError, Progress
 from comfy_worker.comfy.process import ComfyProcess, LaunchConfig
-from comfy_worker.job.preflight import JOB_MARKER_INPUT
 from comfy_worker.sync import write_extra_model_paths
 from comfy_worker.workflow.embedded import embedded_texts
 from e2e.conftest import FAST_BOOT_ARGS, ComfyInstall
@@ -302,24 +303,6 @@ def test_default_workflow_runs_on_the_tiny_sd15_checkpoint(
              _peak_rss_mb(comfy.pid))
 
 
-def _as_a_client_sets_it(ui: dict[str, Any], width: int, height: int, steps: int
-                         ) -> dict[str, Any]:
-    """default.json with the size and step count changed in the widgets' saved values."""
-    for node in ui["nodes"]:
-        if node["type"] == "EmptyLatentImage":
-            node["widgets_values"][:2] = [width, height]
-        elif node["type"] == "KSampler":  # seed, control after generate, steps, cfg, ...
-            node["widgets_values"][2] = steps
-    return ui
-
-
-def _plain(prompt: dict[str, Any]) -> dict[str, Any]:
-    """An API prompt without the editor's ``_meta`` titles and the worker's job marker."""
-    return {node_id: {"class_type": node["class_type"],
-                      "inputs": {k: v for k, v in node["inputs"].items()
-                                 if k != JOB_MARKER_INPUT}}
-            for node_id, node in prompt.items()}
-
 
 @pytest.mark.compat
 def test_comfy_worker_run_of_the_templates_default_json_on_the_tiny_sd15(
@@ -329,7 +312,7 @@ def test_comfy_worker_run_of_the_templates_default_json_on_the_tiny_sd15(
     lock entry's URL does not resolve), 2 KSampler steps reported, one 64x64 PNG written."""
     ui = json.loads(_find_default_template(comfy_install).read_text(encoding="utf-8"))
     workflow = tmp_path / "default.json"
-    workflow.write_text(json.dumps(_as_a_client_sets_it(ui, 64, 64, 2)), encoding="utf-8")
+    workflow.write_text(json.dumps(as_a_client_sets_it(ui, 64, 64, 2)), encoding="utf-8")
     lock = tmp_path / "models.lock.json"
     lock.write_text(json.dumps({"version": 1, "models": [{
         "path": f"checkpoints/{FILENAME}",
@@ -358,7 +341,8 @@ def test_comfy_worker_run_of_the_templates_default_json_on_the_tiny_sd15(
     png = written[0].read_bytes()
     assert png_size(png) == (64, 64)
     # What ran is the editor's prompt for default.json with the client's values.
-    assert _plain(json.loads(embedded_texts(png)["prompt"])) == default_workflow_prompt(64, 64, 2)
+    ran = json.loads(embedded_texts(png)["prompt"])
+    assert plain_prompt(ran) == default_workflow_prompt(64, 64, 2)
     log.info("comfy-worker run of default.json on ComfyUI %s: %.1f s (boot and job)",
              comfy_install.version, run_s)
 

@@ -13,7 +13,7 @@ import time
 
 import pytest
 import requests
-from test_vast_pyworker import Autoscaler, _free_port
+from test_vast_pyworker import Autoscaler, free_port
 
 from comfy_worker.entrypoints.vast import FATAL_LINE, READY_LINE
 from e2e.conftest import ComfyInstall, ModelEnv, e2e_env
@@ -26,11 +26,11 @@ def test_vast_command_syncs_boots_benchmarks_and_serves_signed_jobs(
         vast_python: str, comfy_install: ComfyInstall,
         model_env: ModelEnv, tmp_path_factory: pytest.TempPathFactory) -> None:
     autoscaler = Autoscaler()
-    worker_port, api_port = _free_port(), _free_port()
+    worker_port, api_port = free_port(), free_port()
     state = tmp_path_factory.mktemp("vast-state")
     env = e2e_env(comfy_install, model_env)
     env.update({
-        "WORKER_PORT": str(worker_port), "WORKER_HTTP_PORT": str(_free_port()),
+        "WORKER_PORT": str(worker_port), "WORKER_HTTP_PORT": str(free_port()),
         "REPORT_ADDR": autoscaler.url, "CONTAINER_ID": "77", "PUBLIC_IPADDR": "127.0.0.1",
         f"VAST_TCP_PORT_{worker_port}": str(worker_port), "MASTER_TOKEN": "t",
         "USE_SSL": "false",

@@ -56,6 +56,8 @@ from typing import Any
 
 import numpy as np
 
+from comfy_worker.job.preflight import JOB_MARKER_INPUT
+
 VERSION = "1"
 """Bumped whenever the file's content for a given seed changes (it is in the metadata)."""
 
@@ -281,3 +283,22 @@ def default_workflow_prompt(width: int = 64, height: int = 64, steps: int = 2
         "9": {"class_type": "SaveImage",
               "inputs": {"filename_prefix": "SD1.5", "images": ["8", 0]}},
     }
+
+
+def as_a_client_sets_it(ui: dict[str, Any], width: int, height: int, steps: int
+                         ) -> dict[str, Any]:
+    """default.json with the size and step count changed in the widgets' saved values."""
+    for node in ui["nodes"]:
+        if node["type"] == "EmptyLatentImage":
+            node["widgets_values"][:2] = [width, height]
+        elif node["type"] == "KSampler":  # seed, control after generate, steps, cfg, ...
+            node["widgets_values"][2] = steps
+    return ui
+
+
+def plain_prompt(prompt: dict[str, Any]) -> dict[str, Any]:
+    """An API prompt without the editor's ``_meta`` titles and the worker's job marker."""
+    return {node_id: {"class_type": node["class_type"],
+                      "inputs": {k: v for k, v in node["inputs"].items()
+                                 if k != JOB_MARKER_INPUT}}
+            for node_id, node in prompt.items()}
