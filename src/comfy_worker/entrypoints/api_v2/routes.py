@@ -26,7 +26,7 @@ from comfy_worker.config import env_name
 from comfy_worker.entrypoints.api_v2 import wire
 from comfy_worker.entrypoints.api_v2.assets import AssetStore
 from comfy_worker.entrypoints.api_v2.events import KEEPALIVE_S, POLL_S, job_events
-from comfy_worker.entrypoints.api_v2.jobs import Service, V2Jobs, job_json
+from comfy_worker.entrypoints.api_v2.jobs import Service, Snapshot, V2Jobs, job_json
 from comfy_worker.entrypoints.api_v2.upload import parse_upload
 from comfy_worker.errors import (
     AssetNotFound,
@@ -112,6 +112,15 @@ def base_url(request: Request) -> str:
     return str(request.base_url).rstrip("/")
 
 
+def job_body(request: Request, snap: Snapshot) -> dict[str, Any]:
+    """A job as the contract's ``Job``, its URLs for the origin and mount this request used."""
+    return job_json(snap, base_url(request), root_path=request.scope.get("root_path", ""))
+
+
+def job_response(request: Request, snap: Snapshot, *, status_code: int = 200) -> Response:
+    return JSONResponse(job_body(request, snap), status_code=status_code)
+
+
 async def json_body(request: Request) -> object:
     raw = await request.body()
     if len(raw) > MAX_JSON_BYTES and request.url.path.endswith("/from-hash"):
@@ -168,19 +177,14 @@ def router(api: V2Api) -> APIRouter:
         key = wire.parse_idempotency_key(request.headers.get("Idempotency-Key"))
         body = await json_body(request)
         job = await run_in_threadpool(jobs.submit, body, idempotency_key=key)
-        snap = jobs.snapshot(job)
-        return JSONResponse(job_json(snap, base_url(request),
-                                     root_path=request.scope.get("root_path", "")),
-                            status_code=201)
+        return job_response(request, jobs.snapshot(job), status_code=201)
 
     @r.get("/jobs", summary="Jobs, newest first (status, limit, cursor, metadata[KEY])")
     @guarded
     async def list_jobs(request: Request) -> Response:
         query = wire.parse_list_query(request.query_params.multi_items())
         page, cursor = jobs.list(query)
-        root = request.scope.get("root_path", "")
-        out: dict[str, Any] = {"jobs": [job_json(s, base_url(request), root_path=root)
-                                        for s in page]}
+        out: dict[str, Any] = {"jobs": [job_body(request, s) for s in page]}
         if cursor is not None:
             out["next_cursor"] = cursor
         return JSONResponse(out)
@@ -188,16 +192,12 @@ def router(api: V2Api) -> APIRouter:
     @r.get("/jobs/{job_id}", summary="A job: status, progress, outputs, error")
     @guarded
     async def get_job(request: Request, job_id: str) -> Response:
-        snap = jobs.snapshot(jobs.get(job_id))
-        return JSONResponse(job_json(snap, base_url(request),
-                                     root_path=request.scope.get("root_path", "")))
+        return job_response(request, jobs.snapshot(jobs.get(job_id)))
 
     @r.post("/jobs/{job_id}/cancel", summary="Cancel a job (idempotent)")
     @guarded
     async def cancel(request: Request, job_id: str) -> Response:
-        snap = jobs.snapshot(jobs.cancel(job_id))
-        return JSONResponse(job_json(snap, base_url(request),
-                                     root_path=request.scope.get("root_path", "")))
+        return job_response(request, jobs.snapshot(jobs.cancel(job_id)))
 
     @r.get("/jobs/{job_id}/workflow", summary="The workflow a job runs (API format)")
     @guarded
