@@ -19,7 +19,7 @@ import copy
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from comfy_worker.workflow.graph import (
@@ -251,6 +251,18 @@ def _target_input(sub: Graph, link: Link) -> tuple[Node | None, InputSlot | None
     return target, slot
 
 
+def _fed_inputs(sub: Graph, io: SubgraphIO) -> Iterator[tuple[Node, InputSlot]]:
+    """The inner (node, input slot) pairs a subgraph input's links reach, in link order;
+    links that no longer resolve are skipped (the editor's walk over ``io.linkIds``)."""
+    for link_id in io.link_ids:
+        link = sub.link(link_id)
+        if link is None:
+            continue
+        target, target_slot = _target_input(sub, link)
+        if target is not None and target_slot is not None:
+            yield target, target_slot
+
+
 def _same_link(a: Any, b: Any) -> bool:
     if is_number(a) and is_number(b):
         return bool(a == b)
@@ -262,13 +274,7 @@ def resolve_input_widget(node: SubgraphNode, io: SubgraphIO, slot: InputSlot) ->
     input feeds that has one (through nested subgraph nodes too)."""
     sub = node.subgraph
     assert sub is not None
-    for link_id in io.link_ids:
-        link = sub.link(link_id)
-        if link is None:
-            continue
-        target, target_slot = _target_input(sub, link)
-        if target is None or target_slot is None:
-            continue
+    for target, target_slot in _fed_inputs(sub, io):
         widget = target.widget_from_slot(target_slot)
         if widget is None and isinstance(target, SubgraphNode):
             widget = _nested_source(target, target_slot)
@@ -287,15 +293,7 @@ def _nested_source(host: SubgraphNode, slot: InputSlot) -> Widget | None:
         io = next((s for s in sub.io_inputs if s.name == name), None)
         if io is None:
             return None
-        found: tuple[Node, InputSlot] | None = None
-        for link_id in io.link_ids:
-            link = sub.link(link_id)
-            if link is None:
-                continue
-            target, target_slot = _target_input(sub, link)
-            if target is not None and target_slot is not None:
-                found = (target, target_slot)
-                break
+        found = next(_fed_inputs(sub, io), None)
         if found is None:
             return None
         target, target_slot = found
@@ -381,13 +379,7 @@ def _promotion_source(host: SubgraphNode, io: SubgraphIO) -> tuple[str, Any] | N
     """``resolvePromotionSource``: (inner node id, widget name) a subgraph input feeds."""
     sub = host.subgraph
     assert sub is not None
-    for link_id in io.link_ids:
-        link = sub.link(link_id)
-        if link is None:
-            continue
-        target, target_slot = _target_input(sub, link)
-        if target is None or target_slot is None:
-            continue
+    for target, target_slot in _fed_inputs(sub, io):
         if isinstance(target, SubgraphNode):
             return target.id, target_slot.name
         widget = target.widget_from_slot(target_slot)
