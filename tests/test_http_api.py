@@ -12,6 +12,7 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -457,16 +458,29 @@ def test_openapi_documents_every_endpoint_and_docs_page_is_served() -> None:
     assert "swagger" in docs.text.lower()
 
 
-def test_stopping_the_queue_fails_waiting_jobs_instead_of_dropping_them() -> None:
-    gate = threading.Event()
-    ran: list[str] = []
+class GatedRunner:
+    """A queue's job runner that records each job it starts and holds it until ``gate``."""
 
-    def run(job: Job) -> JobResult:
-        ran.append(job.id)
-        gate.wait(10)
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.ran: list[str] = []
+
+    def __call__(self, job: Job) -> JobResult:
+        self.ran.append(job.id)
+        self.gate.wait(10)
         return JobResult()
 
-    q = JobQueue(run)
+
+@pytest.fixture
+def gated() -> Iterator[GatedRunner]:
+    runner = GatedRunner()
+    yield runner
+    runner.gate.set()  # a failed test never leaves a job thread waiting
+
+
+def test_stopping_the_queue_fails_waiting_jobs_instead_of_dropping_them(
+        gated: GatedRunner) -> None:
+    q = JobQueue(gated)
     q.start()
     first, waiting = q.submit({}), q.submit({})
     wait_for(lambda: first.status == "running")
@@ -481,27 +495,19 @@ def test_stopping_the_queue_fails_waiting_jobs_instead_of_dropping_them() -> Non
         return False
 
     wait_for(refuses_new_jobs)
-    gate.set()
+    gated.gate.set()
     stopper.join(10)
     assert first.future.result(5) == JobResult()
     shut = waiting.future.result(5)
     assert isinstance(shut, ShuttingDown)
     assert shut.to_json()["error"] == "the server is shutting down"
     assert waiting.status == "failed"
-    assert ran == [first.id]
+    assert gated.ran == [first.id]
 
 
 def test_queue_positions_count_only_jobs_that_will_run_and_a_waiting_cancel_is_final(
-        ) -> None:
-    gate = threading.Event()
-    ran: list[str] = []
-
-    def run(job: Job) -> JobResult:
-        ran.append(job.id)
-        gate.wait(10)
-        return JobResult()
-
-    q = JobQueue(run)
+        gated: GatedRunner) -> None:
+    q = JobQueue(gated)
     q.start()
     try:
         first = q.submit({}, job_id="first")
@@ -514,13 +520,13 @@ def test_queue_positions_count_only_jobs_that_will_run_and_a_waiting_cancel_is_f
         assert first.cancel.is_set()
         with pytest.raises(ValueError, match="already queued"):
             q.submit({}, job_id="a")
-        gate.set()
+        gated.gate.set()
         for job in (first, a, b, c):
             job.future.result(5)
-        assert ran == ["first", "a", "c"]
+        assert gated.ran == ["first", "a", "c"]
         assert q.position(a) is None and q.cancel(a) is False
     finally:
-        gate.set()
+        gated.gate.set()
         q.stop(5)
 
 
