@@ -6,9 +6,9 @@ first answer of ``/system_stats`` (what the worker waits for before it is ready)
 the process is stopped. The two versions alternate, the order swapping every round, in
 one run (the machine is shared and noisy); medians and their ratio are printed.
 
-Measured here (2 cores, load ~3, 5 rounds): v0.33.0 9.18 s, v0.3.75 6.73 s, 1.36 x; RSS
-889 MB vs 510 MB (the test ComfyUIs differ in torch too: v0.33.0 runs the GPU lock's
-torch 2.9.1 on the CPU, v0.3.75 torch 2.13.0+cpu).
+Measured here (2 cores, load ~0.3, 5 rounds), both on torch 2.13.0+cpu: v0.33.0 6.31 s,
+v0.3.75 5.14 s, 1.23 x; RSS 585 MB vs 543 MB. (With the GPU lock's CUDA torch 2.9.1 under
+v0.33.0, COMFYUI_TORCH=gpu, it was 9.18 s vs 6.73 s, 1.36 x, RSS 889 MB, at load ~3.)
 
 The ComfyUIs are the ones scripts/setup_comfyui.sh makes: ``COMFYUI_DIR``/``COMFYUI_PYTHON``
 or ./.comfyui (v0.33.0) and ``COMFYUI_COMPAT_DIR``/``COMFYUI_COMPAT_PYTHON`` or
