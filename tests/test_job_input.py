@@ -226,3 +226,29 @@ def test_a_key_that_is_not_a_key_is_refused_without_echoing_it(raw: object,
         parse({"workflow": WF, "comfy_org_api_key": raw})
     assert fragment in info.value.message
     assert "SECRETKEY" not in str(info.value)
+
+
+def test_both_edges_read_a_key_by_one_rule_up_to_its_length_limit() -> None:
+    from comfy_worker.config import Secret
+    from comfy_worker.entrypoints.api_v2 import wire
+    from comfy_worker.errors import RequestInvalid
+    from comfy_worker.job.request import MAX_API_KEY_CHARS
+
+    longest, over = "k" * MAX_API_KEY_CHARS, "k" * (MAX_API_KEY_CHARS + 1)
+    assert parse({"workflow": WF, "comfy_org_api_key": longest}
+                 ).comfy_org_api_key == Secret(longest)
+    assert wire.parse_extra_data({"api_key_comfy_org": longest}) == Secret(longest)
+    with pytest.raises(JobInputInvalid, match=f"{MAX_API_KEY_CHARS + 1} characters"):
+        parse({"workflow": WF, "comfy_org_api_key": over})
+    with pytest.raises(RequestInvalid, match=f"{MAX_API_KEY_CHARS + 1} characters"):
+        wire.parse_extra_data({"api_key_comfy_org": over})
+    # the limit counts what was sent, blanks around the key included, on both edges
+    padded = longest + " "
+    with pytest.raises(JobInputInvalid):
+        parse({"workflow": WF, "comfy_org_api_key": padded})
+    with pytest.raises(RequestInvalid):
+        wire.parse_extra_data({"api_key_comfy_org": padded})
+    for blank in ("", "  "):  # the job input falls back to the default; v2 refuses
+        assert parse({"workflow": WF, "comfy_org_api_key": blank}).comfy_org_api_key is None
+        with pytest.raises(RequestInvalid, match="not a key"):
+            wire.parse_extra_data({"api_key_comfy_org": blank})

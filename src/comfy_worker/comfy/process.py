@@ -66,9 +66,9 @@ class ComfyProcess:
         self._last_error: str | None = None
         self._watchdog: threading.Thread | None = None
         self._planned: str | None = None
+        """The reason of a restart asked for with :meth:`restart` (not a death)."""
         self._starting = False
         """A start() is between spawning and ready: stop() waits for it to see STOPPED."""
-        """The reason of a restart asked for with :meth:`restart` (not a death)."""
         self.restarts = 0
         self.features = Features()
         """What the running ComfyUI offers (its version first), read when it got ready."""

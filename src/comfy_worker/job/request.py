@@ -267,6 +267,17 @@ def parse_models(raw: object, *, folders: frozenset[str], limits: JobLimits | No
 MAX_API_KEY_CHARS = 4096
 
 
+def api_key_of(raw: str) -> Secret | None:
+    """``raw`` as a partner-node key, blanks around it dropped; None when it is none:
+    blank, longer than :data:`MAX_API_KEY_CHARS` as sent, or with unprintable characters.
+    The one rule for the job input's ``comfy_org_api_key`` and the v2 API's
+    ``extra_data.api_key_comfy_org``."""
+    key = raw.strip()
+    if not key or len(raw) > MAX_API_KEY_CHARS or not key.isprintable():
+        return None
+    return Secret(key)
+
+
 def parse_comfy_org_api_key(raw: object, default: Secret | None) -> Secret | None:
     """worker-comfyui's ``comfy_org_api_key``: the job's own key for partner (API) nodes,
     else ``default`` (COMFY_ORG_API_KEY). Messages name the field and the type or length,
@@ -277,12 +288,12 @@ def parse_comfy_org_api_key(raw: object, default: Secret | None) -> Secret | Non
         raise JobInputInvalid(f'field "comfy_org_api_key" is {json_type_name(raw)}, '
                               "expected a string", hint="send the Comfy API key as a string, "
                               "or leave the field out")
-    key = raw.strip()
-    if len(key) > MAX_API_KEY_CHARS or not key.isprintable():
-        raise JobInputInvalid(f'field "comfy_org_api_key" is not a key ({len(key)} '
+    key = api_key_of(raw)
+    if key is None:
+        raise JobInputInvalid(f'field "comfy_org_api_key" is not a key ({len(raw.strip())} '
                               "characters, or unprintable ones)",
                               hint="send the Comfy API key (comfyui-...) as it was issued")
-    return Secret(key)
+    return key
 
 
 def _json_object(raw: object, *, where: str) -> Mapping[str, Any]:

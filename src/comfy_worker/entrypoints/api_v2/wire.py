@@ -34,6 +34,7 @@ from comfy_worker.errors import (
     WorkflowFormatUi,
 )
 from comfy_worker.job.events import JobEvent, NodeProgress, ReadaheadProgress, WaitProgress
+from comfy_worker.job.request import api_key_of
 from comfy_worker.jsontypes import json_type_name
 
 PREFIX = "/api/v2"
@@ -206,7 +207,6 @@ RESERVED_FIELDS = ("webhook_url", "inputs")
 EXTENSION_FIELDS = ("models", "timeout")
 """Ours beyond the contract, passed to the job input as they are (a job's own models,
 its timeout) and checked by the job's own rules."""
-MAX_API_KEY_CHARS = 4096
 
 
 @dataclass(frozen=True)
@@ -268,12 +268,12 @@ def parse_extra_data(raw: object) -> Secret | None:
     key = raw.get("api_key_comfy_org")
     if key is None:
         return None
-    if not isinstance(key, str) or not key.strip() or len(key) > MAX_API_KEY_CHARS \
-            or not key.strip().isprintable():
+    secret = api_key_of(key) if isinstance(key, str) else None
+    if secret is None:
         what = json_type_name(key) if not isinstance(key, str) else f"{len(key)} characters"
         raise RequestInvalid(f'field "extra_data.api_key_comfy_org" is not a key ({what})',
                              hint="send the Comfy API key (comfyui-...) as a string")
-    return Secret(key.strip())
+    return secret
 
 
 # --- core/ASSET references ------------------------------------------------------------
