@@ -263,6 +263,7 @@ with urllib.request.urlopen(sys.argv[1], timeout=300) as r, open(sys.argv[2], "w
     "$vpy" -c "import torch, torchvision, torchaudio; print('setup_comfyui: torch', \
 torch.__version__, 'torchvision', torchvision.__version__, 'torchaudio', torchaudio.__version__)"
     echo "$text" > "$stamp"
+    MADE=1
     say "ComfyUI $version ready: COMFYUI_DIR=$src COMFYUI_PYTHON=$vpy"
 }
 
@@ -301,6 +302,7 @@ setup_compat() {
     "$vpy" -c "import torch, torchvision; print('setup_comfyui: compat torch', \
 torch.__version__, 'torchvision', torchvision.__version__)"
     echo "$text" > "$stamp"
+    MADE=1
     say "compat ComfyUI $(version_of "$src") ready: COMFYUI_COMPAT_DIR=$src COMFYUI_COMPAT_PYTHON=$vpy"
 }
 
@@ -334,7 +336,8 @@ fi
 mkdir -p "$ROOT"
 # The layout before v0.33.0 kept v0.3.75 in .comfyui/ComfyUI: its stamp no longer matches,
 # so setup_current replaces it.
+MADE=0  # set by a set-up that installed something: only then is there anything to link
 [ "$do_current" = 1 ] && setup_current
 [ "$do_compat" = 1 ] && setup_compat
-share_identical_files
+[ "$MADE" = 1 ] && share_identical_files
 exit 0
