@@ -12,7 +12,6 @@ import ast
 import contextlib
 import hashlib
 import json
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,18 +26,14 @@ from container_helpers import (
     write_volume_with_locked_model,
 )
 
+from comfy_worker.comfy.launch import free_port
+
 pytestmark = pytest.mark.container
 
 READY_TIMEOUT = 600.0
 JOB_TIMEOUT = 300.0
 # A value that must never show in any log.
 FAKE_SECRET = "hf_containerTestSecretValue0123456789"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _logs(container: Any) -> str:
@@ -87,7 +82,7 @@ def test_local_mode_serves_a_job_on_a_model_from_the_volume(
 ) -> None:
     volume = tmp_path / "workspace"
     model = write_volume_with_locked_model(volume)
-    port = _free_port()
+    port = free_port()
     container = run_container(
         environment={
             "MODE": "local",

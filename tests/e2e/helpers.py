@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import json
 import signal
 import struct
 import subprocess
+import sys
 import zlib
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+import requests
+from support.waiting import wait_for
+
+from comfy_worker.comfy.launch import free_port
+
+CLI = [sys.executable, "-m", "comfy_worker.cli"]
+"""The worker's command line, run from this interpreter (its venv has the package)."""
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -187,3 +198,35 @@ def stop_process(proc: subprocess.Popen[Any], grace: float = 30.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@contextlib.contextmanager
+def serving(env: Mapping[str, str], log_path: Path, *, verbose: bool = True,
+            health: str = "/health", interval: float = 0.1,
+            seen: Callable[[requests.Response], None] | None = None
+            ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``comfy-worker [-v] serve`` on a free loopback port with ``env``, its output in
+    ``log_path``: yields its URL and process once ``health`` answers 200 (every answer
+    handed to ``seen`` first; the test fails with the log's tail if the process dies or
+    240 s pass), and stops it afterwards."""
+    port = free_port()
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen([*CLI, *(["-v"] if verbose else []), "serve", "--host",
+                                 "127.0.0.1", "--port", str(port)], env=dict(env),
+                                stdout=log_file, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        def ready() -> bool:
+            assert proc.poll() is None, log_path.read_text(errors="replace")[-3000:]
+            try:
+                answer = requests.get(f"{url}{health}", timeout=5)
+            except requests.ConnectionError:
+                return False
+            if seen is not None:
+                seen(answer)
+            return answer.status_code == 200
+
+        wait_for(ready, 240, f"{health} to answer 200", interval=interval)
+        yield url, proc
+    finally:
+        stop_process(proc)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,15 +21,12 @@ import pytest
 import requests
 from comfy_sdk import Comfy, ComfyError, JobFailed, MissingAsset, NotFound, Unauthorized
 from comfy_sdk.events import StatusChange
-from support.waiting import wait_for
 
-from comfy_worker.comfy.launch import free_port
 from e2e.conftest import ComfyInstall, ModelEnv, e2e_env
-from e2e.helpers import png_bytes, png_size, stop_process, upscale_workflow
+from e2e.helpers import png_bytes, png_size, serving, upscale_workflow
 
 pytestmark = pytest.mark.comfyui
 
-CLI = [sys.executable, "-m", "comfy_worker.cli"]
 TOKEN = "v2-e2e-token-0123456789"
 
 
@@ -56,25 +52,9 @@ def served(comfy_install: ComfyInstall, model_env: ModelEnv,
                                           model_sha256=model_env.model_sha256))
     env |= {"COMFY_WORKER_WORK_DIR": str(root / "work"), "COMFY_WORKER_API_TOKEN": TOKEN,
             "COMFY_WORKER_PREFETCH": "0"}
-    port = free_port()
     log_path = root / "serve.log"
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen([*CLI, "-v", "serve", "--host", "127.0.0.1", "--port",
-                                 str(port)], env=env, stdout=log_file,
-                                stderr=subprocess.STDOUT)
-    s = Served(f"http://127.0.0.1:{port}", proc, log_path, models)
-    try:
-        def ready() -> bool:
-            assert proc.poll() is None, s.log()[-3000:]
-            try:
-                return requests.get(f"{s.url}/api/v2/health", timeout=5).status_code == 200
-            except requests.ConnectionError:
-                return False
-
-        wait_for(ready, 240, "/api/v2/health to answer 200", interval=0.2)
-        yield s
-    finally:
-        stop_process(proc)
+    with serving(env, log_path, health="/api/v2/health", interval=0.2) as (url, proc):
+        yield Served(url, proc, log_path, models)
 
 
 @pytest.fixture

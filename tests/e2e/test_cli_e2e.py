@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,11 +16,10 @@ import requests
 
 from comfy_worker.comfy.process import free_port
 from e2e.conftest import ComfyInstall, ModelEnv, e2e_env
-from e2e.helpers import b64, empty_image_workflow, png_bytes, png_size, upscale_workflow
+from e2e.helpers import CLI, b64, empty_image_workflow, png_bytes, png_size, upscale_workflow
 
 pytestmark = pytest.mark.comfyui
 
-CLI = [sys.executable, "-m", "comfy_worker.cli"]
 
 
 def _run(args: list[str], env: dict[str, str], cwd: Path,

@@ -18,7 +18,6 @@ import hashlib
 import json
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,15 +28,12 @@ import pytest
 import requests
 from support import HFServer, ServedFile, lock_entry
 from support.hostile_server import HostileServer, Route
-from support.waiting import wait_for
 
-from comfy_worker.comfy.launch import free_port
 from e2e.conftest import ComfyInstall, ModelEnv, e2e_env
-from e2e.helpers import compact_upscaler, png_bytes, stop_process, upscale_workflow
+from e2e.helpers import compact_upscaler, png_bytes, serving, upscale_workflow
 
 pytestmark = pytest.mark.comfyui
 
-CLI = [sys.executable, "-m", "comfy_worker.cli"]
 LOCKED = "upscale_models/locked_x2.safetensors"
 OPERATOR_TOKEN = "hf_operatorTOKENe2e0123456789"
 JOB_TOKEN = "hf_jobTOKENe2e0123456789"
@@ -101,27 +97,13 @@ def worker(comfy_install: ComfyInstall,
                 "COMFY_WORKER_MODEL_CACHE_BYTES": str(CACHE_BYTES),
                 "COMFY_WORKER_STALL_TIMEOUT": "3", "COMFY_WORKER_RETRIES": "1",
                 "COMFY_WORKER_INPUT_URL_TIMEOUT": "30", "HF_TOKEN": OPERATOR_TOKEN}
-        port = free_port()
         log_path = root / "serve.log"
-        with log_path.open("wb") as log_file:
-            proc = subprocess.Popen([*CLI, "-v", "serve", "--host", "127.0.0.1", "--port",
-                                     str(port)], env=env, stdout=log_file,
-                                    stderr=subprocess.STDOUT)
-        w = Worker(f"http://127.0.0.1:{port}", proc, log_path, hub, srv, internal, models,
-                   locked)
         try:
-            def ready() -> bool:
-                assert proc.poll() is None, w.log()[-3000:]
-                try:
-                    return requests.get(f"{w.url}/health", timeout=5).status_code == 200
-                except requests.ConnectionError:
-                    return False
-
-            wait_for(ready, 240, "the worker's /health to answer 200")
-            w.normal_job("first")
-            yield w
+            with serving(env, log_path) as (url, proc):
+                w = Worker(url, proc, log_path, hub, srv, internal, models, locked)
+                w.normal_job("first")
+                yield w
         finally:
-            stop_process(proc)
             (root / "serve.log.kept").write_bytes(log_path.read_bytes())
             shutil.rmtree(models, ignore_errors=True)
 

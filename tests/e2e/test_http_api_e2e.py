@@ -12,7 +12,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,13 +22,12 @@ from typing import Any
 import pytest
 import requests
 
-from comfy_worker.comfy.launch import free_port
 from e2e.conftest import ComfyInstall, ModelEnv, e2e_env
 from e2e.helpers import (
     empty_image_workflow,
     png_size,
+    serving,
     slow_upscale_workflow,
-    stop_process,
     upscale_workflow,
 )
 
@@ -43,42 +41,24 @@ class Served:
     proc: subprocess.Popen[bytes]
     log_path: Path
     health_seen: list[tuple[int, str]] = field(default_factory=list)
-    ready_after_s: float = 0.0
 
 
 @pytest.fixture(scope="module")
 def served(comfy_install: ComfyInstall, model_env: ModelEnv,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    port = free_port()
     env = e2e_env(comfy_install, model_env)
     env["COMFY_WORKER_WORK_DIR"] = str(tmp_path_factory.mktemp("serve-work"))
     env["COMFY_WORKER_URL_ALLOW"] = "127.0.0.1/32"  # the image server of a test is local
     log_path = tmp_path_factory.mktemp("serve-log") / "serve.log"
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "comfy_worker.cli", "-v", "serve", "--host", "127.0.0.1",
-             "--port", str(port)], env=env, stdout=log_file, stderr=subprocess.STDOUT)
-    s = Served(f"http://127.0.0.1:{port}", proc, log_path)
-    t0 = time.monotonic()
-    try:
-        while True:
-            assert proc.poll() is None, log_path.read_text()[-3000:]
-            assert time.monotonic() - t0 < 240, log_path.read_text()[-3000:]
-            try:
-                r = requests.get(f"{s.url}/health", timeout=2)
-            except requests.ConnectionError:
-                time.sleep(0.05)
-                continue
-            s.health_seen.append((r.status_code, r.json()["reason"]))
-            assert not r.json()["reason"].startswith("start-up failed"), \
-                log_path.read_text()[-3000:]
-            if r.status_code == 200:
-                break
-            time.sleep(0.1)
-        s.ready_after_s = time.monotonic() - t0
-        yield s
-    finally:
-        stop_process(proc)
+    health_seen: list[tuple[int, str]] = []
+
+    def seen(answer: requests.Response) -> None:
+        health_seen.append((answer.status_code, answer.json()["reason"]))
+        assert not answer.json()["reason"].startswith("start-up failed"), \
+            log_path.read_text()[-3000:]
+
+    with serving(env, log_path, interval=0.05, seen=seen) as (url, proc):
+        yield Served(url, proc, log_path, health_seen)
 
 
 def _png(item: dict[str, Any]) -> tuple[int, int]:

@@ -16,7 +16,6 @@ import json
 import logging
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,13 +35,12 @@ from support.workflow_cases import template
 from comfy_worker.lockfile import load_lock
 from comfy_worker.workflow.embedded import embedded_texts
 from e2e.conftest import ComfyInstall, ModelEnv, e2e_env
-from e2e.helpers import png_size
+from e2e.helpers import CLI, png_size
 
 pytestmark = pytest.mark.comfyui
 
 log = logging.getLogger(__name__)
 
-CLI = [sys.executable, "-m", "comfy_worker.cli"]
 REPO = "Comfy-Org/stable-diffusion-v1-5-archive"
 """Where default.json's declaration says the checkpoint comes from."""
 

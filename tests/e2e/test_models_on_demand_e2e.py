@@ -19,9 +19,7 @@ import base64
 import hashlib
 import json
 import shutil
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -36,16 +34,16 @@ from support.waiting import wait_for
 from comfy_worker.sync.cache import list_cache
 from e2e.conftest import ComfyInstall, ModelEnv, e2e_env
 from e2e.helpers import (
+    CLI,
     compact_upscaler,
     png_size,
+    serving,
     sparse_safetensors,
-    stop_process,
     upscale_workflow,
 )
 
 pytestmark = pytest.mark.comfyui
 
-CLI = [sys.executable, "-m", "comfy_worker.cli"]
 MIB = 1024 * 1024
 BIG_SIZE = 48 * MIB
 BIG_COUNT = 8
@@ -213,12 +211,6 @@ class OnDemandServer:
         return self.log_path.read_text()[-4000:]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(comfy_install: ComfyInstall, big_sources: list[Path],
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[OnDemandServer]:
@@ -245,26 +237,12 @@ def server(comfy_install: ComfyInstall, big_sources: list[Path],
         env["COMFY_WORKER_WORK_DIR"] = str(root / "work")
         env["COMFY_WORKER_MODEL_CACHE_BYTES"] = str(CACHE_BYTES)
         env["COMFY_WORKER_URL_ALLOW"] = "127.0.0.1/32"  # the jobs' model URLs are local
-        port = _free_port()
         log_path = root / "serve.log"
-        with log_path.open("wb") as log_file:
-            proc = subprocess.Popen(
-                [*CLI, "-v", "serve", "--host", "127.0.0.1", "--port", str(port)], env=env,
-                stdout=log_file, stderr=subprocess.STDOUT)
-        s = OnDemandServer(f"http://127.0.0.1:{port}", proc, log_path, hub, models, served,
-                           bigs, sum(e["size"] for e in entries), len(entries))
         try:
-            def ready() -> bool:
-                assert proc.poll() is None, s.log_tail()
-                try:
-                    return s.health()[0] == 200
-                except requests.ConnectionError:
-                    return False
-
-            wait_for(ready, 240, "the server's /health to answer 200")
-            yield s
+            with serving(env, log_path) as (url, proc):
+                yield OnDemandServer(url, proc, log_path, hub, models, served, bigs,
+                                     sum(e["size"] for e in entries), len(entries))
         finally:
-            stop_process(proc)
             shutil.rmtree(models, ignore_errors=True)  # hundreds of MB of big files
 
 

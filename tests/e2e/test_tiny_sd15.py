@@ -27,7 +27,6 @@ import os
 import re
 import struct
 import subprocess
-import sys
 import time
 import uuid
 import zlib
@@ -53,14 +52,13 @@ from comfy_worker.comfy.process import ComfyProcess, LaunchConfig
 from comfy_worker.sync import write_extra_model_paths
 from comfy_worker.workflow.embedded import embedded_texts
 from e2e.conftest import FAST_BOOT_ARGS, ComfyInstall
-from e2e.helpers import PNG_SIGNATURE, png_size
+from e2e.helpers import CLI, PNG_SIGNATURE, png_size
 
 pytestmark = pytest.mark.comfyui
 
 log = logging.getLogger(__name__)
 
 JOB_TIMEOUT_S = 120.0
-CLI = [sys.executable, "-m", "comfy_worker.cli"]
 LOAD_PROBLEMS = ("unet missing", "unet unexpected", "clip missing", "Missing VAE keys",
                  "no match", "This is not a checkpoint file", "no CLIP/text encoder")
 """ComfyUI log lines (warning level) that say the checkpoint was not loaded as a whole."""

@@ -13,8 +13,6 @@ import base64
 import json
 import os
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,17 +21,15 @@ import pytest
 import requests
 from support.workflow_cases import expected, template
 
-from comfy_worker.comfy.process import free_port
 from comfy_worker.errors import WorkerError
 from comfy_worker.job.preflight import JOB_MARKER_INPUT
 from comfy_worker.worker import Worker
 from comfy_worker.workflow.embedded import embedded_texts
 from e2e.conftest import ComfyInstall, ModelEnv, e2e_env
-from e2e.helpers import png_size, stop_process, ui_upscale_workflow
+from e2e.helpers import CLI, png_size, serving, ui_upscale_workflow
 
 pytestmark = pytest.mark.comfyui
 
-CLI = [sys.executable, "-m", "comfy_worker.cli"]
 
 
 def _result(worker: Worker, job_input: Any) -> dict[str, Any]:
@@ -67,28 +63,10 @@ def test_ui_workflow_with_a_locked_model_runs_through_the_worker_as_object_and_s
 def served_url(comfy_install: ComfyInstall, model_env: ModelEnv,
                tmp_path: Path) -> Iterator[str]:
     """`comfy-worker serve` on a free port, ready (its own ComfyUI), stopped afterwards."""
-    port = free_port()
     env = e2e_env(comfy_install, model_env)
     env["COMFY_WORKER_WORK_DIR"] = str(tmp_path / "serve-work")
-    log_path = tmp_path / "serve.log"
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen([*CLI, "serve", "--host", "127.0.0.1", "--port", str(port)],
-                                env=env, stdout=log_file, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            assert proc.poll() is None, log_path.read_text()[-3000:]
-            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
-            try:
-                if requests.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.1)
+    with serving(env, tmp_path / "serve.log", verbose=False) as (url, _):
         yield url
-    finally:
-        stop_process(proc)
 
 
 def test_ui_workflow_through_serve_as_a_real_client_sends_it(served_url: str,
