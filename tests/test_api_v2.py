@@ -466,3 +466,20 @@ def test_a_list_limit_over_100_is_invalid_request(client: Comfy) -> None:
     with pytest.raises(ComfyError) as info:
         list(client.list_jobs(limit=500))
     assert info.value.code == "invalid_request" and info.value.http_status == 400
+
+
+def test_a_timeout_is_bounded_at_submit_by_the_operators_limit(tmp_path: Path) -> None:
+    """POST /jobs checks the ``timeout`` extension against COMFY_WORKER_MAX_JOB_TIMEOUT as
+    the job pipeline will, not against the default limit."""
+    def submit(api: RunningApi, timeout: float) -> requests.Response:
+        return requests.post(v2(api, "/jobs"), json={"workflow": WF, "timeout": timeout},
+                             timeout=5)
+
+    with served(tmp_path / "raised", max_timeout=7200.0) as api:
+        assert submit(api, 5000).status_code == 201
+        r = submit(api, 7201)
+        assert r.status_code == 422 and "allows, 7200 s" in r.json()["error"]["message"], r.text
+    with served(tmp_path / "lowered", max_timeout=900.0) as api:
+        r = submit(api, 1000)
+        assert r.status_code == 422 and "allows, 900 s" in r.json()["error"]["message"], r.text
+        assert api.worker.requests == []

@@ -17,6 +17,7 @@ from comfy_worker.config import Settings
 from comfy_worker.entrypoints.api_v2.assets import AssetStore
 from comfy_worker.entrypoints.api_v2.jobs import Service
 from comfy_worker.entrypoints.api_v2.routes import V2Api, mount
+from comfy_worker.job.request import JobLimits
 
 ASSETS_DIR = "api-v2-assets"
 """The store's folder under the worker's work dir (emptied when the store opens)."""
@@ -27,7 +28,8 @@ def v2_api(service: Service, settings: Settings, work_dir: Path) -> V2Api:
     store = AssetStore(Path(work_dir) / ASSETS_DIR, max_bytes=settings.assets_max_bytes,
                        ttl=settings.asset_ttl)
     return V2Api(service, store, ttl=settings.asset_ttl,
-                 max_request_bytes=settings.max_request_bytes)
+                 max_request_bytes=settings.max_request_bytes,
+                 max_timeout=JobLimits.of(settings).max_timeout)
 
 
 __all__ = ["ASSETS_DIR", "V2Api", "mount", "v2_api"]

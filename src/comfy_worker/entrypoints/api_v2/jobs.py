@@ -38,7 +38,7 @@ from comfy_worker.errors import (
     as_worker_error,
 )
 from comfy_worker.job.events import JobEvent, NodeProgress
-from comfy_worker.job.request import parse_timeout, parse_workflow
+from comfy_worker.job.request import JobLimits, parse_timeout, parse_workflow
 from comfy_worker.readiness import Phase, Readiness
 
 log = logging.getLogger(__name__)
@@ -108,12 +108,16 @@ class Snapshot:
 
 class V2Jobs:
     def __init__(self, service: Service, store: AssetStore, *, ttl: float,
-                 max_input_bytes: int, max_jobs: int = MAX_JOBS, max_keys: int = MAX_KEYS,
+                 max_input_bytes: int, max_timeout: float = JobLimits.max_timeout,
+                 max_jobs: int = MAX_JOBS, max_keys: int = MAX_KEYS,
                  clock: Callable[[], float] = time.time) -> None:
         self.service = service
         self.store = store
         self.ttl = ttl
         self.max_input_bytes = max_input_bytes
+        self.max_timeout = max_timeout
+        """The most seconds a job's ``timeout`` may ask for (the operator's
+        COMFY_WORKER_MAX_JOB_TIMEOUT, as the job pipeline checks it)."""
         self.max_jobs = max_jobs
         self.max_keys = max_keys
         self._clock = clock
@@ -149,7 +153,7 @@ class V2Jobs:
                      for i, a in found.items()}
             workflow = parse_workflow(wire.with_assets(submission.workflow, names))
             if "timeout" in submission.extensions:
-                parse_timeout(submission.extensions["timeout"], 1.0)
+                parse_timeout(submission.extensions["timeout"], 1.0, self.max_timeout)
             job = self._queue(workflow, submission, names, found, pin, idempotency_key)
         except BaseException:
             pin.release()

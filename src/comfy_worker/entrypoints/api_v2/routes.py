@@ -35,6 +35,7 @@ from comfy_worker.errors import (
     WorkerError,
     as_worker_error,
 )
+from comfy_worker.job.request import JobLimits
 from comfy_worker.readiness import Phase
 
 log = logging.getLogger(__name__)
@@ -48,11 +49,13 @@ class V2Api:
     """The v2 surface's state: the job registry, the asset store, open streams."""
 
     def __init__(self, service: Service, store: AssetStore, *, ttl: float,
-                 max_request_bytes: int, keepalive_s: float = KEEPALIVE_S,
-                 poll_s: float = POLL_S, max_streams: int = MAX_STREAMS) -> None:
+                 max_request_bytes: int, max_timeout: float = JobLimits.max_timeout,
+                 keepalive_s: float = KEEPALIVE_S, poll_s: float = POLL_S,
+                 max_streams: int = MAX_STREAMS) -> None:
         self.service = service
         self.store = store
-        self.jobs = V2Jobs(service, store, ttl=ttl, max_input_bytes=max_request_bytes)
+        self.jobs = V2Jobs(service, store, ttl=ttl, max_input_bytes=max_request_bytes,
+                           max_timeout=max_timeout)
         self.keepalive_s = keepalive_s
         self.poll_s = poll_s
         self.max_streams = max_streams
